@@ -1,0 +1,197 @@
+"""Settings: the shared server's (plugin ``etc/kuiper.yaml`` + environment) and each endpoint's (eKuiper's source
+config). Pure parsing into frozen dataclasses; every default lives here.
+
+Both parsers raise :class:`ConfigError` with a message naming the key, quoting the value and saying what is
+allowed, because that message is what eKuiper shows as the rule's start error.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+#: Default listen port per source symbol. ``httppush`` keeps the seed's 10081 (hosts without the built-in);
+#: ``pyhttppush`` runs beside eKuiper 2.x, whose own data server already holds 10081.
+DEFAULT_PORTS: dict[str, int] = {"httppush": 10081, "pyhttppush": 10082}
+DEFAULT_IP = "0.0.0.0"
+DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
+DEFAULT_METHOD: Literal["POST"] = "POST"
+METHODS = ("POST", "PUT")
+FORMATS = ("json", "binary", "delimited", "urlencoded", "protobuf", "custom")
+DEFAULT_SEND_TIMEOUT_MS = 1000
+
+Method = Literal["POST", "PUT"]
+
+
+class ConfigError(ValueError):
+    """A setting is missing or has a value we cannot use."""
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    certfile: str
+    keyfile: str
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The shared HTTP server: one per plugin process."""
+
+    ip: str = DEFAULT_IP
+    port: int = DEFAULT_PORTS["httppush"]
+    tls: TlsConfig | None = None
+    max_body_size: int = DEFAULT_MAX_BODY_SIZE
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def env_prefix(symbol: str) -> str:
+    """Environment variables are ``<SYMBOL>_…`` (``PYHTTPPUSH_SERVER_PORT``): never ``KUIPER__…``, which the
+    plugin inherits from the host and which mean the host's own settings."""
+    return symbol.upper() + "_"
+
+
+def load_server_config(
+    plugin_dir: Path, symbol: str, environ: Mapping[str, str] | None = None
+) -> ServerConfig:
+    """Read ``<plugin_dir>/etc/kuiper.yaml`` (section ``source:``), then let the environment override it.
+
+    Example: ``PYHTTPPUSH_SERVER_PORT=9000`` moves the pyhttppush server to port 9000.
+    """
+    environ = os.environ if environ is None else environ
+    section: dict[str, Any] = {}
+    path = plugin_dir / "etc" / "kuiper.yaml"
+    if path.exists():
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"cannot parse {path}: {exc}") from exc
+        if not isinstance(doc, dict) or not isinstance(doc.get("source") or {}, dict):
+            raise ConfigError(f"{path}: expected a mapping with a 'source:' section")
+        section = dict(doc.get("source") or {})
+
+    prefix = env_prefix(symbol)
+    env = {
+        "httpServerIp": environ.get(prefix + "SERVER_IP"),
+        "httpServerPort": environ.get(prefix + "SERVER_PORT"),
+        "httpServerMaxBodySize": environ.get(prefix + "SERVER_MAX_BODY_SIZE"),
+    }
+    section.update({k: v for k, v in env.items() if v not in (None, "")})
+    tls = dict(section.get("httpServerTls") or {})
+    for key, var in (("certfile", "TLS_CERTFILE"), ("keyfile", "TLS_KEYFILE")):
+        if environ.get(prefix + var):
+            tls[key] = environ[prefix + var]
+
+    ip = str(section.get("httpServerIp") or DEFAULT_IP)
+    port = _int_setting("httpServerPort", section.get("httpServerPort", DEFAULT_PORTS.get(symbol, 10081)), 0, 65535)
+    max_body = _int_setting("httpServerMaxBodySize", section.get("httpServerMaxBodySize", DEFAULT_MAX_BODY_SIZE), 1)
+    return ServerConfig(ip=ip, port=port, tls=_tls_setting(tls), max_body_size=max_body)
+
+
+def _int_setting(key: str, value: Any, low: int, high: int | None = None) -> int:
+    try:
+        number = int(value)
+        if isinstance(value, float) and number != value:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting '{key}' is {value!r}; must be a whole number") from None
+    if number < low or (high is not None and number > high):
+        bound = f"from {low} to {high}" if high is not None else f"at least {low}"
+        raise ConfigError(f"setting '{key}' is {number}; must be {bound}")
+    return number
+
+
+def _tls_setting(tls: dict[str, Any]) -> TlsConfig | None:
+    certfile, keyfile = tls.get("certfile") or "", tls.get("keyfile") or ""
+    if not certfile and not keyfile:
+        return None
+    if not certfile or not keyfile:
+        raise ConfigError("setting 'httpServerTls' needs both 'certfile' and 'keyfile'")
+    return TlsConfig(certfile=str(certfile), keyfile=str(keyfile))
+
+
+@dataclass(frozen=True)
+class EndpointConfig:
+    """One source instance: where it listens and how it decodes.
+
+    Built from the ``config`` map eKuiper 2.x sends with every start command: the yaml ``default`` group overlaid
+    by the CONF_KEY group, then the stream options (``datasource``, ``format``, ``schemaId``, ``delimiter``, …).
+    """
+
+    path: str
+    method: Method = DEFAULT_METHOD
+    format: str = "json"
+    delimiter: str = ","
+    fields: tuple[str, ...] = ()
+    schema_id: str = ""
+    decoder: str = ""
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, Any], datasource: str = "") -> EndpointConfig:
+        path = str(props.get("datasource") or datasource or "")
+        if not path.startswith("/"):
+            raise ConfigError(
+                f"DATASOURCE is {path!r}; must be the URL path of the endpoint, starting with '/' (e.g. '/api/data')"
+            )
+        method = str(props.get("method") or DEFAULT_METHOD).upper()
+        if method not in METHODS:
+            raise ConfigError(f"property 'method' is {props.get('method')!r}; must be POST or PUT")
+        fmt = str(props.get("format") or "json").lower()
+        decoder = str(props.get("decoder") or "")
+        schema_id = str(props.get("schemaId") or "")
+        if decoder:
+            fmt = "custom"  # a config-group decoder overrides FORMAT: eKuiper 2.x rejects FORMAT="custom"
+        elif fmt == "custom":
+            decoder = _custom_ref_from_schema_id(schema_id)
+        if fmt not in FORMATS:
+            raise ConfigError(f"FORMAT is {fmt!r}; must be one of {', '.join(FORMATS)}")
+        if fmt == "protobuf" and "." not in schema_id.strip("."):
+            raise ConfigError(
+                f"SCHEMAID is {schema_id!r}; FORMAT=\"protobuf\" needs \"<file>.<Message>\" (e.g. \"sensor.Reading\")"
+            )
+        return cls(
+            path=path,
+            method=method,  # type: ignore[arg-type]
+            format=fmt,
+            delimiter=str(props.get("delimiter") or ","),
+            fields=_fields_setting(props.get("fields")),
+            schema_id=schema_id,
+            decoder=decoder,
+        )
+
+
+def _custom_ref_from_schema_id(schema_id: str) -> str:
+    """eKuiper 1.x style ``FORMAT="custom", SCHEMAID="<module>.<function>"`` → ``"<module>:<function>"``."""
+    module, _, attr = schema_id.rpartition(".")
+    if not module or not attr:
+        raise ConfigError(
+            f"SCHEMAID is {schema_id!r}; FORMAT=\"custom\" needs \"<module>.<function>\" (e.g. \"kv.decode\"), "
+            "or set the property 'decoder' to \"<module>:<function>\""
+        )
+    return f"{module}:{attr}"
+
+
+def _fields_setting(value: Any) -> tuple[str, ...]:
+    if value in (None, "", []):
+        return ()
+    if isinstance(value, str):
+        items = [part.strip() for part in value.split(",")]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(f"property 'fields' is {value!r}; must be a list of column names")
+    if not all(isinstance(item, str) and item for item in items):
+        raise ConfigError(f"property 'fields' is {value!r}; every column name must be a non-empty string")
+    return tuple(items)

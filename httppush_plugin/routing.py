@@ -1,0 +1,85 @@
+"""The endpoint table: (path, method) → the source instances subscribed to it (fan-out).
+
+Only the event-loop thread reads or changes the table, so it needs no lock. Each route keeps its subscriptions
+grouped by decoder (``Decoder.key``), so the handler decodes a body once per distinct decoder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+from .config import EndpointConfig
+from .decoders import Decoder
+from .emitter import ChannelSender
+
+_ids = itertools.count(1)
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One source instance on one endpoint. Registered at configure time; its sender is attached in ``open()``,
+    a moment later (the SDK dials the host's channel and starts ``open()`` after ``configure()`` returns)."""
+
+    endpoint: EndpointConfig
+    decoder: Decoder
+    label: str = ""
+    sender: ChannelSender | None = None
+    id: int = field(default_factory=lambda: next(_ids))
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        if not self.label:
+            self.label = f"source #{self.id}"
+
+    def attach(self, sender: ChannelSender) -> None:
+        """Call on the event loop."""
+        self.sender = sender
+        self.label = sender.label
+        self.ready.set()
+
+
+@dataclass
+class Route:
+    subscriptions: list[Subscription] = field(default_factory=list)
+    #: ``[(decoder, subscriptions using an equal decoder), …]``, rebuilt on every change
+    groups: list[tuple[Decoder, list[Subscription]]] = field(default_factory=list)
+
+    def regroup(self) -> None:
+        grouped: dict[Hashable, tuple[Decoder, list[Subscription]]] = {}
+        for sub in self.subscriptions:
+            grouped.setdefault(sub.decoder.key, (sub.decoder, []))[1].append(sub)
+        self.groups = list(grouped.values())
+
+
+class EndpointTable:
+    def __init__(self) -> None:
+        self._routes: dict[tuple[str, str], Route] = {}
+
+    def __len__(self) -> int:
+        return sum(len(route.subscriptions) for route in self._routes.values())
+
+    def add(self, sub: Subscription) -> None:
+        route = self._routes.setdefault((sub.endpoint.path, sub.endpoint.method), Route())
+        route.subscriptions.append(sub)
+        route.regroup()
+
+    def remove(self, sub: Subscription) -> None:
+        key = (sub.endpoint.path, sub.endpoint.method)
+        route = self._routes.get(key)
+        if route is None or sub not in route.subscriptions:
+            return
+        route.subscriptions.remove(sub)
+        if route.subscriptions:
+            route.regroup()
+        else:
+            del self._routes[key]
+
+    def lookup(self, path: str, method: str) -> Route | None:
+        return self._routes.get((path, method))
+
+    def methods(self, path: str) -> list[str]:
+        """The methods served on ``path`` (for 405's ``Allow``); empty when the path is unknown."""
+        return sorted(method for (p, method) in self._routes if p == path)

@@ -1,0 +1,143 @@
+"""The shared server: one event-loop thread, one aiohttp runner, started by the first subscription and stopped —
+port released — when the last one goes.
+
+The SDK calls ``configure()``/``close()`` from its control thread; they reach the loop through :meth:`call`, which
+waits for the result, so when ``configure()`` returns the server is bound and the route registered (eKuiper is told
+``ok`` right after, and a client may push at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from .config import ConfigError, ServerConfig
+from .emitter import ChannelSender
+from .handler import PushHandler
+from .routing import EndpointTable, Subscription
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+CALL_TIMEOUT_S = 30.0
+SHUTDOWN_TIMEOUT_S = 2.0
+
+
+class BindError(ConfigError):
+    """The server cannot listen (port taken, address missing, certificate unreadable)."""
+
+
+class SharedServer:
+    """Example::
+
+        server = SharedServer(lambda: ServerConfig(ip="127.0.0.1", port=0))
+        server.subscribe(sub)      # binds, registers sub.endpoint
+        server.unsubscribe(sub)    # last one: the port is released
+    """
+
+    def __init__(self, load_config: Callable[[], ServerConfig]) -> None:
+        self._load_config = load_config
+        self.table = EndpointTable()
+        self.config: ServerConfig | None = None
+        self.port: int | None = None  # the bound port (differs from config.port when that is 0)
+        self._runner: web.ServerRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_lock = threading.Lock()
+
+    # -- called from any thread ------------------------------------------------------------------------------
+
+    def subscribe(self, sub: Subscription) -> None:
+        self.call(self._subscribe(sub))
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.call(self._unsubscribe(sub))
+
+    def attach(self, sub: Subscription, sender: ChannelSender) -> None:
+        self.call(self._attach(sub, sender))
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT_S) -> T:
+        """Run ``coro`` on the server's loop and wait for its result (its exception is raised here)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    # -- on the loop ----------------------------------------------------------------------------------------
+
+    async def _subscribe(self, sub: Subscription) -> None:
+        if self._runner is None:
+            await self._start()
+        self.table.add(sub)
+        log.info("endpoint %s %s subscribed by %s", sub.endpoint.method, sub.endpoint.path, sub.label)
+
+    async def _attach(self, sub: Subscription, sender: ChannelSender) -> None:
+        sub.attach(sender)
+
+    async def _unsubscribe(self, sub: Subscription) -> None:
+        self.table.remove(sub)
+        log.info("endpoint %s %s unsubscribed by %s", sub.endpoint.method, sub.endpoint.path, sub.label)
+        if len(self.table) == 0 and self._runner is not None:
+            await self._stop()
+
+    async def _start(self) -> None:
+        cfg = self._load_config()
+        ssl_context = _ssl_context(cfg)
+        server = web.Server(PushHandler(self.table, cfg.max_body_size), access_log=None)
+        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.ip, cfg.port, ssl_context=ssl_context, reuse_address=True, backlog=1024)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise BindError(f"cannot listen on {cfg.address}: {exc.strerror or exc}") from None
+        self._runner, self.config = runner, cfg
+        sockets = getattr(site._server, "sockets", None) or []  # aiohttp exposes no public bound-port API
+        self.port = sockets[0].getsockname()[1] if sockets else cfg.port
+        log.info("httppush server listening on %s (port %s)", cfg.address, self.port)
+
+    async def _stop(self) -> None:
+        # Ordered: stop accepting and close idle connections, let in-flight requests finish (bounded by the
+        # runner's shutdown timeout), then cancel what is left. After this the port is free.
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+        log.info("httppush server stopped; port %s released", self.port)
+        self.port = None
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                started = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(started.set)
+                    loop.run_forever()
+
+                threading.Thread(target=run, name="httppush-loop", daemon=True).start()
+                started.wait()
+                self._loop = loop
+            return self._loop
+
+
+def _ssl_context(cfg: ServerConfig) -> ssl.SSLContext | None:
+    if cfg.tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cfg.tls.certfile, cfg.tls.keyfile)
+    except (OSError, ssl.SSLError) as exc:
+        raise BindError(
+            f"cannot listen on {cfg.address}: TLS certificate {cfg.tls.certfile!r} / key {cfg.tls.keyfile!r} "
+            f"unusable: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    return context

@@ -1,0 +1,113 @@
+"""The SDK glue: the only module (with ``main.py``) that imports the eKuiper SDK.
+
+Lifecycle of one source instance, as the SDK drives it (``ekuiper/runtime/source.py``; ``host-contract.md`` §3):
+
+* ``configure()`` runs in the control thread, before the host is answered. Everything a start can fail on is checked
+  here — settings, decoder, binding the shared server — because only what it raises reaches the host (as the rule's
+  error). On return the endpoint is live.
+* ``open()`` runs in a thread of its own right after: it dials the host's data channel, attaches it to the
+  subscription, and blocks until ``close()``; when it returns the SDK considers the source stopped.
+* ``close()`` unsubscribes (the last one stops the server) and closes the channel.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from ekuiper import Context, PluginConfig, Source, plugin
+
+from .config import DEFAULT_SEND_TIMEOUT_MS, EndpointConfig, load_server_config
+from .decoders import SearchPaths, build_decoder
+from .emitter import ChannelSender, channel_url
+from .routing import Subscription
+from .server import SharedServer
+
+log = logging.getLogger(__name__)
+
+
+class PluginRuntime:
+    """What every source instance of this process shares: the server, the search paths, the host's settings."""
+
+    def __init__(self, plugin_dir: Path, symbol: str, send_timeout_ms: int = DEFAULT_SEND_TIMEOUT_MS) -> None:
+        self.plugin_dir = plugin_dir
+        self.symbol = symbol
+        self.send_timeout_ms = send_timeout_ms
+        self.paths = SearchPaths(plugin_dir)
+        self.server = SharedServer(lambda: load_server_config(plugin_dir, symbol))
+
+
+class HttpPushSource(Source):
+    def __init__(self, runtime: PluginRuntime) -> None:
+        self.runtime = runtime
+        self.subscription: Subscription | None = None
+        self.sender: ChannelSender | None = None
+        self._closed = threading.Event()
+
+    def configure(self, datasource: str, conf: dict[str, Any]) -> None:
+        endpoint = EndpointConfig.from_props(conf, datasource)
+        decoder = build_decoder(endpoint, self.runtime.paths)
+        subscription = Subscription(endpoint, decoder)
+        self.runtime.server.subscribe(subscription)  # binds the server if it is the first: may raise BindError
+        self.subscription = subscription
+
+    def open(self, ctx: Context) -> None:
+        sub = self.subscription
+        if sub is None:
+            return
+        label = f"rule {ctx.get_rule_id()} stream {ctx.get_op_id()} instance {ctx.get_instance_id()}"
+        url = channel_url(ctx.get_rule_id(), ctx.get_op_id(), ctx.get_instance_id())
+        try:
+            sender = ChannelSender(url, self.runtime.send_timeout_ms, label)
+        except Exception:
+            log.exception("cannot dial the host's data channel %s; %s gets nothing", url, label)
+            self._release()
+            return
+        self.sender = sender
+        if self._closed.is_set():  # close() ran before we got here
+            sender.close()
+            return
+        self.runtime.server.attach(sub, sender)
+        self._closed.wait()
+
+    def close(self, ctx: Context) -> None:
+        self._release()
+        if self.sender is not None:
+            self.sender.close()
+        self._closed.set()
+
+    def _release(self) -> None:
+        sub, self.subscription = self.subscription, None
+        if sub is not None:
+            self.runtime.server.unsubscribe(sub)
+
+
+def _plugin_identity(plugin_dir: Path) -> tuple[str, list[str]]:
+    """eKuiper installs a plugin into ``plugins/portable/<name>/`` next to ``<name>.json``, which names the
+    sources: the folder tells which zip (httppush or pyhttppush) this process is."""
+    name = plugin_dir.name
+    descriptor = plugin_dir / f"{name}.json"
+    try:
+        symbols = list(json.loads(descriptor.read_text(encoding="utf-8"))["sources"])
+    except (OSError, ValueError, KeyError, TypeError):
+        symbols = [name]
+    return name, symbols
+
+
+def _send_timeout(argv: list[str]) -> int:
+    # eKuiper starts us as `python -u main.py '{"sendTimeout":1000}'` (plugin_ins_manager.go)
+    try:
+        return int(json.loads(argv[1])["sendTimeout"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return DEFAULT_SEND_TIMEOUT_MS
+
+
+def run(plugin_dir: Path, argv: list[str]) -> None:
+    """Entry point of the plugin process: serve eKuiper's control channel until the host goes away."""
+    name, symbols = _plugin_identity(plugin_dir)
+    runtime = PluginRuntime(plugin_dir, symbols[0], _send_timeout(argv))
+    sources = {symbol: (lambda: HttpPushSource(runtime)) for symbol in symbols}
+    plugin.start(PluginConfig(name, sources, {}, {}))
