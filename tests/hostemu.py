@@ -1,0 +1,237 @@
+"""A stand-in for eKuiper's portable-plugin runtime, speaking its exact protocol (``host-contract.md`` §1, §3, §4):
+
+* installs a plugin zip as eKuiper's installer does: ``sources/*`` to the host's ``etc/sources``, the rest to
+  ``plugins/portable/<name>/``, then ``/bin/sh install.sh`` in that folder;
+* starts the executable as eKuiper does: ``<pythonBin> -u <abs exe> '{"sendTimeout":1000}'``, cwd = plugin folder;
+* listens with REP on ``ipc:///tmp/plugin_<name>.ipc`` and drives the inverted request/reply: each command is the
+  reply to the plugin's last request, an answer starting with ``h`` is a stale handshake and the command is sent again
+  (runtime/connection.go ``SendCmd``);
+* listens with PULL on ``ipc:///tmp/<ruleId>_<opId>_<instanceId>.ipc`` before sending ``start`` and decodes each
+  message as ``{"message": {...}, "meta": {...}}``, dropping non-object messages as the host does.
+
+Like the real host, one emulator per plugin name at a time: the IPC paths carry no host identity.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pynng
+
+SEND_TIMEOUT_MS = 1000
+
+
+class HostError(AssertionError):
+    pass
+
+
+def install_zip(zip_path: Path, root: Path, name: str, python: str) -> Path:
+    """Install ``zip_path`` into the host tree ``root`` like eKuiper's portable manager; returns the plugin dir."""
+    plugin_dir = root / "plugins" / "portable" / name
+    conf_dir = root / "etc"
+    data_dir = root / "data"
+    plugin_dir.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        descriptor = json.loads(zf.read(f"{name}.json"))
+        for entry in names:
+            if entry.endswith("/"):
+                continue
+            if entry.startswith(("sources/", "sinks/", "functions/")):
+                for base in (conf_dir, data_dir):
+                    (base / entry).parent.mkdir(parents=True, exist_ok=True)
+                    (base / entry).write_bytes(zf.read(entry))
+            else:
+                (plugin_dir / entry).parent.mkdir(parents=True, exist_ok=True)
+                (plugin_dir / entry).write_bytes(zf.read(entry))
+    required = [f"{name}.json", descriptor["executable"], *(f"sources/{s}.yaml" for s in descriptor["sources"])]
+    missing = [r for r in required if r not in names]
+    if missing:
+        raise HostError(f"zip lacks {missing}")
+    if "install.sh" in names:
+        env = {**os.environ, "KUIPER__PORTABLE__PYTHONBIN": python}
+        result = subprocess.run(["/bin/sh", str(plugin_dir / "install.sh")], cwd=plugin_dir, env=env,
+                                capture_output=True, text=True, timeout=900)
+        if result.returncode != 0:
+            raise HostError(f"install.sh failed: stdout={result.stdout} stderr={result.stderr}")
+    return plugin_dir
+
+
+@dataclass
+class DataChannel:
+    """The host's PULL side of one source instance."""
+
+    rule_id: str
+    op_id: str
+    instance_id: int = 0
+    records: queue.Queue[dict[str, Any]] = field(default_factory=queue.Queue)
+    dropped: list[bytes] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.url = f"ipc:///tmp/{self.rule_id}_{self.op_id}_{self.instance_id}.ipc"
+        self.socket = pynng.Pull0(recv_timeout=200)
+        self.socket.listen(self.url)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                raw = self.socket.recv()
+            except pynng.Timeout:
+                continue
+            except pynng.NNGException:
+                return
+            envelope = json.loads(raw)
+            message = envelope.get("message")
+            if isinstance(message, dict):  # the host drops anything else (runtime/source.go)
+                self.records.put({"message": message, "meta": envelope.get("meta")})
+            else:
+                self.dropped.append(raw)
+
+    def take(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        """The next ``n`` messages (``{"message", "meta"}``), waiting up to ``timeout`` seconds in all."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            try:
+                out.append(self.records.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                raise HostError(f"expected {n} records on {self.url}, got {len(out)}: {out}") from None
+        return out
+
+    def messages(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        return [item["message"] for item in self.take(n, timeout)]
+
+    def assert_empty(self, wait: float = 0.3) -> None:
+        time.sleep(wait)
+        if not self.records.empty():
+            raise HostError(f"unexpected records on {self.url}: {list(self.records.queue)}")
+
+    def close(self) -> None:
+        self._stop.set()
+        self.socket.close()
+        self._thread.join(timeout=2)
+
+
+class PluginHost:
+    """Runs one installed plugin the way eKuiper 2.x does and sends it start/stop commands.
+
+    Example::
+
+        host = PluginHost(plugin_dir, "pyhttppush", python)
+        ch = host.start_source("r1", "s1", {"datasource": "/a", "format": "json"})
+        ...  # POST to the plugin, then ch.messages(1)
+        host.stop_source(ch)
+    """
+
+    def __init__(self, plugin_dir: Path, name: str, python: str, env: dict[str, str] | None = None) -> None:
+        self.plugin_dir = plugin_dir
+        self.name = name
+        self.descriptor = json.loads((plugin_dir / f"{name}.json").read_text())
+        self.symbol = self.descriptor["sources"][0]
+        self.url = f"ipc:///tmp/plugin_{name}.ipc"
+        self.socket = pynng.Rep0(recv_timeout=15000)
+        self.socket.listen(self.url)
+        self.log_path = plugin_dir / "plugin.log"
+        self._log = open(self.log_path, "ab")
+        exe = str(plugin_dir / self.descriptor["executable"])
+        self.process = subprocess.Popen(
+            [python, "-u", exe, json.dumps({"sendTimeout": SEND_TIMEOUT_MS}, separators=(",", ":"))],
+            cwd=plugin_dir, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._lock = threading.Lock()
+        self.channels: dict[tuple[str, str, int], tuple[DataChannel, dict[str, Any]]] = {}
+        try:
+            first = self.socket.recv()  # Handshake(): the plugin's first request
+        except pynng.Timeout:
+            self.close()
+            raise HostError(f"no handshake from the plugin; its log: {self.log_tail()}") from None
+        if not first.startswith(b"h"):
+            raise HostError(f"first request was {first!r}, not a handshake")
+
+    def log_tail(self, lines: int = 40) -> str:
+        self._log.flush()
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def send_command(self, cmd: str, control: dict[str, Any]) -> str:
+        """Send one command; returns the plugin's answer (``ok`` or an error text)."""
+        payload = json.dumps({"cmd": cmd, "arg": json.dumps(control)}).encode()
+        with self._lock:
+            while True:
+                try:
+                    self.socket.send(payload)
+                except pynng.BadState:  # no request pending: take the plugin's next one, then answer it
+                    self.socket.recv()
+                    self.socket.send(payload)
+                answer = self.socket.recv()
+                if answer[:1] == b"h":  # a stale handshake: send the command again
+                    continue
+                return answer.decode(errors="replace")
+
+    def control(self, rule_id: str, op_id: str, instance_id: int, config: dict[str, Any]) -> dict[str, Any]:
+        return {"symbolName": self.symbol, "meta": {"ruleId": rule_id, "opId": op_id, "instanceId": instance_id},
+                "pluginType": "source", "config": config}
+
+    def start_source(self, rule_id: str, op_id: str, props: dict[str, Any], instance_id: int = 0,
+                     expect_ok: bool = True) -> DataChannel | str:
+        """Listen on the data channel, then send ``start`` with the config eKuiper 2.x builds from ``props``."""
+        channel = DataChannel(rule_id, op_id, instance_id)
+        control = self.control(rule_id, op_id, instance_id, source_config(props))
+        answer = self.send_command("start", control)
+        if answer != "ok":
+            channel.close()
+            if expect_ok:
+                raise HostError(f"start answered {answer!r}")
+            return answer
+        self.channels[(rule_id, op_id, instance_id)] = (channel, control)
+        return channel
+
+    def stop_source(self, channel: DataChannel) -> str:
+        """As the host: close the data channel first, then send ``stop`` (runtime/source.go ``clean``)."""
+        _, control = self.channels.pop((channel.rule_id, channel.op_id, channel.instance_id))
+        channel.close()
+        return self.send_command("stop", control)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def close(self) -> None:
+        for channel, _ in list(self.channels.values()):
+            try:
+                self.stop_source(channel)
+            except Exception:
+                channel.close()
+        self.channels.clear()
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # as eKuiper's Stop(): no close() is called
+            self.process.wait(timeout=10)
+        self.socket.close()
+        self._log.close()
+
+
+def source_config(props: dict[str, Any]) -> dict[str, Any]:
+    """The ``config`` map eKuiper 2.x sends (internal/topo/node/conf/source.go): the yaml default group overlaid by
+    ``props`` (stream EXTRA / conf key), then every stream option, empty ones as "", 0, false."""
+    config: dict[str, Any] = {"method": "POST", "fields": [], "decoder": ""}
+    options = {"format": "json", "key": "", "datasource": "", "schemaId": "", "delimiter": "", "retainSize": 0,
+               "strictValidation": False, "timestamp": "", "timestampFormat": ""}
+    for key, value in props.items():
+        (options if key in options else config)[key] = value
+    options["format"] = str(options["format"]).lower()
+    return {**config, **options}

@@ -1,0 +1,324 @@
+"""The installed plugin driven over eKuiper's exact protocol (emulated host), with real HTTP over loopback."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from httppush_plugin.decoders import _compile_message
+from tests.conftest import free_port, push
+from tests.hostemu import PluginHost
+
+OBJECT = '{"temperature": 21.5, "id": "a1"}'
+ARRAY = '[{"t": 1}, {"t": 2}, {"t": 3}]'
+PROTO = """
+syntax = "proto3";
+package demo;
+message Reading {
+  string id = 1;
+  double value = 2;
+  int64 count = 3;
+  bytes raw = 4;
+  repeated int32 tags = 5;
+  Inner inner = 6;
+  enum Kind { UNKNOWN = 0; HOT = 1; }
+  Kind kind = 7;
+  map<string, int32> extra = 8;
+}
+message Inner { bool ok = 1; }
+"""
+
+
+def wait_closed(port: int, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) != 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def test_json_object_and_array(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/api/data"})
+    reply = push(server_port, "/api/data", OBJECT, headers={"Content-Type": "application/json"})
+    assert (reply.status, reply.body) == (200, {"accepted": 1, "sources": 1})
+    first = ch.take(1)[0]
+    assert first["message"] == {"temperature": 21.5, "id": "a1"}
+    assert first["meta"]["path"] == "/api/data" and first["meta"]["method"] == "POST"
+    assert first["meta"]["contentType"] == "application/json"
+
+    reply = push(server_port, "/api/data", ARRAY)
+    assert reply.body["accepted"] == 3
+    assert ch.messages(3) == [{"t": 1}, {"t": 2}, {"t": 3}]
+
+
+@pytest.mark.parametrize("body, needle", [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "element 0 is a number"),
+    ('"text"', "is a string"),
+    ('{"x": NaN}', "not valid JSON"),
+])
+def test_json_bad_bodies_rejected_and_nothing_emitted(host: PluginHost, server_port: int, body: str,
+                                                      needle: str) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/j"})
+    reply = push(server_port, "/j", body)
+    assert reply.status == 400
+    assert needle in reply.body["error"]
+    ch.assert_empty()
+
+
+def test_binary(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/bin", "format": "BINARY"})
+    payload = bytes(range(256))
+    assert push(server_port, "/bin", payload).status == 200
+    assert base64.b64decode(ch.messages(1)[0]["self"]) == payload
+
+
+def test_delimited_lines_fields_and_bad_utf8(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/d", "format": "delimited", "delimiter": ";",
+                                        "fields": ["id", "t"]})
+    reply = push(server_port, "/d", "1;20.5\r\n\n2;21;extra\n")
+    assert reply.body["accepted"] == 2
+    assert ch.messages(2) == [{"id": "1", "t": "20.5"}, {"id": "2", "t": "21"}]
+    assert push(server_port, "/d", b"\xff;1").status == 400
+    ch.assert_empty()
+
+
+def test_delimited_default_names(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/d", "format": "delimited"})
+    push(server_port, "/d", "a,b,c")
+    assert ch.messages(1) == [{"col0": "a", "col1": "b", "col2": "c"}]
+
+
+def test_urlencoded(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/u", "format": "urlencoded"})
+    assert push(server_port, "/u", "a=1&b=x+y&b=%C3%A9&c").status == 200
+    assert ch.messages(1) == [{"a": "1", "b": ["x y", "é"], "c": ""}]
+    reply = push(server_port, "/u", "a=%zz")
+    assert reply.status == 400 and "malformed escape" in reply.body["error"]
+    assert push(server_port, "/u", "a=1;b=2").status == 400
+    ch.assert_empty()
+
+
+def test_protobuf_from_host_schema_dir(host: PluginHost, server_port: int, installed: Path) -> None:
+    schema_dir = installed.parents[2] / "data" / "schemas" / "protobuf"
+    schema_dir.mkdir(parents=True, exist_ok=True)
+    (schema_dir / "reading.proto").write_text(PROTO)
+    ch = host.start_source("r1", "s1", {"datasource": "/p", "format": "protobuf", "schemaId": "reading.Reading"})
+    body = _encode_reading(installed)
+    assert push(server_port, "/p", body).status == 200
+    record = ch.messages(1)[0]
+    assert record == {"id": "x", "value": 1.5, "count": 2**40, "raw": base64.b64encode(b"\x00\x01").decode(),
+                      "tags": [1, 2], "inner": {"ok": True}, "kind": 1, "extra": {"k": 7}}
+    reply = push(server_port, "/p", b"\xff\xff\xff")
+    assert reply.status == 400 and "demo.Reading" in reply.body["error"]
+    # unset fields: scalars at their defaults, message fields absent (as eKuiper's converter)
+    push(server_port, "/p", b"")
+    assert ch.messages(1) == [{"id": "", "value": 0.0, "count": 0, "raw": "", "tags": [], "kind": 0, "extra": {}}]
+
+
+def _encode_reading(installed: Path) -> bytes:
+    proto = installed.parents[2] / "data" / "schemas" / "protobuf" / "reading.proto"
+    cls = _compile_message(proto, proto.stat().st_mtime, "Reading", (proto.parent,))
+    message = cls(id="x", value=1.5, count=2**40, raw=b"\x00\x01", tags=[1, 2], kind=1)
+    message.inner.ok = True
+    message.extra["k"] = 7
+    return message.SerializeToString()
+
+
+def test_protobuf_bad_schema_id_refuses_start(host: PluginHost) -> None:
+    answer = host.start_source("r1", "s1", {"datasource": "/p", "format": "protobuf", "schemaId": "nosuch.Msg"},
+                               expect_ok=False)
+    assert "nosuch.proto" in answer and "was found" in answer
+
+
+def test_custom_decoder_via_conf_group_and_schema_id(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/kv", "decoder": "kv:decode"})
+    reply = push(server_port, "/kv", "temperature=21.5 humidity=40\nstatus=ok\n")
+    assert reply.body["accepted"] == 2
+    assert ch.messages(2) == [{"temperature": 21.5, "humidity": 40}, {"status": "ok"}]
+    bad = push(server_port, "/kv", "oops")
+    assert bad.status == 400 and "not key=value" in bad.body["error"]
+    ch.assert_empty()
+    # eKuiper 1.x style: FORMAT="custom" + SCHEMAID="<module>.<function>"
+    ch2 = host.start_source("r2", "s2", {"datasource": "/kv1", "format": "custom", "schemaId": "kv.decode"})
+    push(server_port, "/kv1", "a=1")
+    assert ch2.messages(1) == [{"a": 1}]
+
+
+def test_host_options_accepted(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/o", "timestamp": "ts", "timestampFormat": "x",
+                                        "retainSize": 3, "strictValidation": True, "key": "id",
+                                        "interval": 0})
+    push(server_port, "/o", '{"ts": 1}')
+    assert ch.messages(1) == [{"ts": 1}]
+
+
+def test_fan_out_and_mixed_formats_decode_once_each(host: PluginHost, server_port: int) -> None:
+    a = host.start_source("r1", "s1", {"datasource": "/f"})
+    b = host.start_source("r2", "s1", {"datasource": "/f"})
+    c = host.start_source("r3", "s3", {"datasource": "/f", "format": "binary"})
+    reply = push(server_port, "/f", '{"v": 1}')
+    assert reply.status == 200 and reply.body["sources"] == 3
+    assert a.messages(1) == b.messages(1) == [{"v": 1}]
+    assert c.messages(1) == [{"self": base64.b64encode(b'{"v": 1}').decode()}]
+    # a body one subscriber cannot decode is refused for all
+    assert push(server_port, "/f", "not json").status == 400
+    for ch in (a, b, c):
+        ch.assert_empty(0.1)
+
+
+def test_post_and_put_on_one_path_404_405(host: PluginHost, server_port: int) -> None:
+    post = host.start_source("r1", "s1", {"datasource": "/x"})
+    put = host.start_source("r2", "s2", {"datasource": "/x", "method": "put"})
+    push(server_port, "/x", '{"m": "post"}')
+    push(server_port, "/x", '{"m": "put"}', method="PUT")
+    assert post.messages(1) == [{"m": "post"}] and put.messages(1) == [{"m": "put"}]
+    post.assert_empty(0.1)
+    missing = push(server_port, "/nope", "{}")
+    assert missing.status == 404 and "/nope" in missing.body["error"]
+    host.stop_source(put)
+    wrong = push(server_port, "/x", "{}", method="PUT")
+    assert wrong.status == 405 and wrong.headers["Allow"] == "POST" and "PUT" in wrong.body["error"]
+
+
+def test_start_refused_for_bad_datasource_and_method(host: PluginHost) -> None:
+    answer = host.start_source("r1", "s1", {"datasource": "api"}, expect_ok=False)
+    assert "DATASOURCE is 'api'" in answer and "starting with '/'" in answer
+    answer = host.start_source("r1", "s1", {"datasource": "/a", "method": "GET"}, expect_ok=False)
+    assert "property 'method' is 'GET'; must be POST or PUT" in answer
+
+
+def test_server_released_with_last_source_and_back(host: PluginHost, server_port: int) -> None:
+    a = host.start_source("r1", "s1", {"datasource": "/a"})
+    b = host.start_source("r2", "s2", {"datasource": "/b"})
+    assert push(server_port, "/b", "{}").status == 200
+    host.stop_source(a)
+    assert push(server_port, "/b", '{"still": 1}').status == 200
+    assert b.messages(2)[1] == {"still": 1}
+    host.stop_source(b)
+    assert wait_closed(server_port), "port still open after the last source stopped"
+    c = host.start_source("r3", "s3", {"datasource": "/c"})
+    assert push(server_port, "/c", '{"again": 1}').status == 200
+    assert c.messages(1) == [{"again": 1}]
+
+
+def test_bind_failure_refuses_only_that_start(installed: Path, host_python: str) -> None:
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen()
+    port = blocker.getsockname()[1]
+    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port)}
+    host = PluginHost(installed, "pyhttppush", host_python, env=env)
+    try:
+        answer = host.start_source("r1", "s1", {"datasource": "/a"}, expect_ok=False)
+        assert f"cannot listen on http://127.0.0.1:{port}" in answer and "in use" in answer
+        blocker.close()
+        ch = host.start_source("r2", "s2", {"datasource": "/a"})
+        assert push(port, "/a", '{"ok": 1}').status == 200
+        assert ch.messages(1) == [{"ok": 1}]
+        assert host.alive()
+    finally:
+        blocker.close()
+        host.close()
+
+
+def test_host_not_reading_gives_503_with_delivered_counts(host: PluginHost, server_port: int) -> None:
+    ok = host.start_source("r1", "s1", {"datasource": "/h"})
+    gone = host.start_source("r2", "s2", {"datasource": "/h"})
+    assert push(server_port, "/h", '{"a": 0}').status == 200  # both attached and delivering
+    assert ok.messages(1) == gone.messages(1) == [{"a": 0}]
+    gone.close()  # the host stops reading this instance (its PULL socket is gone)
+    reply = push(server_port, "/h", '[{"a": 1}, {"a": 2}]')
+    assert reply.status == 503
+    assert "not all delivered" in reply.body["error"]
+    delivered = reply.body["delivered"]
+    assert delivered["rule r1 stream s1 instance 0"] == 2
+    assert delivered["rule r2 stream s2 instance 0"] == 0
+    assert ok.messages(2) == [{"a": 1}, {"a": 2}]
+
+
+def test_slow_host_does_not_freeze_other_endpoints(host: PluginHost, server_port: int) -> None:
+    fast = host.start_source("r1", "s1", {"datasource": "/fast"})
+    slow = host.start_source("r2", "s2", {"datasource": "/slow"})
+    assert push(server_port, "/slow", "{}").status == 200
+    slow.messages(1)
+    slow.close()
+
+    results = {}
+    stuck = threading.Thread(target=lambda: results.setdefault("slow", push(server_port, "/slow", "{}")))
+    stuck.start()
+    time.sleep(0.1)
+    start = time.monotonic()
+    assert push(server_port, "/fast", '{"f": 1}').status == 200
+    elapsed = time.monotonic() - start
+    stuck.join()
+    assert results["slow"].status == 503
+    assert elapsed < 0.9, f"the fast endpoint waited {elapsed:.2f}s behind a stuck host channel"
+    assert fast.messages(1) == [{"f": 1}]
+
+
+def test_body_too_large(installed: Path, host_python: str) -> None:
+    port = free_port()
+    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port),
+           "PYHTTPPUSH_SERVER_MAX_BODY_SIZE": "100"}
+    host = PluginHost(installed, "pyhttppush", host_python, env=env)
+    try:
+        ch = host.start_source("r1", "s1", {"datasource": "/a"})
+        reply = push(port, "/a", '{"x": "' + "y" * 200 + '"}')
+        assert reply.status == 413 and "limit is 100 bytes" in reply.body["error"]
+        ch.assert_empty(0.1)
+    finally:
+        host.close()
+
+
+def test_https(installed: Path, host_python: str, tmp_path: Path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    port = free_port()
+    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port),
+           "PYHTTPPUSH_TLS_CERTFILE": str(cert), "PYHTTPPUSH_TLS_KEYFILE": str(key)}
+    host = PluginHost(installed, "pyhttppush", host_python, env=env)
+    try:
+        ch = host.start_source("r1", "s1", {"datasource": "/s"})
+        context = ssl.create_default_context(cafile=str(cert))
+        assert push(port, "/s", '{"secure": true}', tls=context).status == 200
+        assert ch.messages(1) == [{"secure": True}]
+    finally:
+        host.close()
+
+
+def test_unreadable_certificate_refuses_start(installed: Path, host_python: str, tmp_path: Path) -> None:
+    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(free_port()),
+           "PYHTTPPUSH_TLS_CERTFILE": str(tmp_path / "missing.pem"), "PYHTTPPUSH_TLS_KEYFILE": str(tmp_path / "k")}
+    host = PluginHost(installed, "pyhttppush", host_python, env=env)
+    try:
+        answer = host.start_source("r1", "s1", {"datasource": "/s"}, expect_ok=False)
+        assert "missing.pem" in answer and "cannot listen" in answer
+        assert host.alive()
+    finally:
+        host.close()
+
+
+def test_endpoint_live_when_start_answers_ok(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/now"})
+    assert push(server_port, "/now", '{"n": 1}').status == 200  # no retry: live at "ok"
+    assert ch.messages(1) == [{"n": 1}]
+
+
+def test_process_survives_handshake_idle(host: PluginHost, server_port: int) -> None:
+    """The SDK re-sends ``handshake`` after 5 s without a command; commands after that still work."""
+    time.sleep(6)
+    ch = host.start_source("r1", "s1", {"datasource": "/late"})
+    assert push(server_port, "/late", "{}").status == 200
+    assert ch.messages(1) == [{}]
