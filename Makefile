@@ -1,0 +1,47 @@
+# httppush: `make demo` runs a real eKuiper with the plugin; `make test` runs every test. See README.md.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: all venv package ekuiper test test-fast test-real demo bench lint clean
+
+all: package
+
+# Development environment: the runtime dependencies plus pytest and ruff.
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+# dist/pyhttppush.zip and dist/httppush.zip
+package: venv
+	$(PY) scripts/package.py
+
+# A real eKuiper (kuiperd), built once with Go at the pinned release and cached in .cache/ekuiper/
+ekuiper:
+	bash scripts/get-ekuiper.sh
+
+# Both tiers: the emulated host and the real eKuiper. Under CI=true a missing Go/eKuiper fails the run.
+test: package
+	$(PY) -m pytest
+
+test-fast: package
+	$(PY) -m pytest -m "not realhost"
+
+test-real: package
+	$(PY) -m pytest -m realhost
+
+# Build everything, start eKuiper with the plugin installed, push sample data, show the rule's output.
+demo: package
+	$(PY) scripts/demo.py
+
+bench: package
+	$(PY) bench/run.py
+
+lint: venv
+	$(PY) -m ruff check httppush_plugin tests scripts
+
+clean:
+	rm -rf dist .pytest_cache
