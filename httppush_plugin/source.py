@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ekuiper import Context, PluginConfig, Source, plugin
+from ekuiper import Context, PluginConfig, Source
+from ekuiper.runtime import plugin as sdk_plugin
 
 from .config import DEFAULT_SEND_TIMEOUT_MS, EndpointConfig, load_server_config
 from .decoders import SearchPaths, build_decoder
@@ -105,9 +108,29 @@ def _send_timeout(argv: list[str]) -> int:
         return DEFAULT_SEND_TIMEOUT_MS
 
 
+_CONFIG_ERROR_LINE = re.compile(rb"^httppush_plugin\.[\w.]*(?:ConfigError|BindError): (.*)$", re.S)
+
+
+def _plain_errors(symbol: str, command_reply: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """The SDK answers a failed start with the whole Python traceback, which eKuiper logs as the rule's error.
+    For the errors we raise on purpose (bad settings, bind failures) the message alone says everything."""
+
+    def reply(request: bytes) -> bytes:
+        answer = command_reply(request)
+        if answer.startswith(b"Traceback"):
+            match = _CONFIG_ERROR_LINE.match(answer[answer.rfind(b"\nhttppush_plugin.") + 1:].rstrip())
+            if match:
+                return symbol.encode() + b": " + match.group(1)
+        return answer
+
+    return reply
+
+
 def run(plugin_dir: Path, argv: list[str]) -> None:
     """Entry point of the plugin process: serve eKuiper's control channel until the host goes away."""
     name, symbols = _plugin_identity(plugin_dir)
     runtime = PluginRuntime(plugin_dir, symbols[0], _send_timeout(argv))
     sources = {symbol: (lambda: HttpPushSource(runtime)) for symbol in symbols}
-    plugin.start(PluginConfig(name, sources, {}, {}))
+    # plugin.start() looks command_reply up in its module when it starts serving
+    sdk_plugin.command_reply = _plain_errors(symbols[0], sdk_plugin.command_reply)
+    sdk_plugin.start(PluginConfig(name, sources, {}, {}))

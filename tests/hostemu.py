@@ -28,6 +28,8 @@ from typing import Any
 
 import pynng
 
+from tests.hostlock import HOST_LOCK
+
 SEND_TIMEOUT_MS = 1000
 
 
@@ -142,6 +144,7 @@ class PluginHost:
         self.descriptor = json.loads((plugin_dir / f"{name}.json").read_text())
         self.symbol = self.descriptor["sources"][0]
         self.url = f"ipc:///tmp/plugin_{name}.ipc"
+        HOST_LOCK.acquire()
         self.socket = pynng.Rep0(recv_timeout=15000)
         self.socket.listen(self.url)
         self.log_path = plugin_dir / "plugin.log"
@@ -223,6 +226,7 @@ class PluginHost:
             self.process.wait(timeout=10)
         self.socket.close()
         self._log.close()
+        HOST_LOCK.release()
 
 
 def source_config(props: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from typing import Any
 
 import pytest
 
+from tests.hostlock import HOST_LOCK
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / ".cache"
 GET_EKUIPER_SCRIPT = REPO_ROOT / "scripts" / "get-ekuiper.sh"
@@ -366,6 +368,7 @@ class EkuiperHost:
         if self.process is not None:
             raise RuntimeError("EkuiperHost already started")
         binary = kuiperd_path()
+        HOST_LOCK.acquire()
         self._create_root()
         if not self.rest_port:
             self.rest_port, self.cli_port, self.data_port = free_tcp_ports(3)
@@ -465,6 +468,7 @@ class EkuiperHost:
             if self._out_file is not None:
                 self._out_file.close()
                 self._out_file = None
+            HOST_LOCK.release()
 
     def _signal_group(self, sig: signal.Signals) -> None:
         """Send ``sig`` to kuiperd's process group, ignoring a group that is already gone."""
