@@ -1,0 +1,106 @@
+"""Settings parsing, and the one-source-of-truth check: shipped yaml, UI json, README and dataclasses agree."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from httppush_plugin.config import (
+    DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_PORTS,
+    ConfigError,
+    EndpointConfig,
+    ServerConfig,
+    load_server_config,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_server_yaml(plugin_dir: Path, text: str) -> None:
+    (plugin_dir / "etc").mkdir(parents=True, exist_ok=True)
+    (plugin_dir / "etc" / "kuiper.yaml").write_text(text)
+
+
+def test_server_defaults_per_symbol(tmp_path: Path) -> None:
+    assert load_server_config(tmp_path, "pyhttppush", {}) == ServerConfig(port=10082)
+    assert load_server_config(tmp_path, "httppush", {}) == ServerConfig(port=10081)
+
+
+def test_server_yaml_then_environment(tmp_path: Path) -> None:
+    write_server_yaml(tmp_path, "source:\n  httpServerIp: 127.0.0.1\n  httpServerPort: 9000\n"
+                                "  httpServerTls:\n    certfile: /c.pem\n    keyfile: /k.pem\n")
+    cfg = load_server_config(tmp_path, "pyhttppush", {})
+    assert (cfg.ip, cfg.port, cfg.tls.certfile, cfg.address) == ("127.0.0.1", 9000, "/c.pem", "https://127.0.0.1:9000")
+    env = {"PYHTTPPUSH_SERVER_PORT": "9100", "PYHTTPPUSH_SERVER_IP": "::1", "HTTPPUSH_SERVER_PORT": "1",
+           "KUIPER__SOURCE__HTTPSERVERPORT": "2", "PYHTTPPUSH_SERVER_MAX_BODY_SIZE": "5"}
+    cfg = load_server_config(tmp_path, "pyhttppush", env)
+    assert (cfg.port, cfg.ip, cfg.max_body_size, cfg.address) == (9100, "::1", 5, "https://[::1]:9100")
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("source:\n  httpServerPort: abc\n", "'httpServerPort' is 'abc'; must be a whole number"),
+    ("source:\n  httpServerPort: 70000\n", "must be from 0 to 65535"),
+    ("source:\n  httpServerMaxBodySize: 0\n", "must be at least 1"),
+    ("source:\n  httpServerTls: {certfile: /c}\n", "needs both 'certfile' and 'keyfile'"),
+    ("source: [1\n", "cannot parse"),
+    ("source: 3\n", "'source:' section"),
+])
+def test_server_bad_settings(tmp_path: Path, text: str, needle: str) -> None:
+    write_server_yaml(tmp_path, text)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_server_config(tmp_path, "pyhttppush", {})
+
+
+def test_endpoint_from_ekuiper_config() -> None:
+    cfg = EndpointConfig.from_props({"datasource": "/a", "method": "put", "format": "JSON", "delimiter": "",
+                                     "schemaId": "", "retainSize": 0, "interval": 0})
+    assert (cfg.path, cfg.method, cfg.format, cfg.delimiter) == ("/a", "PUT", "json", ",")
+    assert EndpointConfig.from_props({}, datasource="/legacy").path == "/legacy"  # 1.x: the SDK's datasource arg
+    custom = EndpointConfig.from_props({"datasource": "/c", "format": "json", "decoder": "kv:decode"})
+    assert (custom.format, custom.decoder) == ("custom", "kv:decode")
+    legacy = EndpointConfig.from_props({"datasource": "/c", "format": "custom", "schemaId": "mod.sub.fn"})
+    assert legacy.decoder == "mod.sub:fn"
+
+
+@pytest.mark.parametrize("props, needle", [
+    ({"datasource": ""}, "DATASOURCE is ''; must be the URL path"),
+    ({"datasource": "a/b"}, "DATASOURCE is 'a/b'"),
+    ({"datasource": "/a", "method": "GET"}, "property 'method' is 'GET'; must be POST or PUT"),
+    ({"datasource": "/a", "format": "avro"}, "FORMAT is 'avro'; must be one of"),
+    ({"datasource": "/a", "format": "protobuf", "schemaId": "nodot"}, "needs \"<file>.<Message>\""),
+    ({"datasource": "/a", "format": "custom", "schemaId": "x"}, "FORMAT=\"custom\" needs"),
+    ({"datasource": "/a", "fields": 3}, "property 'fields' is 3"),
+    ({"datasource": "/a", "fields": ["a", ""]}, "every column name must be a non-empty string"),
+])
+def test_endpoint_errors_name_key_value_and_rule(props: dict, needle: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        EndpointConfig.from_props(props)
+
+
+def test_shipped_files_agree() -> None:
+    """etc/kuiper.yaml ↔ ServerConfig defaults; sources yaml ↔ UI json ↔ EndpointConfig; README lists every option."""
+    server = yaml.safe_load((ROOT / "etc" / "kuiper.yaml").read_text())["source"]
+    assert server["httpServerPort"] == DEFAULT_PORTS["httppush"]
+    assert server["httpServerIp"] == ServerConfig().ip
+    assert server["httpServerMaxBodySize"] == DEFAULT_MAX_BODY_SIZE
+
+    groups = yaml.safe_load((ROOT / "etc" / "sources" / "httppush.yaml").read_text())
+    meta = json.loads((ROOT / "etc" / "sources" / "httppush.json").read_text())
+    ui = {prop["name"]: prop for prop in meta["properties"]["default"]}
+    assert set(ui) == set(groups["default"]), "every yaml option needs a UI entry (else the host lowercases it)"
+    for name, prop in ui.items():
+        assert prop["default"] == groups["default"][name], name
+    assert ui["method"]["values"] == ["POST", "PUT"]
+    assert EndpointConfig.from_props({"datasource": "/a", **groups["default"]}) == EndpointConfig(path="/a")
+    assert EndpointConfig.from_props({"datasource": "/a", **groups["put"]}).method == "PUT"
+
+    readme = (ROOT / "README.md").read_text()
+    for option in [*server, "httpServerTls", *ui]:
+        assert f"`{option}`" in readme, f"README does not document {option}"
+    for variant, port in DEFAULT_PORTS.items():
+        assert f"{variant}" in readme and str(port) in readme
