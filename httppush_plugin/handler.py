@@ -15,7 +15,7 @@ import orjson
 from aiohttp import web
 
 from .decoders import CustomDecoderFault, DecodeError
-from .emitter import DeliveryError
+from .emitter import Batch, ChannelSender, DeliveryError
 from .routing import EndpointTable, Subscription
 
 log = logging.getLogger(__name__)
@@ -57,8 +57,11 @@ class Unavailable(HttpError):
     status = 503
 
 
+_JSON = {"Content-Type": "application/json"}
+
+
 def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+    return web.Response(status=status, body=orjson.dumps(body), headers={**_JSON, **headers} if headers else _JSON)
 
 
 def error_response(exc: BaseException) -> web.Response:
@@ -121,26 +124,31 @@ class PushHandler:
         meta = orjson.dumps({"method": method, "path": path, "remoteAddr": request.remote or "",
                              "contentType": request.headers.get("Content-Type", "")})
         # decode for every distinct decoder before sending anything: one bad decoding refuses the whole body
-        batches = []
-        for decoder, subs in route.groups:
-            records = decoder.decode(body)
-            batches.append((_envelopes(decoder.messages(body, records), meta), subs))
+        batches = [(Batch(_envelopes(decoder.messages(body, decoder.decode(body)), meta)), subs)
+                   for decoder, subs in route.groups]
 
-        waits: list[tuple[Subscription, int, asyncio.Future[int]]] = []
-        for payloads, subs in batches:
-            for sub in subs:
-                sender = sub.sender or await self._wait_attached(sub)
-                waits.append((sub, len(payloads), sender.submit(payloads)))
-        results = await asyncio.gather(*(fut for _, _, fut in waits), return_exceptions=True)
-
-        failures = [(sub, res) for (sub, _, _), res in zip(waits, results) if isinstance(res, BaseException)]
-        if failures:
-            delivered = {sub.label: (res.delivered if isinstance(res, DeliveryError) else count)
-                         for (sub, count, _), res in zip(waits, results)}
-            reasons = "; ".join(str(res) for _, res in failures)
+        deliveries = [(sub, batch) for batch, subs in batches for sub in subs]
+        if len(deliveries) == 1:  # the common case: no task per delivery
+            sub, batch = deliveries[0]
+            try:
+                await (sub.sender or await self._wait_attached(sub)).deliver(batch)
+                results: list[BaseException | int] = [len(batch)]
+            except DeliveryError as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*(self._deliver(sub, batch) for sub, batch in deliveries),
+                                           return_exceptions=True)
+        if any(isinstance(res, BaseException) for res in results):
+            delivered = {sub.label: (res.delivered if isinstance(res, DeliveryError) else
+                                     0 if isinstance(res, BaseException) else res)
+                         for (sub, _), res in zip(deliveries, results)}
+            reasons = "; ".join(str(res) for res in results if isinstance(res, BaseException))
             raise Unavailable(f"records were not all delivered: {reasons}", delivered=delivered)
-        accepted = max((len(payloads) for payloads, _ in batches), default=0)
-        return json_response(200, {"accepted": accepted, "sources": len(waits)})
+        accepted = max((len(batch) for batch, _ in batches), default=0)
+        return json_response(200, {"accepted": accepted, "sources": len(deliveries)})
+
+    async def _deliver(self, sub: Subscription, batch: Batch) -> int:
+        return await (sub.sender or await self._wait_attached(sub)).deliver(batch)
 
     async def _read_body(self, request: web.BaseRequest) -> bytes:
         limit = self.max_body_size
@@ -160,11 +168,13 @@ class PushHandler:
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     @staticmethod
-    async def _wait_attached(sub: Subscription) -> Any:
+    async def _wait_attached(sub: Subscription) -> ChannelSender:
         try:
             await asyncio.wait_for(sub.ready.wait(), ATTACH_TIMEOUT_S)
         except asyncio.TimeoutError:
             raise Unavailable(f"{sub.label} is not ready: the host has not opened it") from None
+        if sub.sender is None:
+            raise Unavailable(f"{sub.label} stopped before it was ready")
         return sub.sender
 
 

@@ -40,6 +40,11 @@ class Subscription:
         self.label = sender.label
         self.ready.set()
 
+    def detach(self) -> None:
+        """Call on the event loop: the source is gone; requests waiting for it stop waiting."""
+        self.sender = None
+        self.ready.set()
+
 
 @dataclass
 class Route:

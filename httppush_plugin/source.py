@@ -63,23 +63,24 @@ class HttpPushSource(Source):
             return
         label = f"rule {ctx.get_rule_id()} stream {ctx.get_op_id()} instance {ctx.get_instance_id()}"
         url = channel_url(ctx.get_rule_id(), ctx.get_op_id(), ctx.get_instance_id())
+        server = self.runtime.server
         try:
-            sender = ChannelSender(url, self.runtime.send_timeout_ms, label)
+            sender = server.call(ChannelSender.connect(url, self.runtime.send_timeout_ms / 1000, label))
         except Exception:
             log.exception("cannot dial the host's data channel %s; %s gets nothing", url, label)
             self._release()
             return
         self.sender = sender
         if self._closed.is_set():  # close() ran before we got here
-            sender.close()
+            server.call(sender.close())
             return
-        self.runtime.server.attach(sub, sender)
+        server.attach(sub, sender)
         self._closed.wait()
 
     def close(self, ctx: Context) -> None:
         self._release()
         if self.sender is not None:
-            self.sender.close()
+            self.runtime.server.call(self.sender.close())
         self._closed.set()
 
     def _release(self) -> None:

@@ -84,11 +84,15 @@ class DataChannel:
         self.socket = pynng.Pull0(recv_timeout=200)
         self.socket.listen(self.url)
         self._stop = threading.Event()
+        self._reading = threading.Event()
+        self._reading.set()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            if not self._reading.wait(timeout=0.2):
+                continue
             try:
                 raw = self.socket.recv()
             except pynng.Timeout:
@@ -121,8 +125,16 @@ class DataChannel:
         if not self.records.empty():
             raise HostError(f"unexpected records on {self.url}: {list(self.records.queue)}")
 
+    def pause(self) -> None:
+        """Stop reading but keep the socket open: a host that has stalled."""
+        self._reading.clear()
+
+    def resume(self) -> None:
+        self._reading.set()
+
     def close(self) -> None:
         self._stop.set()
+        self._reading.set()
         self.socket.close()
         self._thread.join(timeout=2)
 

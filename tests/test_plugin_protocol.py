@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import socket
 import ssl
 import subprocess
@@ -244,6 +245,24 @@ def test_host_not_reading_gives_503_with_delivered_counts(host: PluginHost, serv
     assert delivered["rule r1 stream s1 instance 0"] == 2
     assert delivered["rule r2 stream s2 instance 0"] == 0
     assert ok.messages(2) == [{"a": 1}, {"a": 2}]
+
+
+def test_stalled_host_times_out_and_503_counts_exactly_what_arrives(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/stall"})
+    assert push(server_port, "/stall", '{"warm": 1}').status == 200
+    ch.messages(1)
+    ch.pause()  # the host keeps the channel open but stops reading
+    records = [{"i": i, "pad": "x" * 1000} for i in range(3000)]
+    reply = push(server_port, "/stall", json.dumps(records))
+    assert reply.status == 503 and "within 1 s" in reply.body["error"]
+    delivered = reply.body["delivered"]["rule r1 stream s1 instance 0"]
+    assert 0 < delivered < len(records)
+    ch.resume()
+    got = ch.messages(delivered, timeout=10)
+    assert [r["i"] for r in got] == list(range(delivered))  # in order, none missing
+    ch.assert_empty(0.5)  # and nothing reported undelivered arrives later
+    assert push(server_port, "/stall", '{"after": 1}').status == 200  # a new connection is dialled
+    assert ch.messages(1) == [{"after": 1}]
 
 
 def test_slow_host_does_not_freeze_other_endpoints(host: PluginHost, server_port: int) -> None:
