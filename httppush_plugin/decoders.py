@@ -148,8 +148,11 @@ def _json_kind(value: Any) -> str:
 
 
 class BinaryDecoder(Decoder):
-    """``{"self": <base64 of the body>}``: JSON can't carry bytes; eKuiper's JSON sinks show BYTEA as base64 and
-    STRICT_VALIDATION decodes it back to bytes."""
+    """``{"self": <base64 of the body>}``: the host channel carries JSON only, which can't hold bytes.
+
+    eKuiper (2.4.2) moves ``self`` into the stream's single BYTEA field as that text, and does not decode it even with
+    STRICT_VALIDATION (it skips validation for binary streams): a rule gets the bytes with ``decode(field, "base64")``.
+    """
 
     format = "binary"
 

@@ -26,6 +26,8 @@ class Subscription:
     endpoint: EndpointConfig
     decoder: Decoder
     label: str = ""
+    #: (ruleId, opId, instanceId) from the start command, when known: a second start for it replaces this one
+    instance: tuple[str, str, int] | None = None
     sender: ChannelSender | None = None
     id: int = field(default_factory=lambda: next(_ids))
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -66,10 +68,16 @@ class EndpointTable:
     def __len__(self) -> int:
         return sum(len(route.subscriptions) for route in self._routes.values())
 
-    def add(self, sub: Subscription) -> None:
+    def add(self, sub: Subscription) -> list[Subscription]:
+        """Register ``sub``; returns the subscriptions it replaces (same source instance, started again)."""
+        replaced = [old for route in self._routes.values() for old in route.subscriptions
+                    if sub.instance is not None and old.instance == sub.instance]
+        for old in replaced:
+            self.remove(old)
         route = self._routes.setdefault((sub.endpoint.path, sub.endpoint.method), Route())
         route.subscriptions.append(sub)
         route.regroup()
+        return replaced
 
     def remove(self, sub: Subscription) -> None:
         key = (sub.endpoint.path, sub.endpoint.method)

@@ -74,7 +74,14 @@ class SharedServer:
     async def _subscribe(self, sub: Subscription) -> None:
         if self._runner is None:
             await self._start()
-        self.table.add(sub)
+        for old in self.table.add(sub):
+            # eKuiper sends one instance's start twice when a rule restarts after the plugin process died (the
+            # replay of stored starts, then the restart's own): the newer start wins, the older goes quietly.
+            log.warning("%s started again: replacing its previous subscription", old.label)
+            sender, old.sender = old.sender, None
+            old.detach()
+            if sender is not None:
+                await sender.close()
         log.info("endpoint %s %s subscribed by %s", sub.endpoint.method, sub.endpoint.path, sub.label)
 
     async def _attach(self, sub: Subscription, sender: ChannelSender) -> None:

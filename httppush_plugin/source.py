@@ -53,7 +53,7 @@ class HttpPushSource(Source):
     def configure(self, datasource: str, conf: dict[str, Any]) -> None:
         endpoint = EndpointConfig.from_props(conf, datasource)
         decoder = build_decoder(endpoint, self.runtime.paths)
-        subscription = Subscription(endpoint, decoder)
+        subscription = Subscription(endpoint, decoder, instance=getattr(_starting, "instance", None))
         self.runtime.server.subscribe(subscription)  # binds the server if it is the first: may raise BindError
         self.subscription = subscription
 
@@ -109,15 +109,38 @@ def _send_timeout(argv: list[str]) -> int:
         return DEFAULT_SEND_TIMEOUT_MS
 
 
+#: The source instance whose start command the control thread is handling (the SDK gives configure() no meta).
+_starting = threading.local()
+
+
+def _instance_of(request: bytes) -> tuple[str, str, int] | None:
+    try:
+        command = json.loads(request)
+        if command.get("cmd") != "start":
+            return None
+        meta = json.loads(command["arg"])["meta"]
+        return (str(meta["ruleId"]), str(meta["opId"]), int(meta["instanceId"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 _CONFIG_ERROR_LINE = re.compile(rb"^httppush_plugin\.[\w.]*(?:ConfigError|BindError): (.*)$", re.S)
 
 
-def _plain_errors(symbol: str, command_reply: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
-    """The SDK answers a failed start with the whole Python traceback, which eKuiper logs as the rule's error.
-    For the errors we raise on purpose (bad settings, bind failures) the message alone says everything."""
+def _wrap_command_reply(symbol: str, command_reply: Callable[[bytes], bytes]) -> Callable[[bytes], bytes]:
+    """Around the SDK's command handler:
+
+    * note which source instance a start command is for, so that configure() can tell a repeated start;
+    * the SDK answers a failed start with the whole Python traceback, which eKuiper logs as the rule's error; for
+      the errors we raise on purpose (bad settings, bind failures) the message alone says everything.
+    """
 
     def reply(request: bytes) -> bytes:
-        answer = command_reply(request)
+        _starting.instance = _instance_of(request)
+        try:
+            answer = command_reply(request)
+        finally:
+            _starting.instance = None
         if answer.startswith(b"Traceback"):
             match = _CONFIG_ERROR_LINE.match(answer[answer.rfind(b"\nhttppush_plugin.") + 1:].rstrip())
             if match:
@@ -133,5 +156,5 @@ def run(plugin_dir: Path, argv: list[str]) -> None:
     runtime = PluginRuntime(plugin_dir, symbols[0], _send_timeout(argv))
     sources = {symbol: (lambda: HttpPushSource(runtime)) for symbol in symbols}
     # plugin.start() looks command_reply up in its module when it starts serving
-    sdk_plugin.command_reply = _plain_errors(symbols[0], sdk_plugin.command_reply)
+    sdk_plugin.command_reply = _wrap_command_reply(symbols[0], sdk_plugin.command_reply)
     sdk_plugin.start(PluginConfig(name, sources, {}, {}))

@@ -329,6 +329,19 @@ def test_unreadable_certificate_refuses_start(installed: Path, host_python: str,
         host.close()
 
 
+def test_repeated_start_of_one_instance_replaces_it(host: PluginHost, server_port: int) -> None:
+    """eKuiper re-sends a start for the same instance after a plugin crash + rule restart: deliver once, not twice."""
+    ch = host.start_source("r1", "s1", {"datasource": "/again"})
+    _, control = host.channels[("r1", "s1", 0)]
+    assert host.send_command("start", control) == "ok"
+    reply = push(server_port, "/again", '{"n": 1}')
+    assert (reply.status, reply.body) == (200, {"accepted": 1, "sources": 1})
+    assert ch.messages(1) == [{"n": 1}]
+    ch.assert_empty(0.3)
+    host.stop_source(ch)
+    assert wait_closed(server_port), "the replaced subscription kept the server open"
+
+
 def test_endpoint_live_when_start_answers_ok(host: PluginHost, server_port: int) -> None:
     ch = host.start_source("r1", "s1", {"datasource": "/now"})
     assert push(server_port, "/now", '{"n": 1}').status == 200  # no retry: live at "ok"

@@ -427,20 +427,6 @@ def test_02a_binary_rule_sees_base64_text(ctx: Ctx) -> None:
     assert base64.b64decode(records["plain"][0]["decoded"]) == every_byte
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugin limitation: with FORMAT=\"binary\" the rule gets the base64 TEXT of the body, never the bytes. The plugin "
-    "can only send JSON ({\"self\": base64}) and eKuiper's preprocessor moves `self` into the BYTEA field without "
-    "decoding it, even with STRICT_VALIDATION (the plugin's BinaryDecoder docstring and host-contract §5 claim "
-    "STRICT_VALIDATION decodes it back: not for binary streams). Workaround in SQL: decode(payload, \"base64\")."))
-def test_02b_binary_rule_sees_original_bytes(ctx: Ctx) -> None:
-    plain, path = ctx.stream('FORMAT="binary"', "(payload BYTEA)")
-    strict, _ = ctx.stream('FORMAT="binary", STRICT_VALIDATION="true"', "(payload BYTEA)", path=path)
-    for s in (plain, strict):
-        ctx.rule(f'SELECT cast(payload, "string") AS text FROM {s}')
-    assert ctx.push(path, b"hello world").body == {"accepted": 1, "sources": 2}
-    assert ctx.sink.wait_for(2) == [{"text": "hello world"}] * 2
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # 3. The other formats
 # --------------------------------------------------------------------------------------------------------------------
@@ -833,13 +819,10 @@ def test_10a_plugin_killed_rule_restart_restarts_it(ctx: Ctx) -> None:
     assert {"n": 1} in records["one"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "plugin bug: after the plugin process is killed and the rule is restarted, eKuiper sends that rule's start "
-    "command twice to the new process (replay of its stored command + the restart's own start). The plugin creates "
-    "two subscriptions for the same (rule, stream, instance): every push is delivered twice (\"sources\": 2), and "
-    "stopping the rule removes only one — the other stays on the endpoint (503 'host did not take records') and keeps "
-    "the port open after all rules stopped. A start for an instance that already has a subscription should replace it."))
 def test_10b_after_kill_and_rule_restart_each_push_is_delivered_once(ctx: Ctx) -> None:
+    """After a SIGKILL, restarting the rule makes the host start a new process, replay the stored start commands and
+    then send the restarted rule's own start: the same instance is started twice. The plugin replaces the first
+    subscription with the second, so each push is delivered once and the port closes when the rules stop."""
     (_, p1, r1), (_, p2, r2) = _two_rules_then_kill(ctx)
     ctx.expect_leak = True
     ctx.host.post(f"/rules/{r1}/restart")
