@@ -37,8 +37,10 @@ test-real: package
 demo: package
 	$(PY) scripts/demo.py
 
+# The benchmark (bench/README.md): needs wrk (apt-get install wrk). `make bench ARGS="--write"` stores the table.
 bench: package
-	$(PY) bench/run.py
+	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk"; exit 1; }
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py $(ARGS)
 
 lint: venv
 	$(PY) -m ruff check httppush_plugin tests scripts
