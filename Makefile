@@ -24,7 +24,7 @@ ekuiper:
 	bash scripts/get-ekuiper.sh
 
 # Both tiers: the emulated host and the real eKuiper. Under CI=true a missing Go/eKuiper fails the run.
-test: package
+test: package lint
 	$(PY) -m pytest
 
 test-fast: package
@@ -43,7 +43,7 @@ bench: package
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py $(ARGS)
 
 lint: venv
-	$(PY) -m ruff check httppush_plugin tests scripts
+	$(PY) -m ruff check httppush_plugin tests scripts bench main.py etc/decoders
 
 clean:
 	rm -rf dist .pytest_cache

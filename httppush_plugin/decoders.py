@@ -272,7 +272,8 @@ class ProtobufDecoder(Decoder):
         try:
             message.ParseFromString(body)
         except (ProtoDecodeError, RuntimeError, ValueError) as exc:
-            raise DecodeError(f"body is not a valid protobuf {self.message_class.DESCRIPTOR.full_name}: {exc}") from None
+            name = self.message_class.DESCRIPTOR.full_name
+            raise DecodeError(f"body is not a valid protobuf {name}: {exc}") from None
         return [self._to_record(message)]
 
 

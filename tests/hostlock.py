@@ -29,7 +29,8 @@ class HostLock:
                 except BlockingIOError:
                     if time.monotonic() > deadline:
                         handle.close()
-                        raise TimeoutError(f"another eKuiper host (pid in {LOCK_PATH}?) held the lock for {WAIT_S}s")
+                        raise TimeoutError(
+                            f"another eKuiper host (pid in {LOCK_PATH}?) held the lock for {WAIT_S}s") from None
                     time.sleep(0.2)
             handle.seek(0)
             handle.truncate()

@@ -8,8 +8,6 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-import pytest
-
 # what install.sh needs besides python, and deliberately not cmake or a C compiler
 TOOLS = ("sh", "dirname", "sed", "head", "tail", "grep", "rm", "mv", "uname", "cat", "env")
 
@@ -39,7 +37,8 @@ def test_python_from_host_kuiper_yaml_and_missing_pip(zips: dict[str, Path], tmp
     nopip = tmp_path / "nopip"
     subprocess.run([host_python, "-m", "venv", "--without-pip", str(nopip)], check=True)
     (tmp_path / "etc").mkdir()
-    (tmp_path / "etc" / "kuiper.yaml").write_text(f"basic:\n  debug: false\nportable:\n  pythonBin: \"{nopip}/bin/python3\"\n")
+    host_yaml = f"basic:\n  debug: false\nportable:\n  pythonBin: \"{nopip}/bin/python3\"\n"
+    (tmp_path / "etc" / "kuiper.yaml").write_text(host_yaml)
     env = {k: v for k, v in os.environ.items() if k != "KUIPER__PORTABLE__PYTHONBIN"}
     result = run_install(plugin_dir, env)
     assert result.returncode == 1
