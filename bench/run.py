@@ -98,6 +98,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     seconds: float
+    read_by_source: int | None = None  # plugin only: records eKuiper's source node read from our channel
     cpu_s: float | None = None
     peak_rss_mb: float | None = None
     errors: int = 0
@@ -143,6 +144,10 @@ class Bench:
         status = self.host.rule_status(f"{target}_{case.name}")
         return sum(int(v) for k, v in status.items() if PROJECT_IN.match(k))
 
+    def source_count(self, target: str, case: Case) -> int:
+        stream = f"{target}_{case.name}"
+        return int(self.host.rule_status(stream).get(f"source_{stream}_0_records_in_total", 0))
+
     def settle(self, target: str, case: Case, expected: int, timeout: float = 15.0) -> int:
         """Wait until the host's count reaches ``expected`` or stops moving."""
         last, stable_since = -1, time.monotonic()
@@ -160,6 +165,7 @@ class Bench:
 
     def run(self, target: str, case: Case, conns: int, duration: int, profile: Path | None = None) -> Result:
         before = self.host_count(target, case) if target != "floor" else 0
+        read_before = self.source_count(target, case) if target == "plugin" else 0
         spy = None
         if profile is not None and target == "plugin":
             out = profile / f"{case.name}-c{conns}.folded"
@@ -188,6 +194,7 @@ class Bench:
                         stats["p50_us"] / 1000, stats["p99_us"] / 1000, seconds,
                         errors=stats["status_errors"] + stats["socket_errors"])
         if target == "plugin":
+            result.read_by_source = self.source_count(target, case) - read_before
             result.cpu_s = cpu_seconds(self.plugin_pid) - cpu_before
             result.peak_rss_mb = peak_rss_mb(self.plugin_pid)
         return result
@@ -254,6 +261,8 @@ def median_results(results: list[Result]) -> dict[tuple[str, int, str], Result]:
         runs.sort(key=lambda r: r.rps)
         out[key] = runs[(len(runs) - 1) // 2]
         out[key].host_records = None if key[2] == "floor" else sum(r.host_records or 0 for r in runs)
+        if key[2] == "plugin":
+            out[key].read_by_source = sum(r.read_by_source or 0 for r in runs)
         out[key].accepted = sum(r.accepted for r in runs)
         out[key].seconds = sum(r.seconds for r in runs) if key[2] != "floor" else out[key].seconds
     return out
@@ -275,6 +284,9 @@ def table(results: list[Result], idle_rss: float, header: str) -> str:
         # host > accepted is no loss: wrk stops counting at the deadline while the last requests still complete
         lost = "" if r.host_records is None else ("yes" if r.host_records >= r.accepted else
                                                    f"**no: {r.host_records} of {r.accepted}**")
+        if r.read_by_source is not None and r.host_records is not None and r.host_records < r.accepted:
+            lost += (f" (the host's source read {r.read_by_source}: "
+                     f"{'it dropped the rest in its rule buffers' if r.read_by_source >= r.accepted else 'lost'})")
         lines.append(
             f"| {CASES[case].title} | {conns} | {target} | {r.rps:,.0f} | "
             f"{'' if r.host_records is None else f'{r.records_per_s:,.0f}'} | {lost} | {r.p50_ms:.2f} | "

@@ -128,11 +128,10 @@ class PushHandler:
                    for decoder, subs in route.groups]
 
         deliveries = [(sub, batch) for batch, subs in batches for sub in subs]
+        results: list[BaseException | int]
         if len(deliveries) == 1:  # the common case: no task per delivery
-            sub, batch = deliveries[0]
             try:
-                await (sub.sender or await self._wait_attached(sub)).deliver(batch)
-                results: list[BaseException | int] = [len(batch)]
+                results = [await self._deliver(*deliveries[0])]
             except DeliveryError as exc:
                 results = [exc]
         else:
