@@ -64,6 +64,10 @@ def main() -> None:
         host.create_stream(sql)
         host.create_rule("demo", rule, [sink.action()])
         host.wait_rule_running("demo")
+        # "running" comes before the plugin has started the source; the plugin's refCount names the rule once it has
+        deadline = time.monotonic() + 30
+        while "demo" not in host.plugin_status("pyhttppush").get("refCount", {}) and time.monotonic() < deadline:
+            time.sleep(0.1)
 
         say("pushing sample data")
         for title, body in SAMPLES:
