@@ -15,6 +15,7 @@ import base64
 import importlib.util
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -81,8 +82,6 @@ class SearchPaths:
         ]
 
     def decoder_dirs(self, environ: dict[str, str] | None = None) -> list[Path]:
-        import os
-
         env = os.environ if environ is None else environ
         extra = [Path(p) for p in env.get("HTTPPUSH_DECODERS_PATH", "").split(os.pathsep) if p]
         return [*extra, self.plugin_dir / "decoders"]

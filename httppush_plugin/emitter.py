@@ -18,11 +18,8 @@ the number of records that did go out; the next request dials again.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import deque
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 PUSH_HEADER = b"\x00SP\x00\x00\x50\x00\x00"
 PULL_PROTOCOL = 0x51
