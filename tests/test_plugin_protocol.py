@@ -299,6 +299,36 @@ def test_body_too_large(installed: Path, host_python: str) -> None:
         host.close()
 
 
+def _chunked(port: int, path: str, chunks: list[bytes]) -> tuple[int, dict]:
+    """A request with Transfer-Encoding: chunked (no Content-Length), as streaming clients send."""
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body=iter(chunks), encode_chunked=True)
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_chunked_bodies_and_their_size_limit(installed: Path, host_python: str) -> None:
+    port = free_port()
+    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port),
+           "PYHTTPPUSH_SERVER_MAX_BODY_SIZE": "1000"}
+    host = PluginHost(installed, "pyhttppush", host_python, env=env)
+    try:
+        ch = host.start_source("r1", "s1", {"datasource": "/c"})
+        status, body = _chunked(port, "/c", [b'[{"a": 1},', b' {"a": 2}]'])
+        assert (status, body) == (200, {"accepted": 2, "sources": 1})
+        assert ch.messages(2) == [{"a": 1}, {"a": 2}]
+        status, body = _chunked(port, "/c", [b"[" + b'{"x": 1},' * 150, b'{"x": 1}]'])
+        assert status == 413 and "over 1000 bytes" in body["error"]
+        ch.assert_empty(0.2)
+    finally:
+        host.close()
+
+
 def test_https(installed: Path, host_python: str, tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
