@@ -44,7 +44,6 @@ class SharedServer:
     def __init__(self, load_config: Callable[[], ServerConfig]) -> None:
         self._load_config = load_config
         self.table = EndpointTable()
-        self.config: ServerConfig | None = None
         self.port: int | None = None  # the bound port (differs from config.port when that is 0)
         self._runner: web.ServerRunner | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -64,10 +63,6 @@ class SharedServer:
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = CALL_TIMEOUT_S) -> T:
         """Run ``coro`` on the server's loop and wait for its result (its exception is raised here)."""
         return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result(timeout)
-
-    @property
-    def running(self) -> bool:
-        return self._runner is not None
 
     # -- on the loop ----------------------------------------------------------------------------------------
 
@@ -106,7 +101,7 @@ class SharedServer:
         except OSError as exc:
             await runner.cleanup()
             raise BindError(f"cannot listen on {cfg.address}: {exc.strerror or exc}") from None
-        self._runner, self.config = runner, cfg
+        self._runner = runner
         sockets = getattr(site._server, "sockets", None) or []  # aiohttp exposes no public bound-port API
         self.port = sockets[0].getsockname()[1] if sockets else cfg.port
         log.info("httppush server listening on %s (port %s)", cfg.address, self.port)

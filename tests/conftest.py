@@ -9,7 +9,7 @@ import socket
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,15 +89,27 @@ def server_port() -> int:
 
 
 @pytest.fixture
-def host(installed: Path, host_python: str, server_port: int) -> Iterator[PluginHost]:
+def make_host(installed: Path, host_python: str) -> Iterator[Callable[..., PluginHost]]:
+    """Start the installed plugin under the emulated host, its server on 127.0.0.1:``port`` plus ``extra_env``;
+    every host started is closed at teardown."""
+    started: list[PluginHost] = []
+
+    def start(port: int, **extra_env: str) -> PluginHost:
+        env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port), **extra_env}
+        started.append(PluginHost(installed, "pyhttppush", host_python, env=env))
+        return started[-1]
+
+    yield start
+    for plugin_host in started:
+        plugin_host.close()
+
+
+@pytest.fixture
+def host(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[PluginHost]:
     """The installed plugin, started by the emulated host, its server on a free loopback port."""
-    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(server_port)}
-    plugin_host = PluginHost(installed, "pyhttppush", host_python, env=env)
+    plugin_host = make_host(server_port)
     yield plugin_host
-    alive = plugin_host.alive()
-    tail = plugin_host.log_tail()
-    plugin_host.close()
-    assert alive, f"the plugin process died during the test; its log:\n{tail}"
+    assert plugin_host.alive(), f"the plugin process died during the test; its log:\n{plugin_host.log_tail()}"
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -212,24 +213,18 @@ def test_server_released_with_last_source_and_back(host: PluginHost, server_port
     assert c.messages(1) == [{"again": 1}]
 
 
-def test_bind_failure_refuses_only_that_start(installed: Path, host_python: str) -> None:
-    blocker = socket.socket()
-    blocker.bind(("127.0.0.1", 0))
-    blocker.listen()
-    port = blocker.getsockname()[1]
-    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port)}
-    host = PluginHost(installed, "pyhttppush", host_python, env=env)
-    try:
+def test_bind_failure_refuses_only_that_start(make_host: Callable[..., PluginHost]) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        host = make_host(port)
         answer = host.start_source("r1", "s1", {"datasource": "/a"}, expect_ok=False)
         assert f"cannot listen on http://127.0.0.1:{port}" in answer and "in use" in answer
-        blocker.close()
-        ch = host.start_source("r2", "s2", {"datasource": "/a"})
-        assert push(port, "/a", '{"ok": 1}').status == 200
-        assert ch.messages(1) == [{"ok": 1}]
-        assert host.alive()
-    finally:
-        blocker.close()
-        host.close()
+    ch = host.start_source("r2", "s2", {"datasource": "/a"})
+    assert push(port, "/a", '{"ok": 1}').status == 200
+    assert ch.messages(1) == [{"ok": 1}]
+    assert host.alive()
 
 
 def test_host_not_reading_gives_503_with_delivered_counts(host: PluginHost, server_port: int) -> None:
@@ -285,18 +280,12 @@ def test_slow_host_does_not_freeze_other_endpoints(host: PluginHost, server_port
     assert fast.messages(1) == [{"f": 1}]
 
 
-def test_body_too_large(installed: Path, host_python: str) -> None:
+def test_body_too_large(make_host: Callable[..., PluginHost]) -> None:
     port = free_port()
-    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port),
-           "PYHTTPPUSH_SERVER_MAX_BODY_SIZE": "100"}
-    host = PluginHost(installed, "pyhttppush", host_python, env=env)
-    try:
-        ch = host.start_source("r1", "s1", {"datasource": "/a"})
-        reply = push(port, "/a", '{"x": "' + "y" * 200 + '"}')
-        assert reply.status == 413 and "limit is 100 bytes" in reply.body["error"]
-        ch.assert_empty(0.1)
-    finally:
-        host.close()
+    ch = make_host(port, PYHTTPPUSH_SERVER_MAX_BODY_SIZE="100").start_source("r1", "s1", {"datasource": "/a"})
+    reply = push(port, "/a", '{"x": "' + "y" * 200 + '"}')
+    assert reply.status == 413 and "limit is 100 bytes" in reply.body["error"]
+    ch.assert_empty(0.1)
 
 
 def _chunked(port: int, path: str, chunks: list[bytes]) -> tuple[int, dict]:
@@ -312,51 +301,36 @@ def _chunked(port: int, path: str, chunks: list[bytes]) -> tuple[int, dict]:
         conn.close()
 
 
-def test_chunked_bodies_and_their_size_limit(installed: Path, host_python: str) -> None:
+def test_chunked_bodies_and_their_size_limit(make_host: Callable[..., PluginHost]) -> None:
     port = free_port()
-    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port),
-           "PYHTTPPUSH_SERVER_MAX_BODY_SIZE": "1000"}
-    host = PluginHost(installed, "pyhttppush", host_python, env=env)
-    try:
-        ch = host.start_source("r1", "s1", {"datasource": "/c"})
-        status, body = _chunked(port, "/c", [b'[{"a": 1},', b' {"a": 2}]'])
-        assert (status, body) == (200, {"accepted": 2, "sources": 1})
-        assert ch.messages(2) == [{"a": 1}, {"a": 2}]
-        status, body = _chunked(port, "/c", [b"[" + b'{"x": 1},' * 150, b'{"x": 1}]'])
-        assert status == 413 and "over 1000 bytes" in body["error"]
-        ch.assert_empty(0.2)
-    finally:
-        host.close()
+    ch = make_host(port, PYHTTPPUSH_SERVER_MAX_BODY_SIZE="1000").start_source("r1", "s1", {"datasource": "/c"})
+    status, body = _chunked(port, "/c", [b'[{"a": 1},', b' {"a": 2}]'])
+    assert (status, body) == (200, {"accepted": 2, "sources": 1})
+    assert ch.messages(2) == [{"a": 1}, {"a": 2}]
+    status, body = _chunked(port, "/c", [b"[" + b'{"x": 1},' * 150, b'{"x": 1}]'])
+    assert status == 413 and "over 1000 bytes" in body["error"]
+    ch.assert_empty(0.2)
 
 
-def test_https(installed: Path, host_python: str, tmp_path: Path) -> None:
+def test_https(make_host: Callable[..., PluginHost], tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
                    check=True, capture_output=True)
     port = free_port()
-    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port),
-           "PYHTTPPUSH_TLS_CERTFILE": str(cert), "PYHTTPPUSH_TLS_KEYFILE": str(key)}
-    host = PluginHost(installed, "pyhttppush", host_python, env=env)
-    try:
-        ch = host.start_source("r1", "s1", {"datasource": "/s"})
-        context = ssl.create_default_context(cafile=str(cert))
-        assert push(port, "/s", '{"secure": true}', tls=context).status == 200
-        assert ch.messages(1) == [{"secure": True}]
-    finally:
-        host.close()
+    host = make_host(port, PYHTTPPUSH_TLS_CERTFILE=str(cert), PYHTTPPUSH_TLS_KEYFILE=str(key))
+    ch = host.start_source("r1", "s1", {"datasource": "/s"})
+    context = ssl.create_default_context(cafile=str(cert))
+    assert push(port, "/s", '{"secure": true}', tls=context).status == 200
+    assert ch.messages(1) == [{"secure": True}]
 
 
-def test_unreadable_certificate_refuses_start(installed: Path, host_python: str, tmp_path: Path) -> None:
-    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(free_port()),
-           "PYHTTPPUSH_TLS_CERTFILE": str(tmp_path / "missing.pem"), "PYHTTPPUSH_TLS_KEYFILE": str(tmp_path / "k")}
-    host = PluginHost(installed, "pyhttppush", host_python, env=env)
-    try:
-        answer = host.start_source("r1", "s1", {"datasource": "/s"}, expect_ok=False)
-        assert "missing.pem" in answer and "cannot listen" in answer
-        assert host.alive()
-    finally:
-        host.close()
+def test_unreadable_certificate_refuses_start(make_host: Callable[..., PluginHost], tmp_path: Path) -> None:
+    host = make_host(free_port(), PYHTTPPUSH_TLS_CERTFILE=str(tmp_path / "missing.pem"),
+                     PYHTTPPUSH_TLS_KEYFILE=str(tmp_path / "k"))
+    answer = host.start_source("r1", "s1", {"datasource": "/s"}, expect_ok=False)
+    assert "missing.pem" in answer and "cannot listen" in answer
+    assert host.alive()
 
 
 def test_repeated_start_of_one_instance_replaces_it(host: PluginHost, server_port: int) -> None:
