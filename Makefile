@@ -43,7 +43,7 @@ bench: package
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py $(ARGS)
 
 lint: venv
-	$(PY) -m ruff check httppush_plugin tests scripts bench main.py etc/decoders
+	$(PY) -m ruff check httppush_plugin harness tests scripts bench main.py etc/decoders
 
 clean:
 	rm -rf dist .pytest_cache

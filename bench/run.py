@@ -23,7 +23,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,11 +33,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.realhost import EkuiperHost, kuiperd_path  # noqa: E402
+from harness.net import free_port, wait_port  # noqa: E402
+from harness.procstat import cpu_seconds, find_pid, peak_rss_mb, reset_peak_rss, status_kb  # noqa: E402
+from harness.realhost import EkuiperHost, kuiperd_path  # noqa: E402
 
 PLUGIN = "pyhttppush"
 PROJECT_IN = re.compile(r"^op_\d+_project_0_records_in_total$")
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True)
@@ -201,54 +201,10 @@ class Bench:
 
 
 def find_plugin_pid(host: EkuiperHost) -> int:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if f"{PLUGIN}/main.py".encode() in cmdline:
-                return int(entry.name)
-    raise RuntimeError("plugin process not found")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def _status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    return 0
-
-
-def reset_peak_rss(pid: int) -> None:
-    try:
-        Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
-
-
-def peak_rss_mb(pid: int) -> float:
-    return _status_kb(pid, "VmHWM") / 1024
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on {port}")
+    pid = find_pid(f"{PLUGIN}/main.py".encode())
+    if pid is None:
+        raise RuntimeError("plugin process not found")
+    return pid
 
 
 def median_results(results: list[Result]) -> dict[tuple[str, int, str], Result]:
@@ -331,7 +287,7 @@ def main() -> None:
             bench.setup()
             wait_port(floor_port)
             time.sleep(1)
-            idle_rss = _status_kb(bench.plugin_pid, "VmRSS") / 1024
+            idle_rss = status_kb(bench.plugin_pid, "VmRSS") / 1024
             for rnd in range(args.rounds):
                 for case in cases:
                     for c in conns:

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness.realhost import EkuiperHost, RecordSink, kuiperd_path  # noqa: E402
 from httppush_plugin.config import DEFAULT_PORTS  # noqa: E402
-from tests.realhost import EkuiperHost, RecordSink, kuiperd_path  # noqa: E402
 
 PORT = int(os.environ.get("PYHTTPPUSH_SERVER_PORT", DEFAULT_PORTS["pyhttppush"]))
 URL = f"http://127.0.0.1:{PORT}/api/data"

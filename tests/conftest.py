@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from harness.net import free_port
 from tests.hostemu import PluginHost, install_zip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,12 +24,6 @@ DIST = ROOT / "dist"
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "realhost: runs against a real eKuiper (kuiperd) process")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
@@ -71,7 +65,7 @@ def zips() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def host_python() -> str:
     """A python with only the standard library and pip, as on a plain edge host: install.sh must bring the rest."""
-    from tests.realhost import host_python as make
+    from harness.realhost import host_python as make
 
     return make()
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import pynng
 
-from tests.hostlock import HOST_LOCK
+from harness.hostlock import HOST_LOCK
 
 SEND_TIMEOUT_MS = 1000
 

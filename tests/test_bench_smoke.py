@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.realhost import require_kuiperd
+from harness.realhost import require_kuiperd
 
 pytestmark = pytest.mark.realhost
 ROOT = Path(__file__).resolve().parents[1]

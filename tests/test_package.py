@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.net import free_port
 from httppush_plugin.config import DEFAULT_PORTS
-from tests.conftest import free_port, push
+from tests.conftest import push
 from tests.hostemu import PluginHost, install_zip
 
 

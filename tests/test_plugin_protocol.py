@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.net import free_port, wait_port_closed
 from httppush_plugin.decoders import _compile_message
-from tests.conftest import free_port, push
+from tests.conftest import push
 from tests.hostemu import PluginHost
 
 OBJECT = '{"temperature": 21.5, "id": "a1"}'
@@ -36,16 +37,6 @@ message Reading {
 }
 message Inner { bool ok = 1; }
 """
-
-
-def wait_closed(port: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) != 0:
-                return True
-        time.sleep(0.05)
-    return False
 
 
 def test_json_object_and_array(host: PluginHost, server_port: int) -> None:
@@ -207,7 +198,7 @@ def test_server_released_with_last_source_and_back(host: PluginHost, server_port
     assert push(server_port, "/b", '{"still": 1}').status == 200
     assert b.messages(2)[1] == {"still": 1}
     host.stop_source(b)
-    assert wait_closed(server_port), "port still open after the last source stopped"
+    assert wait_port_closed(server_port), "port still open after the last source stopped"
     c = host.start_source("r3", "s3", {"datasource": "/c"})
     assert push(server_port, "/c", '{"again": 1}').status == 200
     assert c.messages(1) == [{"again": 1}]
@@ -343,7 +334,7 @@ def test_repeated_start_of_one_instance_replaces_it(host: PluginHost, server_por
     assert ch.messages(1) == [{"n": 1}]
     ch.assert_empty(0.3)
     host.stop_source(ch)
-    assert wait_closed(server_port), "the replaced subscription kept the server open"
+    assert wait_port_closed(server_port), "the replaced subscription kept the server open"
 
 
 def test_endpoint_live_when_start_answers_ok(host: PluginHost, server_port: int) -> None:

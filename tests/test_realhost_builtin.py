@@ -1,4 +1,4 @@
-"""Prove the real-host harness (tests/realhost.py) against eKuiper's BUILT-IN httppush source, not our plugin."""
+"""Prove the real-host harness (harness/realhost.py) against eKuiper's BUILT-IN httppush source, not our plugin."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.realhost import EkuiperHost, RecordSink, host_python, http_post, require_kuiperd
+from harness.realhost import EkuiperHost, RecordSink, host_python, http_post, require_kuiperd
 
 pytestmark = pytest.mark.realhost
 

@@ -1,5 +1,5 @@
 """The pyhttppush plugin inside a REAL eKuiper 2.4.2 (kuiperd): installed through REST, driven by streams and rules,
-results read back through a ``rest`` sink (:class:`tests.realhost.RecordSink`).
+results read back through a ``rest`` sink (:class:`harness.realhost.RecordSink`).
 
 One host and one plugin install for the whole module (install.sh pip-installs: ~17 s); every test uses its own
 streams, rules and URL paths and removes them at the end, waiting until the plugin's shared server has released its
@@ -38,8 +38,9 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import Reply, free_port, push
-from tests.realhost import EkuiperError, EkuiperHost, RecordSink, http_post, require_kuiperd
+from harness.net import free_port
+from harness.realhost import EkuiperError, EkuiperHost, RecordSink, http_post, require_kuiperd
+from tests.conftest import Reply, push
 
 pytestmark = pytest.mark.realhost
 

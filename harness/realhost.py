@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -37,7 +36,8 @@ from typing import Any
 
 import pytest
 
-from tests.hostlock import HOST_LOCK
+from harness.hostlock import HOST_LOCK
+from harness.net import free_tcp_ports
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / ".cache"
@@ -241,20 +241,6 @@ def http_request(
 def http_post(url: str, body: Any, *, timeout: float = 10.0) -> tuple[int, bytes]:
     """POST ``body`` to ``url`` (see :func:`http_request`) and return ``(status, raw body)``."""
     return http_request("POST", url, body, timeout=timeout)
-
-
-def free_tcp_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """Return ``count`` distinct TCP ports that were free on ``host`` (bound to port 0 together, then released)."""
-    sockets: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((host, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def _tail_lines(path: Path, n: int) -> list[str]:
