@@ -1,0 +1,99 @@
+"""FORMAT="json": an object → one record; an array of objects → one record per element (as eKuiper's converter).
+
+Parsed with orjson alone, which already refuses what the host could not read back (host-contract §10): NaN and
+Infinity, numbers outside float64 (``1e400``), lone surrogates (``"\\ud800"``), invalid UTF-8. Integers beyond 64 bits
+become floats, as the host reads every number as float64 anyway (§4). Example: ``JsonDecoder().decode(b'{"a": 1e400}')``
+raises ``DecodeError("body is not valid JSON: number is infinity when parsed as double: line 1 column 6")``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from . import DecodeError, Decoder, Record, body_text
+
+# The deepest nesting of arrays and objects orjson.loads accepts (measured with orjson 3.x: 1024 nested arrays parse,
+# 1025 raise "depth limit exceeded"; tests/test_decoders.py keeps this in step with the installed orjson).
+MAX_JSON_DEPTH = 1024
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+class JsonDecoder(Decoder):
+    """Object → one record; array of objects → one record per element (as eKuiper's json converter)."""
+
+    format = "json"
+
+    def decode(self, body: bytes) -> list[Record]:
+        doc = _parse(body)
+        if isinstance(doc, dict):
+            return [doc]
+        if isinstance(doc, list):
+            for index, item in enumerate(doc):
+                if not isinstance(item, dict):
+                    raise DecodeError(
+                        f"JSON array element {index} is {_json_kind(item)}; every element must be an object"
+                    )
+            return doc
+        raise DecodeError(f"JSON body is {_json_kind(doc)}; must be an object or an array of objects")
+
+
+def _parse(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        error = exc
+    # Everything below runs only for bodies orjson refused, so it costs nothing on the common path.
+    if body.startswith(_UTF8_BOM):
+        # RFC 8259 §8.1: a parser may ignore a UTF-8 byte order mark; orjson refuses it
+        try:
+            return orjson.loads(memoryview(body)[len(_UTF8_BOM):])
+        except orjson.JSONDecodeError as exc:
+            error = exc
+    raise DecodeError(_explain(body, error)) from None
+
+
+def _explain(body: bytes, error: orjson.JSONDecodeError) -> str:
+    encoding = _wide_encoding(body)
+    if encoding:
+        return f"JSON body must be UTF-8; it looks like {encoding}"
+    if not body.removeprefix(_UTF8_BOM).strip():
+        return "JSON body is empty; must be an object or an array of objects"
+    if "UTF-8" in error.msg and "BOM" not in error.msg:
+        # orjson says "str is not valid UTF-8: surrogates not allowed" for any bad byte; name the byte instead
+        try:
+            body_text(body, "JSON")
+        except DecodeError as exc:
+            return str(exc)
+    reason = error.msg
+    if reason.startswith("depth limit exceeded"):
+        reason = f"nesting is deeper than {MAX_JSON_DEPTH} levels"
+    return f"body is not valid JSON: {reason}: line {error.lineno} column {error.colno}"
+
+
+def _wide_encoding(body: bytes) -> str:
+    """``"UTF-16"`` or ``"UTF-32"`` if the body starts with their byte order mark or looks like them, else ``""``.
+
+    JSON text starts with an ASCII character, so NUL bytes among the first four mean a wider encoding (RFC 4627 §3):
+    ``00 00 00 xx`` and ``xx 00 00 00`` are UTF-32, ``00 xx`` and ``xx 00`` are UTF-16.
+    """
+    head = body[:4]
+    if head in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        return "UTF-32"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "UTF-16"
+    if b"\x00" not in head:
+        return ""
+    if len(head) == 4 and (head[:3] == b"\x00\x00\x00" or head[1:] == b"\x00\x00\x00"):
+        return "UTF-32"
+    return "UTF-16"
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "a boolean"
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), "a number")
