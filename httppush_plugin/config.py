@@ -24,6 +24,15 @@ DEFAULT_METHOD: Literal["POST"] = "POST"
 METHODS = ("POST", "PUT")
 FORMATS = ("json", "binary", "delimited", "urlencoded", "protobuf", "custom")
 DEFAULT_SEND_TIMEOUT_MS = 1000
+#: Seconds: from a request's first byte to the end of its headers / from there to the end of its body / how long a
+#: keep-alive connection may sit idle between requests.
+DEFAULT_READ_HEADER_TIMEOUT_S = 10.0
+DEFAULT_READ_BODY_TIMEOUT_S = 60.0
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+#: What a record's envelope may carry in ``meta`` (readable with ``meta(<name>)`` in SQL), and what it carries unless
+#: the config group's ``meta`` property says otherwise.
+META_FIELDS = ("method", "path", "remoteAddr", "contentType")
+DEFAULT_META: tuple[str, ...] = META_FIELDS
 
 Method = Literal["POST", "PUT"]
 
@@ -46,6 +55,9 @@ class ServerConfig:
     port: int = DEFAULT_PORTS["httppush"]
     tls: TlsConfig | None = None
     max_body_size: int = DEFAULT_MAX_BODY_SIZE
+    read_header_timeout: float = DEFAULT_READ_HEADER_TIMEOUT_S
+    read_body_timeout: float = DEFAULT_READ_BODY_TIMEOUT_S
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
 
     @property
     def scheme(self) -> str:
@@ -87,6 +99,9 @@ def load_server_config(
         "httpServerIp": environ.get(prefix + "SERVER_IP"),
         "httpServerPort": environ.get(prefix + "SERVER_PORT"),
         "httpServerMaxBodySize": environ.get(prefix + "SERVER_MAX_BODY_SIZE"),
+        "httpServerReadHeaderTimeout": environ.get(prefix + "SERVER_READ_HEADER_TIMEOUT"),
+        "httpServerReadBodyTimeout": environ.get(prefix + "SERVER_READ_BODY_TIMEOUT"),
+        "httpServerIdleTimeout": environ.get(prefix + "SERVER_IDLE_TIMEOUT"),
     }
     section.update({k: v for k, v in env.items() if v not in (None, "")})
     tls = dict(section.get("httpServerTls") or {})
@@ -97,7 +112,25 @@ def load_server_config(
     ip = str(section.get("httpServerIp") or DEFAULT_IP)
     port = _int_setting("httpServerPort", section.get("httpServerPort", DEFAULT_PORTS.get(symbol, 10081)), 0, 65535)
     max_body = _int_setting("httpServerMaxBodySize", section.get("httpServerMaxBodySize", DEFAULT_MAX_BODY_SIZE), 1)
-    return ServerConfig(ip=ip, port=port, tls=_tls_setting(tls), max_body_size=max_body)
+    return ServerConfig(
+        ip=ip, port=port, tls=_tls_setting(tls), max_body_size=max_body,
+        read_header_timeout=_seconds_setting("httpServerReadHeaderTimeout",
+                                             section.get("httpServerReadHeaderTimeout", DEFAULT_READ_HEADER_TIMEOUT_S)),
+        read_body_timeout=_seconds_setting("httpServerReadBodyTimeout",
+                                           section.get("httpServerReadBodyTimeout", DEFAULT_READ_BODY_TIMEOUT_S)),
+        idle_timeout=_seconds_setting("httpServerIdleTimeout",
+                                      section.get("httpServerIdleTimeout", DEFAULT_IDLE_TIMEOUT_S)),
+    )
+
+
+def _seconds_setting(key: str, value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting '{key}' is {value!r}; must be a number of seconds (e.g. 10 or 0.5)") from None
+    if not 0 < seconds <= 86400:
+        raise ConfigError(f"setting '{key}' is {value!r}; must be more than 0 and at most 86400 seconds")
+    return seconds
 
 
 def _int_setting(key: str, value: Any, low: int, high: int | None = None) -> int:
@@ -137,6 +170,7 @@ class EndpointConfig:
     fields: tuple[str, ...] = ()
     schema_id: str = ""
     decoder: str = ""
+    meta: tuple[str, ...] = DEFAULT_META
 
     @classmethod
     def from_props(cls, props: Mapping[str, Any], datasource: str = "") -> EndpointConfig:
@@ -169,6 +203,7 @@ class EndpointConfig:
             fields=_fields_setting(props.get("fields")),
             schema_id=schema_id,
             decoder=decoder,
+            meta=_meta_setting(props.get("meta")),
         )
 
 
@@ -195,3 +230,19 @@ def _fields_setting(value: Any) -> tuple[str, ...]:
     if not all(isinstance(item, str) and item for item in items):
         raise ConfigError(f"property 'fields' is {value!r}; every column name must be a non-empty string")
     return tuple(items)
+
+
+def _meta_setting(value: Any) -> tuple[str, ...]:
+    """Property ``meta``: which request facts each record carries; absent means :data:`DEFAULT_META`, ``[]`` none."""
+    if value is None:
+        return DEFAULT_META
+    if isinstance(value, str):
+        items: list[Any] = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(f"property 'meta' is {value!r}; must be a list of names from {', '.join(META_FIELDS)}")
+    unknown = [item for item in items if item not in META_FIELDS]
+    if unknown:
+        raise ConfigError(f"property 'meta' has {unknown[0]!r}; allowed names are {', '.join(META_FIELDS)}")
+    return tuple(dict.fromkeys(items))

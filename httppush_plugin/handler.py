@@ -1,7 +1,11 @@
-"""One request, straight through: look up → size → read → decode → deliver → answer.
+"""One request, straight through: route → decode → frame → deliver → answer.
 
-Nothing is answered 2xx before every record has been handed to the host channel of every subscribed source, and
-a body that any subscribed source cannot decode is refused before anything is sent.
+Nothing is answered 2xx before every record is in the host channel of every subscribed source, and a body that any
+subscribed source cannot decode is refused before anything is sent. The common request — sources attached, channels
+writable — is handled synchronously inside the connection's parser callback; only a request that must wait (a channel
+backed up, a source whose channel is not attached yet) returns a coroutine, which the connection runs as a task.
+
+Example: ``handler.handle(request)`` → ``Answer(200, b'{"accepted":3,"sources":1}')``.
 """
 
 from __future__ import annotations
@@ -9,28 +13,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import orjson
-from aiohttp import web
 
+from .channel import ChannelSender, DeliveryError
 from .decoders import CustomDecoderFault, DecodeError
-from .emitter import Batch, ChannelSender, DeliveryError
-from .routing import EndpointTable, Subscription
+from .framing import Frames, clip, frame_records
+from .routing import EndpointTable, Route, Subscription
 
 log = logging.getLogger(__name__)
 
 #: How long a request waits for a source that was configured but whose ``open()`` has not attached its channel yet.
 ATTACH_TIMEOUT_S = 5.0
+#: Seconds a client is asked to wait before retrying a 503.
+RETRY_AFTER_S = 1
 
 
 class HttpError(Exception):
     status = 500
 
-    def __init__(self, message: str, **extra: Any) -> None:
+    def __init__(self, message: str, headers: dict[str, str] | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.extra = extra
-        self.headers: dict[str, str] = {}
+        self.headers = headers or {}
+
+
+class BadRequest(HttpError):
+    status = 400
 
 
 class NotFound(HttpError):
@@ -41,77 +52,97 @@ class MethodNotAllowed(HttpError):
     status = 405
 
     def __init__(self, message: str, allowed: list[str]) -> None:
-        super().__init__(message)
-        self.headers = {"Allow": ", ".join(allowed)}
+        super().__init__(message, {"Allow": ", ".join(allowed)})
 
 
-class BadBody(HttpError):
-    status = 400
+class RequestTimeout(HttpError):
+    status = 408
 
 
 class TooLarge(HttpError):
     status = 413
 
 
+class HeadersTooLarge(HttpError):
+    status = 431
+
+
 class Unavailable(HttpError):
     status = 503
 
-
-_JSON = {"Content-Type": "application/json"}
-
-
-def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), headers={**_JSON, **headers} if headers else _JSON)
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message, {"Retry-After": str(RETRY_AFTER_S)}, **extra)
 
 
-def error_response(exc: BaseException) -> web.Response:
+class VersionNotSupported(HttpError):
+    status = 505
+
+
+class Answer:
+    """What the connection writes: status, JSON body, extra headers."""
+
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+
+class Request:
+    """One parsed request, as the connection hands it over (``route`` is set when the path and method are served)."""
+
+    __slots__ = ("method", "path", "route", "content_type", "remote", "body")
+
+    def __init__(self, method: str, path: str, route: Route | None, content_type: str, remote: str,
+                 body: bytes) -> None:
+        self.method = method
+        self.path = path
+        self.route = route
+        self.content_type = content_type
+        self.remote = remote
+        self.body = body
+
+
+def error_answer(exc: BaseException) -> Answer:
     """The one place that turns an exception into an HTTP answer: status + ``{"error": "..."}``."""
     if isinstance(exc, HttpError):
-        return json_response(exc.status, {"error": str(exc), **exc.extra}, exc.headers)
+        return Answer(exc.status, orjson.dumps({"error": str(exc), **exc.extra}), exc.headers)
     if isinstance(exc, DecodeError):
-        return json_response(400, {"error": str(exc)})
+        return Answer(400, orjson.dumps({"error": str(exc)}))
     if isinstance(exc, CustomDecoderFault):
-        return json_response(500, {"error": str(exc)})
+        return Answer(500, orjson.dumps({"error": str(exc)}))
     log.exception("unexpected error while handling a request")
-    return json_response(500, {"error": f"internal error: {type(exc).__name__}: {exc}"})
+    return Answer(500, orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}))
 
 
-class _RateLimitedLog:
+class RateLimitedLog:
     """Warn about rejected requests at most once per ``interval`` seconds, with a count of what was skipped."""
 
     def __init__(self, interval: float = 5.0) -> None:
         self.interval = interval
-        self._last = 0.0
+        self._last = -interval
         self._skipped = 0
 
-    def warn(self, request: web.BaseRequest, exc: BaseException) -> None:
+    def warn(self, what: str, exc: BaseException) -> None:
         now = time.monotonic()
         if now - self._last < self.interval:
             self._skipped += 1
             return
         skipped, self._skipped, self._last = self._skipped, 0, now
-        log.warning("%s %s from %s rejected: %s%s", request.method, request.path, request.remote, exc,
+        log.warning("%s rejected: %s%s", what, exc,
                     f" ({skipped} more rejected since the last warning)" if skipped else "")
 
 
 class PushHandler:
-    """The aiohttp low-level handler for every endpoint of the shared server."""
+    """Routes and handles every request of the shared server."""
 
-    def __init__(self, table: EndpointTable, max_body_size: int) -> None:
+    def __init__(self, table: EndpointTable) -> None:
         self.table = table
-        self.max_body_size = max_body_size
-        self._reject_log = _RateLimitedLog()
+        self.reject_log = RateLimitedLog()
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
-        try:
-            return await self._handle(request)
-        except Exception as exc:  # every failure becomes an answer: never a dropped connection
-            if isinstance(exc, HttpError | DecodeError):
-                self._reject_log.warn(request, exc)
-            return error_response(exc)
-
-    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
-        path, method = request.path, request.method
+    def route(self, method: str, path: str) -> Route:
+        """The route for ``method path``; raises :class:`NotFound` or :class:`MethodNotAllowed`."""
         route = self.table.lookup(path, method)
         if route is None:
             allowed = self.table.methods(path)
@@ -119,68 +150,105 @@ class PushHandler:
                 raise MethodNotAllowed(f"method {method} is not served on {path}; use {' or '.join(allowed)}",
                                        allowed)
             raise NotFound(f"no source listens on {path}")
-        body = await self._read_body(request)
+        return route
 
-        meta = orjson.dumps({"method": method, "path": path, "remoteAddr": request.remote or "",
-                             "contentType": request.headers.get("Content-Type", "")})
-        # decode for every distinct decoder before sending anything: one bad decoding refuses the whole body
-        batches = [(Batch(_envelopes(decoder.messages(body, decoder.decode(body)), meta)), subs)
-                   for decoder, subs in route.groups]
+    def reject(self, request_line: str, exc: BaseException) -> Answer:
+        if isinstance(exc, HttpError | DecodeError):
+            self.reject_log.warn(request_line, exc)
+        return error_answer(exc)
 
-        deliveries = [(sub, batch) for batch, subs in batches for sub in subs]
-        results: list[BaseException | int]
-        if len(deliveries) == 1:  # the common case: no task per delivery
-            try:
-                results = [await self._deliver(*deliveries[0])]
-            except DeliveryError as exc:
-                results = [exc]
-        else:
-            results = await asyncio.gather(*(self._deliver(sub, batch) for sub, batch in deliveries),
-                                           return_exceptions=True)
-        if any(isinstance(res, BaseException) for res in results):
-            delivered = {sub.label: (res.delivered if isinstance(res, DeliveryError) else
-                                     0 if isinstance(res, BaseException) else res)
-                         for (sub, _), res in zip(deliveries, results)}
-            reasons = "; ".join(str(res) for res in results if isinstance(res, BaseException))
-            raise Unavailable(f"records were not all delivered: {reasons}", delivered=delivered)
-        accepted = max((len(batch) for batch, _ in batches), default=0)
-        return json_response(200, {"accepted": accepted, "sources": len(deliveries)})
-
-    async def _deliver(self, sub: Subscription, batch: Batch) -> int:
-        return await (sub.sender or await self._wait_attached(sub)).deliver(batch)
-
-    async def _read_body(self, request: web.BaseRequest) -> bytes:
-        limit = self.max_body_size
-        length = request.content_length
-        if length is not None and length > limit:
-            raise TooLarge(f"body is {length} bytes; the limit is {limit} bytes (httpServerMaxBodySize)")
-        chunks = []
-        size = 0
-        while True:
-            chunk = await request.content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise TooLarge(f"body is over {limit} bytes, the limit (httpServerMaxBodySize)")
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    @staticmethod
-    async def _wait_attached(sub: Subscription) -> ChannelSender:
+    def handle(self, req: Request) -> Answer | Coroutine[Any, Any, Answer]:
         try:
-            await asyncio.wait_for(sub.ready.wait(), ATTACH_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise Unavailable(f"{sub.label} is not ready: the host has not opened it") from None
-        if sub.sender is None:
-            raise Unavailable(f"{sub.label} stopped before it was ready")
-        return sub.sender
+            return self._handle(req)
+        except Exception as exc:  # every failure becomes an answer: never a dropped connection
+            return self.reject(f"{req.method} {req.path} from {req.remote}", exc)
+
+    def _handle(self, req: Request) -> Answer | Coroutine[Any, Any, Answer]:
+        route = req.route
+        if route is None or not route.groups:  # its sources went away while the body was arriving
+            route = self.route(req.method, req.path)
+        body = req.body
+        # decode and frame for every group before sending anything: one bad decoding refuses the whole body
+        framed: list[tuple[Frames, list[Subscription]]] = []
+        meta_cache: dict[tuple[str, ...], bytes | None] = {}
+        for group in route.groups:
+            records = group.decoder.decode(body)
+            meta = meta_cache.get(group.meta, b"")
+            if meta == b"":
+                meta = meta_cache[group.meta] = _meta(group.meta, req)
+            framed.append((frame_records(records, meta, group.decoder.format == "custom"), group.subscriptions))
+
+        outcomes: list[tuple[Subscription, Frames, asyncio.Future[None] | DeliveryError | None]] = []
+        waiting = False
+        for frames, subs in framed:
+            for sub in subs:
+                outcome: asyncio.Future[None] | DeliveryError | None = None
+                if frames.ends:
+                    sender = sub.sender
+                    try:
+                        if sender is None:
+                            outcome = asyncio.ensure_future(self._deliver_when_attached(sub, frames))
+                        else:
+                            outcome = sender.send(frames)
+                    except DeliveryError as exc:
+                        outcome = exc
+                if outcome is not None:
+                    waiting = True
+                outcomes.append((sub, frames, outcome))
+        accepted = max((len(frames) for frames, _ in framed), default=0)
+        if not waiting:
+            return _accepted(accepted, len(outcomes))
+        return self._finish(req, outcomes, accepted)
+
+    async def _finish(self, req: Request,
+                      outcomes: list[tuple[Subscription, Frames, asyncio.Future[None] | DeliveryError | None]],
+                      accepted: int) -> Answer:
+        futures = [outcome for _, _, outcome in outcomes if isinstance(outcome, asyncio.Future)]
+        if futures:
+            await asyncio.wait(futures)
+        delivered: dict[str, int] = {}
+        reasons: list[str] = []
+        for sub, frames, outcome in outcomes:
+            error: BaseException | None = None
+            if isinstance(outcome, DeliveryError):
+                error = outcome
+            elif isinstance(outcome, asyncio.Future):
+                error = outcome.exception() if not outcome.cancelled() else asyncio.CancelledError()
+            if error is None:
+                delivered[sub.label] = len(frames)
+            else:
+                delivered[sub.label] = error.delivered if isinstance(error, DeliveryError) else 0
+                reasons.append(str(error))
+        if reasons:
+            return self.reject(f"{req.method} {req.path} from {req.remote}",
+                               Unavailable(f"records were not all delivered: {'; '.join(reasons)}",
+                                           delivered=delivered))
+        return _accepted(accepted, len(outcomes))
+
+    async def _deliver_when_attached(self, sub: Subscription, frames: Frames) -> None:
+        sender = await _wait_attached(sub)
+        waiter = sender.send(frames)
+        if waiter is not None:
+            await waiter
 
 
-_PREFIX = b'{"message":'
+async def _wait_attached(sub: Subscription) -> ChannelSender:
+    try:
+        await asyncio.wait_for(sub.ready.wait(), ATTACH_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise DeliveryError(0, f"{sub.label} is not ready: the host has not opened it") from None
+    if sub.sender is None:
+        raise DeliveryError(0, f"{sub.label} stopped before it was ready")
+    return sub.sender
 
 
-def _envelopes(messages: list[bytes], meta: bytes) -> list[bytes]:
-    """``{"message": <record>, "meta": {...}}``, the shape eKuiper's portable source reads (runtime/source.go)."""
-    suffix = b',"meta":' + meta + b"}"
-    return [_PREFIX + message + suffix for message in messages]
+def _meta(fields: tuple[str, ...], req: Request) -> bytes | None:
+    if not fields:
+        return None
+    values = {"method": req.method, "path": req.path, "remoteAddr": req.remote,
+              "contentType": clip(req.content_type)}
+    return orjson.dumps({name: values[name] for name in fields})
+
+
+def _accepted(accepted: int, sources: int) -> Answer:
+    return Answer(200, b'{"accepted":%d,"sources":%d}' % (accepted, sources))

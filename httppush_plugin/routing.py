@@ -1,7 +1,8 @@
 """The endpoint table: (path, method) → the source instances subscribed to it (fan-out).
 
 Only the event-loop thread reads or changes the table, so it needs no lock. Each route keeps its subscriptions
-grouped by decoder (``Decoder.key``), so the handler decodes a body once per distinct decoder.
+grouped by what they receive — equal decoders (``Decoder.key``) and equal ``meta`` fields — so the handler decodes
+and frames a body once per group, however many sources subscribe.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import itertools
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from .channel import ChannelSender
 from .config import EndpointConfig
 from .decoders import Decoder
-from .emitter import ChannelSender
 
 _ids = itertools.count(1)
 
@@ -49,15 +50,27 @@ class Subscription:
 
 
 @dataclass
+class Group:
+    """Subscriptions of one route that get the same frames: equal decoders and equal meta fields."""
+
+    decoder: Decoder
+    meta: tuple[str, ...]
+    subscriptions: list[Subscription]
+
+
+@dataclass
 class Route:
     subscriptions: list[Subscription] = field(default_factory=list)
-    #: ``[(decoder, subscriptions using an equal decoder), …]``, rebuilt on every change
-    groups: list[tuple[Decoder, list[Subscription]]] = field(default_factory=list)
+    #: rebuilt on every change
+    groups: list[Group] = field(default_factory=list)
 
     def regroup(self) -> None:
-        grouped: dict[Hashable, tuple[Decoder, list[Subscription]]] = {}
+        grouped: dict[Hashable, Group] = {}
         for sub in self.subscriptions:
-            grouped.setdefault(sub.decoder.key, (sub.decoder, []))[1].append(sub)
+            key = (sub.decoder.key, sub.endpoint.meta)
+            if key not in grouped:
+                grouped[key] = Group(sub.decoder, sub.endpoint.meta, [])
+            grouped[key].subscriptions.append(sub)
         self.groups = list(grouped.values())
 
 
@@ -85,9 +98,8 @@ class EndpointTable:
         if route is None or sub not in route.subscriptions:
             return
         route.subscriptions.remove(sub)
-        if route.subscriptions:
-            route.regroup()
-        else:
+        route.regroup()  # an emptied route has no groups: a request already routed to it is refused, not answered
+        if not route.subscriptions:
             del self._routes[key]
 
     def lookup(self, path: str, method: str) -> Route | None:

@@ -1,5 +1,6 @@
-"""The shared server: one event-loop thread, one aiohttp runner, started by the first subscription and stopped —
-port released — when the last one goes.
+"""The shared server's lifecycle: one event-loop thread (uvloop when installed), one listening socket serving
+:class:`~.protocol.HttpConnection`, started by the first subscription and stopped — port released — when the last
+one goes.
 
 The SDK calls ``configure()``/``close()`` from its control thread; they reach the loop through :meth:`call`, which
 waits for the result, so when ``configure()`` returns the server is bound and the route registered (eKuiper is told
@@ -15,11 +16,10 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
-from aiohttp import web
-
+from .channel import ChannelSender
 from .config import ConfigError, ServerConfig
-from .emitter import ChannelSender
 from .handler import PushHandler
+from .protocol import ConnectionSet, HttpConnection
 from .routing import EndpointTable, Subscription
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,8 @@ class SharedServer:
         self._load_config = load_config
         self.table = EndpointTable()
         self.port: int | None = None  # the bound port (differs from config.port when that is 0)
-        self._runner: web.ServerRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: ConnectionSet | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
 
@@ -64,10 +65,18 @@ class SharedServer:
         """Run ``coro`` on the server's loop and wait for its result (its exception is raised here)."""
         return asyncio.run_coroutine_threadsafe(coro, self._ensure_loop()).result(timeout)
 
+    def run(self, fn: Callable[[], T], timeout: float = CALL_TIMEOUT_S) -> T:
+        """Run the plain function ``fn`` on the server's loop and wait for its result."""
+
+        async def call() -> T:
+            return fn()
+
+        return self.call(call(), timeout)
+
     # -- on the loop ----------------------------------------------------------------------------------------
 
     async def _subscribe(self, sub: Subscription) -> None:
-        if self._runner is None:
+        if self._server is None:
             await self._start()
         for old in self.table.add(sub):
             # eKuiper sends one instance's start twice when a rule restarts after the plugin process died (the
@@ -76,7 +85,7 @@ class SharedServer:
             sender, old.sender = old.sender, None
             old.detach()
             if sender is not None:
-                await sender.close()
+                sender.close()
         log.info("endpoint %s %s subscribed by %s", sub.endpoint.method, sub.endpoint.path, sub.label)
 
     async def _attach(self, sub: Subscription, sender: ChannelSender) -> None:
@@ -86,32 +95,34 @@ class SharedServer:
         self.table.remove(sub)
         sub.detach()
         log.info("endpoint %s %s unsubscribed by %s", sub.endpoint.method, sub.endpoint.path, sub.label)
-        if len(self.table) == 0 and self._runner is not None:
+        if len(self.table) == 0 and self._server is not None:
             await self._stop()
 
     async def _start(self) -> None:
         cfg = self._load_config()
         ssl_context = _ssl_context(cfg)
-        server = web.Server(PushHandler(self.table, cfg.max_body_size), access_log=None)
-        runner = web.ServerRunner(server, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-        await runner.setup()
-        site = web.TCPSite(runner, cfg.ip, cfg.port, ssl_context=ssl_context, reuse_address=True, backlog=1024)
+        connections = ConnectionSet(PushHandler(self.table), cfg)
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            server = await loop.create_server(
+                lambda: HttpConnection(connections), cfg.ip, cfg.port, ssl=ssl_context, reuse_address=True,
+                backlog=1024, ssl_handshake_timeout=cfg.read_header_timeout if ssl_context else None)
         except OSError as exc:
-            await runner.cleanup()
             raise BindError(f"cannot listen on {cfg.address}: {exc.strerror or exc}") from None
-        self._runner = runner
-        sockets = getattr(site._server, "sockets", None) or []  # aiohttp exposes no public bound-port API
-        self.port = sockets[0].getsockname()[1] if sockets else cfg.port
+        connections.start()
+        self._server, self._connections = server, connections
+        self.port = server.sockets[0].getsockname()[1] if server.sockets else cfg.port
         log.info("httppush server listening on %s (port %s)", cfg.address, self.port)
 
     async def _stop(self) -> None:
-        # Ordered: stop accepting and close idle connections, let in-flight requests finish (bounded by the
-        # runner's shutdown timeout), then cancel what is left. After this the port is free.
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        # Ordered: stop accepting (the port is free from here), close idle connections and let in-flight requests
+        # finish for up to SHUTDOWN_TIMEOUT_S, then answer what is left with 503 and close it.
+        server, self._server = self._server, None
+        connections, self._connections = self._connections, None
+        if server is not None:
+            server.close()
+        if connections is not None:
+            await connections.shutdown(SHUTDOWN_TIMEOUT_S)
         log.info("httppush server stopped; port %s released", self.port)
         self.port = None
 

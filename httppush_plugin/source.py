@@ -23,9 +23,9 @@ from typing import Any
 from ekuiper import Context, PluginConfig, Source
 from ekuiper.runtime import plugin as sdk_plugin
 
+from .channel import ChannelSender, channel_url
 from .config import DEFAULT_SEND_TIMEOUT_MS, EndpointConfig, load_server_config
 from .decoders import SearchPaths, build_decoder
-from .emitter import ChannelSender, channel_url
 from .routing import Subscription
 from .server import SharedServer
 
@@ -72,7 +72,7 @@ class HttpPushSource(Source):
             return
         self.sender = sender
         if self._closed.is_set():  # close() ran before we got here
-            server.call(sender.close())
+            server.run(sender.close)
             return
         server.attach(sub, sender)
         self._closed.wait()
@@ -80,7 +80,7 @@ class HttpPushSource(Source):
     def close(self, ctx: Context) -> None:
         self._release()
         if self.sender is not None:
-            self.runtime.server.call(self.sender.close())
+            self.runtime.server.run(self.sender.close)
         self._closed.set()
 
     def _release(self) -> None:

@@ -53,8 +53,8 @@ def build(variant: str, out_dir: Path) -> Path:
         _add(zf, f"{variant}.json", (json.dumps(descriptor, indent=2) + "\n").encode())
         for src, name in PLAIN_FILES:
             _add(zf, name, (ROOT / src).read_bytes(), executable=name.endswith(".sh"))
-        for path in sorted((ROOT / "httppush_plugin").glob("*.py")):
-            _add(zf, f"httppush_plugin/{path.name}", path.read_bytes())
+        for path in sorted((ROOT / "httppush_plugin").rglob("*.py")):
+            _add(zf, path.relative_to(ROOT).as_posix(), path.read_bytes())
         _add(zf, "etc/kuiper.yaml", server_yaml.encode())
         for path in sorted((ROOT / "etc" / "decoders").glob("*.py")):
             _add(zf, f"decoders/{path.name}", path.read_bytes())

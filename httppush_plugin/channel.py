@@ -1,0 +1,281 @@
+"""The connection to one source instance's host channel.
+
+eKuiper listens with an nng PULL socket on ``ipc:///tmp/{ruleId}_{opId}_{instanceId}.ipc`` and reads one record per
+message (``docs/host-behaviour.md`` §4). Instead of one blocking ``pynng`` send per record (≈ 30 µs and a thread hop
+each, ``bench/nng_send.py``), this module speaks the SP-over-IPC wire protocol that nng and eKuiper's mangos both
+implement, on a non-blocking Unix socket that it owns, driven by the server's event loop:
+
+* after connecting, each side sends the 8-byte header ``00 'S' 'P' 00 <protocol:u16 BE> 00 00`` — PUSH is 0x50,
+  PULL 0x51 (mangos ``transport/conn.go``);
+* then every message is ``01 <length:u64 BE> <body>`` (built by :mod:`.framing`).
+
+A request's frames are handed over once their last byte is in the kernel's socket buffer — the point at which an nng
+send completes. The socket is written with ``send()`` directly, not through an asyncio transport, so the count of
+bytes the kernel took is exact at every moment: when the host makes no progress for the send timeout, the socket is
+closed on the spot, whatever is still queued here is dropped, and the records reported as undelivered can never
+reach the host later (a transport's ``abort()`` only schedules the close). A frame cut in half makes the host drop
+that message with the connection.
+
+Example (on the loop)::
+
+    sender = await ChannelSender.connect("ipc:///tmp/r1_s_0.ipc", 1.0, "rule r1 stream s instance 0")
+    waiter = sender.send(frames)   # None: all in the kernel already
+    if waiter is not None:
+        await waiter               # or DeliveryError(delivered=…)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections import deque
+
+from .framing import Frames
+
+PUSH_HEADER = b"\x00SP\x00\x00\x50\x00\x00"
+PULL_PROTOCOL = 0x51
+
+
+def channel_url(rule_id: str, op_id: str, instance_id: int | str) -> str:
+    """The data channel eKuiper's portable runtime listens on for one source instance."""
+    return f"ipc:///tmp/{rule_id}_{op_id}_{instance_id}.ipc"
+
+
+class DeliveryError(Exception):
+    """Part of a request's records was not handed over; ``delivered`` whole records went out before the failure."""
+
+    def __init__(self, delivered: int, reason: str) -> None:
+        super().__init__(reason)
+        self.delivered = delivered
+        self.reason = reason
+
+
+class _Pending:
+    """One ``send()`` still waiting for the kernel to take its bytes."""
+
+    __slots__ = ("frames", "start", "end", "future")
+
+    def __init__(self, frames: Frames, start: int, end: int, future: asyncio.Future[None]) -> None:
+        self.frames, self.start, self.end, self.future = frames, start, end, future
+
+    def fail(self, sent: int, reason: str) -> None:
+        if not self.future.done():
+            self.future.set_exception(DeliveryError(self.frames.count_within(max(0, sent - self.start)), reason))
+
+
+class ChannelSender:
+    """Sends framed records to one source instance's host channel; lives on the event loop."""
+
+    def __init__(self, url: str, send_timeout_s: float, label: str) -> None:
+        if not url.startswith("ipc://"):
+            raise ValueError(f"unsupported channel url {url!r}; eKuiper's portable runtime uses ipc://")
+        self.url = url
+        self.path = url[len("ipc://"):]
+        self.send_timeout_s = send_timeout_s
+        self.label = label
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._sock: socket.socket | None = None
+        self._closed = False
+        self._dialing: asyncio.Future[None] | None = None
+        # Bytes offered (``queued``) and taken by the kernel (``sent``) over the life of the current connection.
+        self._queued = 0
+        self._sent = 0
+        self._unsent: deque[memoryview] = deque()
+        self._waiters: deque[_Pending] = deque()
+        self._last_progress = 0.0
+        self._watchdog: asyncio.TimerHandle | None = None
+
+    @classmethod
+    async def connect(cls, url: str, send_timeout_s: float, label: str) -> ChannelSender:
+        sender = cls(url, send_timeout_s, label)
+        await sender._dial()
+        return sender
+
+    @property
+    def connected(self) -> bool:
+        return self._sock is not None
+
+    # -- connecting ------------------------------------------------------------------------------------------
+
+    async def _dial(self) -> None:
+        """Connect and exchange SP headers; concurrent callers share one attempt. Raises ``ConnectionError``."""
+        if self._dialing is not None:
+            return await asyncio.shield(self._dialing)
+        loop = self._loop = asyncio.get_running_loop()
+        self._dialing = loop.create_future()
+        try:
+            sock = await asyncio.wait_for(self._handshake(loop), self.send_timeout_s)
+        except BaseException as exc:
+            if isinstance(exc, ConnectionError):
+                error = exc
+            else:
+                timed_out = isinstance(exc, (TimeoutError, asyncio.TimeoutError))
+                error = ConnectionError(f"cannot connect to the host channel {self.url}: "
+                                        f"{'timed out' if timed_out else exc}")
+            self._dialing.set_exception(error)
+            self._dialing.exception()  # retrieved: nobody else may be waiting
+            self._dialing = None
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            raise error from None
+        self._dialing.set_result(None)
+        self._dialing = None
+        if self._closed:
+            sock.close()
+            raise ConnectionError(f"{self.label} is stopping")
+        self._sock = sock
+        self._queued = self._sent = 0
+        loop.add_reader(sock.fileno(), self._on_readable)
+
+    async def _handshake(self, loop: asyncio.AbstractEventLoop) -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, self.path)
+            await loop.sock_sendall(sock, PUSH_HEADER)
+            header = b""
+            while len(header) < 8:
+                chunk = await loop.sock_recv(sock, 8 - len(header))
+                if not chunk:
+                    raise ConnectionError(f"the host closed {self.url} during the handshake")
+                header += chunk
+            if header[:4] != b"\x00SP\x00" or int.from_bytes(header[4:6], "big") != PULL_PROTOCOL:
+                raise ConnectionError(f"{self.url} is not an SP PULL socket (header {header!r})")
+        except OSError as exc:
+            sock.close()
+            if isinstance(exc, ConnectionError):
+                raise
+            raise ConnectionError(f"cannot connect to the host channel {self.url}: {exc.strerror or exc}") from None
+        except BaseException:
+            sock.close()  # a failed or cancelled handshake must not leak the socket
+            raise
+        return sock
+
+    # -- sending ---------------------------------------------------------------------------------------------
+
+    def send(self, frames: Frames) -> asyncio.Future[None] | None:
+        """Hand ``frames`` to the host. Returns ``None`` when the kernel took every byte at once (the usual case),
+        else a future that completes when it has, or fails with :class:`DeliveryError`. Call on the loop."""
+        if self._closed:
+            raise DeliveryError(0, f"{self.label} is stopping")
+        sock = self._sock
+        if sock is None:
+            return asyncio.ensure_future(self._dial_and_send(frames))
+        data = frames.data
+        start = self._queued
+        self._queued = end = start + len(data)
+        if not self._unsent:
+            try:
+                sent = sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as exc:
+                self._lose(f"the host channel failed: {exc.strerror or exc}")
+                raise DeliveryError(0, f"{self.label}: the host channel failed: {exc.strerror or exc}") from None
+            self._sent += sent
+            if sent == len(data):
+                return None
+            self._unsent.append(memoryview(data)[sent:])
+            self._last_progress = time.monotonic()
+            assert self._loop is not None
+            self._loop.add_writer(sock.fileno(), self._on_writable)
+            self._arm_watchdog(self.send_timeout_s)
+        else:
+            self._unsent.append(memoryview(data))
+        assert self._loop is not None
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append(_Pending(frames, start, end, future))
+        return future
+
+    async def _dial_and_send(self, frames: Frames) -> None:
+        try:
+            await self._dial()
+        except ConnectionError as exc:
+            raise DeliveryError(0, f"{self.label}: {exc}") from None
+        waiter = self.send(frames)
+        if waiter is not None:
+            await waiter
+
+    def _on_writable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        unsent = self._unsent
+        progressed = False
+        while unsent:
+            view = unsent[0]
+            try:
+                sent = sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._lose(f"the host channel failed: {exc.strerror or exc}")
+                return
+            progressed = True
+            self._sent += sent
+            if sent < len(view):
+                unsent[0] = view[sent:]
+                break
+            unsent.popleft()
+        if progressed:
+            self._last_progress = time.monotonic()
+        while self._waiters and self._waiters[0].end <= self._sent:
+            waiter = self._waiters.popleft()
+            if not waiter.future.done():
+                waiter.future.set_result(None)
+        if not unsent:
+            assert self._loop is not None
+            self._loop.remove_writer(sock.fileno())
+
+    def _arm_watchdog(self, delay: float) -> None:
+        if self._watchdog is None:
+            assert self._loop is not None
+            self._watchdog = self._loop.call_later(delay, self._check_progress)
+
+    def _check_progress(self) -> None:
+        """The send timeout measures lack of progress: a large batch the host reads steadily never times out."""
+        self._watchdog = None
+        if not self._unsent:
+            return
+        idle = time.monotonic() - self._last_progress
+        if idle >= self.send_timeout_s:
+            self._lose(f"the host took no records for {self.label} within {self.send_timeout_s:g} s")
+        else:
+            self._arm_watchdog(self.send_timeout_s - idle)
+
+    def _on_readable(self) -> None:
+        # The host never sends after its header: readable means it closed the channel (or sent garbage).
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lose(f"the host closed the channel ({exc.strerror or exc})")
+            return
+        if not data:
+            self._lose("the host closed the channel")
+
+    def _lose(self, reason: str) -> None:
+        """Close the socket now; everything not yet in the kernel is dropped and its senders are told."""
+        sock, self._sock = self._sock, None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if sock is not None:
+            assert self._loop is not None
+            self._loop.remove_reader(sock.fileno())
+            self._loop.remove_writer(sock.fileno())
+            sock.close()
+        self._unsent.clear()
+        sent = self._sent
+        while self._waiters:
+            self._waiters.popleft().fail(sent, f"{self.label}: {reason}")
+
+    def close(self) -> None:
+        """Stop: fail what is still queued and close the socket. Call on the loop."""
+        self._closed = True
+        self._lose(f"{self.label} is stopping")
