@@ -1,4 +1,6 @@
-"""Shared fixtures: the packaged zips, a plugin installed from them, an emulated host, and a small HTTP client."""
+"""Shared fixtures: the packaged zips, a plugin installed from them, an emulated host, a small HTTP client, and the
+one real eKuiper that the ``test_realhost_{formats,rules,lifecycle}`` modules share (helpers in
+``tests/realhost_support.py``)."""
 
 from __future__ import annotations
 
@@ -11,19 +13,50 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from harness.net import free_port
 from tests.hostemu import PluginHost, install_zip
 
+if TYPE_CHECKING:
+    from harness.realhost import EkuiperHost, RecordSink
+    from tests.realhost_support import Ctx
+
 ROOT = Path(__file__).resolve().parents[1]
 DIST = ROOT / "dist"
 
 
+#: The fixture that starts the session's shared real eKuiper (see :func:`ekuiper`).
+SHARED_HOST_FIXTURE = "ekuiper"
+_REPORTS = pytest.StashKey[dict[str, pytest.TestReport]]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "realhost: runs against a real eKuiper (kuiperd) process")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the tests on the session's shared real eKuiper last, together, whatever order the files were given in.
+
+    That host lives until the session ends and listens on ``/tmp/plugin_pyhttppush.ipc``. The emulated host listens
+    on the same path (and would not wait: ``harness.hostlock`` is re-entrant within a process), and the benchmark's
+    kuiperd runs in another process that would wait on that lock until the session ends. So nothing else may run once
+    the shared host has started. Relative order is kept, so the host still starts only once.
+    """
+    shared = [item for item in items if SHARED_HOST_FIXTURE in getattr(item, "fixturenames", ())]
+    if shared:
+        ids = {id(item) for item in shared}
+        items[:] = [item for item in items if id(item) not in ids] + shared
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keep each phase's report on the item, so that a fixture's teardown can tell whether the test passed."""
+    outcome = yield
+    report = outcome.get_result()
+    item.stash.setdefault(_REPORTS, {})[report.when] = report
 
 
 @dataclass
@@ -112,3 +145,61 @@ def _no_stray_env() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(before)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The real eKuiper shared by tests/test_realhost_{formats,rules,lifecycle}.py
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def plugin_port() -> int:
+    """The port the real host's plugin serves on (``PYHTTPPUSH_SERVER_PORT``)."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def ekuiper(tmp_path_factory: pytest.TempPathFactory, zips: dict[str, Path], plugin_port: int) -> Iterator[EkuiperHost]:
+    """ONE real eKuiper for the whole session, with dist/pyhttppush.zip installed once through
+    ``POST /plugins/portables`` (starting and installing take ~15-20 s). Tests reach it through :func:`ctx`."""
+    from harness.realhost import EkuiperHost, require_kuiperd
+    from tests.realhost_support import PLUGIN, realhost_env
+
+    require_kuiperd()
+    with EkuiperHost(tmp_path_factory.mktemp("realhost-plugin"), extra_env=realhost_env(plugin_port)) as host:
+        host.install_plugin(PLUGIN, zips["pyhttppush"])
+        assert host.plugin_status(PLUGIN)["status"] == "running"
+        yield host
+
+
+@pytest.fixture(scope="session")
+def record_sink() -> Iterator[RecordSink]:
+    """The receiver of every real-host rule's ``rest`` sink action."""
+    from harness.realhost import RecordSink
+
+    with RecordSink() as records:
+        yield records
+
+
+@pytest.fixture
+def ctx(request: pytest.FixtureRequest, ekuiper: EkuiperHost, record_sink: RecordSink, plugin_port: int,
+        zips: dict[str, Path]) -> Iterator[Ctx]:
+    """Per-test access to the shared host: creates uniquely named streams/rules and removes them (port released).
+
+    Before the test the host is put at the baseline (``realhost_support.baseline_problems``) if an earlier, failed test
+    left it elsewhere; after the test it must be back there: a test that passes but leaves the plugin uninstalled,
+    dead, holding sources or its port fails in teardown (and the host is repaired for the next one).
+    """
+    from tests.realhost_support import Ctx, baseline_problems, restore_baseline
+
+    restore_baseline(ekuiper, plugin_port, zips["pyhttppush"])
+    record_sink.clear()
+    helper = Ctx(ekuiper, record_sink, plugin_port)
+    yield helper
+    helper.cleanup()
+    problems = baseline_problems(ekuiper, plugin_port)
+    if problems:
+        restore_baseline(ekuiper, plugin_port, zips["pyhttppush"])
+        call = request.node.stash.get(_REPORTS, {}).get("call")
+        if call is not None and call.passed:
+            pytest.fail(f"the test left the shared eKuiper host changed: {'; '.join(problems)} (now restored)")

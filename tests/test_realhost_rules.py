@@ -1,0 +1,158 @@
+"""Rules over the plugin in a REAL eKuiper 2.4.2: event time, a scan table joined with a stream, shared streams,
+several streams on one path, config groups (CONF_KEY, shipped and REST-stored). One host for the session (``ctx`` in
+tests/conftest.py, helpers in tests/realhost_support.py); results read back through a ``rest`` sink."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.realhost_support import PLUGIN, Ctx, by_tag, epoch_ms, uid
+
+pytestmark = pytest.mark.realhost
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Event time
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_event_time_windows_close_on_pushed_times(ctx: Ctx) -> None:
+    """TIMESTAMP="ts" with ``isEventTime``: windows follow the pushed times, not the wall clock.
+
+    Both routes work: ts as "YYYY-MM-dd HH:mm:ss" text with TIMESTAMP_FORMAT, and ts as epoch-ms numbers without it.
+    Host (lateTolerance 0): a tumbling window [t, t+10s) is emitted as soon as a record with ts >= t+10s arrives (the
+    watermark is the largest event time seen); nothing is emitted before, however much wall-clock time passes. A
+    record older than the watermark is dropped (it is not counted in any window). Quirks: the FIRST window's
+    ``window_start()`` is the first record's time (00:00:01), not the aligned boundary (00:00:00); when the watermark
+    jumps over a whole window, that empty window is still emitted, as a row without ``count(*)`` (``vs`` null).
+    """
+    sel = ('SELECT count(*) AS n, collect(v) AS vs, window_start() AS ws, window_end() AS we, "{mode}" AS mode '
+           'FROM {s} GROUP BY TUMBLINGWINDOW(ss, 10)')
+    options = {"isEventTime": True, "lateTolerance": 0}
+    text, text_path = ctx.stream('FORMAT="json", TIMESTAMP="ts", TIMESTAMP_FORMAT="YYYY-MM-dd HH:mm:ss"')
+    millis, ms_path = ctx.stream('FORMAT="json", TIMESTAMP="ts"')
+    ctx.rule(sel.format(mode="text", s=text), options=options)
+    ctx.rule(sel.format(mode="ms", s=millis), options=options)
+
+    def send(second: int, value: str) -> None:
+        stamp = f"2024-01-01 00:00:{second:02d}"
+        assert ctx.push(text_path, json.dumps({"ts": stamp, "v": value})).status == 200
+        assert ctx.push(ms_path, json.dumps({"ts": epoch_ms(stamp + "+00:00"), "v": value})).status == 200
+
+    # Each closing record below is the sentinel for what came before it: a rule's rows reach the sink in order, so a
+    # row emitted early (by the wall clock) or for the late record would come first and break the equality.
+    t = lambda second: epoch_ms(f"2024-01-01T00:00:{second:02d}+00:00")  # noqa: E731
+    for second, value in ((1, "a"), (5, "b"), (9, "c")):
+        send(second, value)
+    time.sleep(1.5)  # wall-clock time passes (these times are long past): the stimulus, not a wait for a result
+
+    send(10, "d")  # watermark reaches 00:00:10: [00:00:00, 00:00:10) closes
+    first = {"n": 3, "vs": ["a", "b", "c"], "ws": t(1), "we": t(10)}
+    assert by_tag(ctx.sink.wait_for(2)) == {"text": [first], "ms": [first]}  # the wall clock closed nothing before
+
+    send(12, "e")
+    send(8, "late")  # older than the watermark: dropped
+    send(19, "f")
+    send(20, "g")
+    second_window = {"n": 3, "vs": ["d", "e", "f"], "ws": t(10), "we": t(20)}
+    assert by_tag(ctx.sink.wait_for(4)) == {"text": [first, second_window], "ms": [first, second_window]}
+
+    send(45, "h")  # closes [20, 30) and the empty [30, 40)
+    tail = [{"n": 1, "vs": ["g"], "ws": t(20), "we": t(30)}, {"vs": None, "ws": t(30), "we": t(40)}]
+    assert by_tag(ctx.sink.wait_for(8)) == {"text": [first, second_window, *tail], "ms": [first, second_window, *tail]}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scan table joined with a stream
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_scan_table_join_uses_last_retained_rows(ctx: Ctx) -> None:
+    """A scan table fed by its own endpoint keeps the last RETAIN_SIZE="2" rows; the join sees only those."""
+    t, t_path = ctx.table('RETAIN_SIZE="2", KIND="scan", FORMAT="json"', "(id string, name string)")
+    s, s_path = ctx.stream('FORMAT="json"', "(id string, v bigint)")
+    r = ctx.rule(f"SELECT {s}.id AS id, {s}.v AS v, {t}.name AS name FROM {s} INNER JOIN {t} ON {s}.id = {t}.id",
+                 sources=2)  # the table's source and the stream's, both in this rule
+    assert ctx.push(t_path, '[{"id": "1", "name": "a"}, {"id": "2", "name": "b"}]').body["accepted"] == 2
+    assert ctx.push(t_path, '{"id": "3", "name": "c"}').body["accepted"] == 1
+    ctx.host.wait_rule_metric(r, f"source_{t}_0_records_in_total", 3)
+    time.sleep(0.3)  # let the table operator take the rows in before the stream records arrive
+    for i in (1, 2, 3):
+        assert ctx.push(s_path, json.dumps({"id": str(i), "v": i})).status == 200
+    ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 3)
+    assert ctx.sink.wait_for(2) == [{"id": "2", "v": 2, "name": "b"}, {"id": "3", "v": 3, "name": "c"}]
+    # id 1 fell out of the table: no row for it came before a sentinel that does match
+    ctx.assert_next_is_sentinel(s_path, 2, body=json.dumps({"id": "3", "v": 99}),
+                                expect={"id": "3", "v": 99, "name": "c"})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Fan-out: shared streams, several streams per path, POST and PUT on one path
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_shared_stream_feeds_two_rules_from_one_source(ctx: Ctx) -> None:
+    """SHARED="true": ONE plugin source (the host's rule id for it is ``$$subtopo_<stream>``), both rules get it."""
+    s, path = ctx.stream('FORMAT="json", SHARED="true"')
+    r1 = ctx.rule(f'SELECT *, "r1" AS rule FROM {s}', ref_key=f"$$subtopo_{s}")
+    r2 = ctx.rule(f'SELECT *, "r2" AS rule FROM {s}', ref_key=f"$$subtopo_{s}")
+    assert ctx.host.plugin_status(PLUGIN)["refCount"][f"$$subtopo_{s}"] == 1
+    assert r1 not in ctx.host.plugin_status(PLUGIN)["refCount"]
+
+    assert ctx.push(path, '{"a": 1}').body == {"accepted": 1, "sources": 1}
+    records = by_tag(ctx.sink.wait_for(2), "rule")
+    assert records == {"r1": [{"a": 1}], "r2": [{"a": 1}]}
+    for r in (r1, r2):
+        ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 1)
+
+
+def test_two_streams_one_path_and_post_put_split(ctx: Ctx) -> None:
+    """Two POST streams on one path each get every push ("sources": 2); a PUT stream (CONF_KEY="put") on the same
+    path gets only the PUTs, and the POST streams never see them."""
+    a, path = ctx.stream('FORMAT="json"')
+    b, _ = ctx.stream('FORMAT="json"', path=path)
+    c, _ = ctx.stream('FORMAT="json", CONF_KEY="put"', path=path)
+    rules = {name: ctx.rule(f'SELECT *, "{name}" AS rule FROM {name}') for name in (a, b, c)}
+
+    assert ctx.push(path, '{"m": "post"}').body == {"accepted": 1, "sources": 2}
+    assert ctx.push(path, '{"m": "put"}', method="PUT").body == {"accepted": 1, "sources": 1}
+    other = ctx.push(path, "{}", method="PATCH")
+    assert other.status == 405 and other.headers["Allow"] == "POST, PUT"
+    records = by_tag(ctx.sink.wait_for(3), "rule")
+    assert records == {a: [{"m": "post"}], b: [{"m": "post"}], c: [{"m": "put"}]}
+    for name, rule_id in rules.items():
+        ctx.host.wait_rule_metric(rule_id, f"source_{name}_0_records_in_total", 1)
+    ctx.assert_next_is_sentinel(path, 3, copies=2)  # the PUT reached neither POST stream
+    ctx.assert_next_is_sentinel(path, 5, method="PUT")  # and the POST not the PUT stream
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Config groups
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_conf_key_shipped_put_group_selects_put(ctx: Ctx) -> None:
+    s, path = ctx.stream('FORMAT="json", CONF_KEY="put"')
+    r = ctx.rule(f"SELECT * FROM {s}")
+    wrong = ctx.push(path, '{"x": 0}')
+    assert wrong.status == 405 and wrong.headers["Allow"] == "PUT"
+    assert "method POST is not served" in wrong.body["error"]
+    assert ctx.push(path, '{"x": 1}', method="PUT").body == {"accepted": 1, "sources": 1}
+    assert ctx.sink.wait_for(1) == [{"x": 1}]
+    ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 1)
+
+
+def test_conf_key_stored_through_rest_takes_effect(ctx: Ctx) -> None:
+    """A conf key stored through ``PUT /metadata/sources/pyhttppush/confKeys/<key>`` (host: kept in its sqlite
+    store, not in a yaml) overlays the yaml default group exactly like a shipped group: method and fields apply."""
+    key = uid("putfields")
+    ctx.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{key}", {"method": "PUT", "fields": ["x", "y"]})
+    s, path = ctx.stream(f'FORMAT="delimited", CONF_KEY="{key}"')
+    r = ctx.rule(f"SELECT * FROM {s}")
+    assert ctx.push(path, "1,2").status == 405
+    assert ctx.push(path, "1,2", method="PUT").body == {"accepted": 1, "sources": 1}
+    assert ctx.sink.wait_for(1) == [{"x": "1", "y": "2"}]
+    ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 1)
