@@ -17,14 +17,24 @@ fi
 fail() { echo "httppush install failed: $*" >&2; exit 1; }
 
 command -v "$PY" >/dev/null 2>&1 || fail "the host's python '$PY' (portable.pythonBin) was not found"
-"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null \
-  || fail "$("$PY" -V 2>&1) is too old; httppush needs Python 3.9 or newer"
+# The floor is 3.10 (Ubuntu 22.04's python). Checked before pip, so an old python costs no download. The version is
+# printed with syntax even Python 2 runs; exit 3 means "too old", anything else "does not run".
+PYPATH=$(command -v "$PY")
+CHECK='import sys; print("%d.%d.%d" % tuple(sys.version_info[:3])); sys.exit(0 if sys.version_info >= (3, 10) else 3)'
+PYVER=$("$PY" -c "$CHECK" 2>/dev/null)
+case $? in
+  0) ;;
+  3) fail "the host's python $PYPATH is Python $PYVER; httppush needs Python 3.10 or newer." \
+       "Point eKuiper at a newer python (KUIPER__PORTABLE__PYTHONBIN in its environment, or portable.pythonBin in" \
+       "its etc/kuiper.yaml), restart eKuiper and install the plugin again." ;;
+  *) fail "the host's python $PYPATH does not run ('$PY -c' failed); httppush needs Python 3.10 or newer" ;;
+esac
 "$PY" -m pip --version >/dev/null 2>&1 \
   || fail "'$PY -m pip' does not work; install pip for that python (e.g. apt-get install python3-pip)"
 
 PIP="$PY -m pip install --disable-pip-version-check --no-input --no-warn-script-location --target lib.new -r requirements.txt"
 rm -rf lib.new
-# Wheels first: on x86_64 with CPython 3.11-3.13 everything is prebuilt.
+# Wheels first: on x86_64 with CPython 3.10-3.13 everything is prebuilt.
 if ! $PIP --only-binary=:all: >install.log 2>&1; then
   # No wheel for this platform (ARM, Python 3.14, ...): pip must build pynng's bundled nng, which needs
   # cmake and a C compiler. Say so plainly instead of a build trace.

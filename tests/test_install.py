@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
+
+import pytest
+
+from tests.test_pythons import in_ci, pyenv_python, pyenv_root
 
 # what install.sh needs besides python, and deliberately not cmake or a C compiler
 TOOLS = ("sh", "dirname", "sed", "head", "tail", "grep", "rm", "mv", "uname", "cat", "env")
@@ -30,6 +36,54 @@ def test_missing_python_is_named(zips: dict[str, Path], tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "the host's python '/nonexistent/python9' (portable.pythonBin) was not found" in result.stderr
     assert not (plugin_dir / "lib").exists()
+
+
+# Only where no real 3.9 exists: a python3 that says it is 3.9.18 (code given with -c sees the patched version_info).
+FAKE_PYTHON_3_9 = """#!/bin/sh
+if [ "$1" = "-c" ]; then
+  shift; code=$1; shift
+  exec REAL -c "import sys; sys.version_info = (3, 9, 18, 'final', 0)
+$code" "$@"
+fi
+case "$1" in -V|--version) echo "Python 3.9.18"; exit 0;; esac
+exec REAL "$@"
+"""
+
+
+def python_3_9(bin_dir: Path) -> tuple[Path, str]:
+    """``bin_dir/python3``: a link to pyenv's CPython 3.9, else (not under CI=true) a stand-in that runs this
+    interpreter reporting 3.9.18 as its version. Returns the path and the version it reports."""
+    real = pyenv_python("3.9")
+    bin_dir.mkdir(exist_ok=True)
+    python3 = bin_dir / "python3"
+    if real is not None:
+        python3.symlink_to(real)
+        return python3, real.parent.parent.name
+    if in_ci():
+        pytest.fail(f"CI=true: no Python 3.9 under {pyenv_root()}/versions to check install.sh's refusal with")
+    python3.write_text(FAKE_PYTHON_3_9.replace("REAL", shlex.quote(sys.executable)))
+    python3.chmod(0o755)
+    return python3, "3.9.18"
+
+
+@pytest.mark.parametrize("named_by", ["KUIPER__PORTABLE__PYTHONBIN", "PATH"])
+def test_python_older_than_3_10_refused_before_pip(zips: dict[str, Path], tmp_path: Path, named_by: str) -> None:
+    """Python 3.9 (as pythonBin, or as the python3 found on PATH): one line naming the interpreter, its version, the
+    floor and how to point eKuiper at another python; pip never runs."""
+    plugin_dir = unpack(zips["pyhttppush"], tmp_path)
+    python3, version = python_3_9(tmp_path / "bin")
+    env = {k: v for k, v in os.environ.items() if k != "KUIPER__PORTABLE__PYTHONBIN"}
+    if named_by == "PATH":
+        env["PATH"] = f"{python3.parent}:{env.get('PATH', '/usr/bin:/bin')}"
+    else:
+        env["KUIPER__PORTABLE__PYTHONBIN"] = str(python3)
+    result = run_install(plugin_dir, env)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"httppush install failed: the host's python {python3} is Python {version}; "
+                                    "httppush needs Python 3.10 or newer."), result.stderr
+    assert "KUIPER__PORTABLE__PYTHONBIN" in result.stderr and "portable.pythonBin" in result.stderr
+    assert not (plugin_dir / "install.log").exists() and not (plugin_dir / "lib").exists()
 
 
 def test_python_from_host_kuiper_yaml_and_missing_pip(zips: dict[str, Path], tmp_path: Path, host_python: str) -> None:
