@@ -23,7 +23,7 @@ setup(
     long_description=(HERE / "README.md").read_text(encoding="utf-8") if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["httppush_plugin", "httppush_plugin.*"]),
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     install_requires=requirements(),
     license="Apache-2.0",
 )
