@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,13 +121,16 @@ class DataChannel:
     def messages(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         return [item["message"] for item in self.take(n, timeout)]
 
-    def assert_empty(self, wait: float = 0.3) -> None:
-        time.sleep(wait)
-        if not self.records.empty():
-            raise HostError(f"unexpected records on {self.url}: {list(self.records.queue)}")
+    def expect_next(self, record: dict[str, Any], timeout: float = 5.0) -> None:
+        """The next record this channel yields must be ``record``; :class:`HostError` names what came instead."""
+        got = self.messages(1, timeout)[0]
+        if got != record:
+            raise HostError(f"expected {record} next on {self.url}, got {got}: a record the test did not expect "
+                            f"arrived first; queued after it: {list(self.records.queue)}")
 
     def pause(self) -> None:
-        """Stop reading but keep the socket open: a host that has stalled."""
+        """Stop reading but keep the socket open, as a host that has stalled: nothing is closed, the plugin's
+        connection stays up and its writes block once the socket buffers are full. :meth:`resume` reads again."""
         self._reading.clear()
 
     def resume(self) -> None:
@@ -137,6 +141,36 @@ class DataChannel:
         self._reading.set()
         self.socket.close()
         self._thread.join(timeout=2)
+
+
+#: A record no test sends for anything else: what :func:`assert_next_is_sentinel` pushes by default.
+SENTINEL: dict[str, Any] = {"sentinel": "end-of-test"}
+
+
+def assert_next_is_sentinel(send: Callable[[bytes], int], *channels: DataChannel, body: bytes | None = None,
+                            record: dict[str, Any] | None = None) -> None:
+    """"Nothing else arrived", checked so that it can fail (a sleep-then-look passes whenever the look is too early).
+
+    ``send(body)`` pushes one more, known good body through the endpoint under test and returns the HTTP status, which
+    must be 200; then the NEXT record each of ``channels`` yields must be ``record``. Whatever the plugin emitted
+    before — a refused body sent anyway, a second copy from a doubled subscription, a record it reported undelivered —
+    went out on the same channel ahead of the sentinel, so it is read first and fails the check.
+
+    By default the body is the JSON text of :data:`SENTINEL` and comes back as :data:`SENTINEL`; endpoints of other
+    formats pass ``body`` and the ``record`` it decodes to. Example::
+
+        assert push(port, "/j", "[1, 2]").status == 400
+        assert_next_is_sentinel(lambda body: push(port, "/j", body).status, ch)
+    """
+    if body is None:
+        body, record = json.dumps(SENTINEL).encode(), SENTINEL if record is None else record
+    elif record is None:
+        raise TypeError("assert_next_is_sentinel: a custom body needs the record it decodes to")
+    status = send(body)
+    if status != 200:
+        raise HostError(f"the sentinel push {body!r} answered HTTP {status}, not 200")
+    for channel in channels:
+        channel.expect_next(record)
 
 
 class PluginHost:
