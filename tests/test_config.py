@@ -102,5 +102,11 @@ def test_shipped_files_agree() -> None:
     readme = (ROOT / "README.md").read_text()
     for option in [*server, "httpServerTls", *ui]:
         assert f"`{option}`" in readme, f"README does not document {option}"
+    # the "Which zip" table: | `dist/<variant>.zip` | `<variant>` | <port> | … and the httpServerPort row
+    zip_rows = {cells[1]: cells for cells in (
+        [cell.strip(" `*") for cell in line.split("|")] for line in readme.splitlines() if line.startswith("| `dist/"))}
+    assert set(zip_rows) == {f"dist/{variant}.zip" for variant in DEFAULT_PORTS}
+    port_row = next(line for line in readme.splitlines() if line.startswith("| `httpServerPort` |"))
     for variant, port in DEFAULT_PORTS.items():
-        assert f"{variant}" in readme and str(port) in readme
+        assert zip_rows[f"dist/{variant}.zip"][2:4] == [variant, str(port)], f"README's zip table on {variant}"
+        assert f"{port} ({variant})" in port_row, f"README's httpServerPort default for {variant}"

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from harness.net import free_port
+from httppush_plugin import __version__
 from httppush_plugin.config import DEFAULT_PORTS
 from tests.conftest import push
 from tests.hostemu import PluginHost, install_zip
@@ -21,7 +22,7 @@ def test_zip_layout(zips: dict[str, Path], variant: str) -> None:
     with zipfile.ZipFile(zips[variant]) as zf:
         names = set(zf.namelist())
         descriptor = json.loads(zf.read(f"{variant}.json"))
-        assert descriptor == {"version": descriptor["version"], "language": "python", "executable": "main.py",
+        assert descriptor == {"version": __version__, "language": "python", "executable": "main.py",
                               "sources": [variant]}
         assert {"main.py", "install.sh", "requirements.txt", f"sources/{variant}.yaml", f"sources/{variant}.json",
                 "etc/kuiper.yaml", "decoders/kv.py", "httppush_plugin/source.py"} <= names
