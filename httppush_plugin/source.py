@@ -1,6 +1,6 @@
 """The SDK glue: the only module (with ``main.py``) that imports the eKuiper SDK.
 
-Lifecycle of one source instance, as the SDK drives it (``ekuiper/runtime/source.py``; ``host-contract.md`` §3):
+Lifecycle of one source instance, as the SDK drives it (``ekuiper/runtime/source.py``; ``docs/host-behaviour.md`` §3):
 
 * ``configure()`` runs in the control thread, before the host is answered. Everything a start can fail on is checked
   here — settings, decoder, binding the shared server — because only what it raises reaches the host (as the rule's

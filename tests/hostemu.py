@@ -1,4 +1,4 @@
-"""A stand-in for eKuiper's portable-plugin runtime, speaking its exact protocol (``host-contract.md`` §1, §3, §4):
+"""A stand-in for eKuiper's portable-plugin runtime with its exact protocol (``docs/host-behaviour.md`` §1, §3, §4):
 
 * installs a plugin zip as eKuiper's installer does: ``sources/*`` to the host's ``etc/sources``, the rest to
   ``plugins/portable/<name>/``, then ``/bin/sh install.sh`` in that folder;

@@ -9,7 +9,7 @@ plugin installed, one plugin process, status ``running`` with an empty ``refCoun
 passes but leaves the host otherwise fails in teardown; after a failed test :func:`restore_baseline` repairs the host so
 that one failure does not cascade.
 
-Host behaviours these tests rely on (measured on 2.4.2; docs/host-behaviour.md §6 and the tests for the details):
+Host behaviours these tests rely on (measured on 2.4.2; docs/host-behaviour.md §7 and the tests for the details):
 
 * ``POST /rules`` answers and ``GET /rules/{id}/status`` says ``"running"`` BEFORE the source has been started: the
   source node connects in a goroutine (internal/topo/node/source_node.go ``Open`` → ``go m.Run``), so the plugin may

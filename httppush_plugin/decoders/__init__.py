@@ -1,6 +1,6 @@
 """One small decoder per FORMAT, and a registry.
 
-A plugin source gets no decoding from eKuiper (it is a tuple source, see ``host-contract.md`` §5): the body arrives
+A plugin source gets no decoding from eKuiper (it is a tuple source, ``docs/host-behaviour.md`` §5): the body arrives
 here as bytes and leaves as a list of records, each a ``dict``; turning records into host frames is ``framing.py``'s
 job. A decoder is resolved once per source at configure time; sources whose settings are equal share one decoder
 (``Decoder.key``), so a body is decoded once per distinct decoder, however many sources subscribe to the endpoint.

@@ -1,6 +1,6 @@
 """FORMAT="json": an object → one record; an array of objects → one record per element (as eKuiper's converter).
 
-Parsed with orjson alone, which already refuses what the host could not read back (host-contract §10): NaN and
+Parsed with orjson alone, which already refuses what the host could not read back (docs/host-behaviour.md §4): NaN and
 Infinity, numbers outside float64 (``1e400``), lone surrogates (``"\\ud800"``), invalid UTF-8. Integers beyond 64 bits
 become floats, as the host reads every number as float64 anyway (§4). Example: ``JsonDecoder().decode(b'{"a": 1e400}')``
 raises ``DecodeError("body is not valid JSON: number is infinity when parsed as double: line 1 column 6")``.

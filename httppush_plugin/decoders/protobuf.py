@@ -85,7 +85,7 @@ def _compile_uncached(proto_file: Path, message: str, include_dirs: tuple[Path, 
         out = Path(tmp) / "set.pb"
         includes = [f"-I{d}" for d in (proto_file.parent, *include_dirs) if d.is_dir()]
         # A child process, because protoc reports errors on the C++ side's stderr, which we want in the message.
-        # It execs at once, so nng's fork-unsafety (host-contract §9) does not apply.
+        # It execs at once, so nng's fork-unsafety (docs/host-behaviour.md §8) does not apply.
         result = subprocess.run(
             [sys.executable, "-m", "grpc_tools.protoc", *includes, "--include_imports",
              f"--descriptor_set_out={out}", str(proto_file)],
