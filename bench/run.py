@@ -1,23 +1,31 @@
 #!/usr/bin/env python3
-"""`make bench`: our plugin against eKuiper's built-in httppush, through one real eKuiper, in one invocation.
+"""`make bench`: our plugin against eKuiper's built-in httppush and against the host's own ceiling, through one real
+eKuiper, in one invocation.
 
-Targets, run alternately (a, b, c, a, b, c, …) so that drift on the machine hits all of them alike:
+Targets, run alternately (a, b, c, d, a, b, c, d, …) so that drift on the machine hits all of them alike:
   (a) plugin  — a stream TYPE="pyhttppush", rule `SELECT * FROM s`, eKuiper's `nop` sink;
   (b) builtin — eKuiper's own `httppush` source on the host's data server, the same rule and sink;
-  (c) floor   — bench/floor.py, the cheapest aiohttp server that reads the body and answers 200.
-Load: wrk (Debian package `wrk`) over loopback, one thread, N connections.
+  (c) floor   — bench/floor.py, the cheapest aiohttp server that reads the body and answers 200;
+  (d) ceiling — bench/ceiling.py writes pre-framed records (the envelopes (a) sends) straight into the data channel
+                of another pyhttppush stream's rule, the same rule and sink: what eKuiper takes from any portable
+                source.
+Load for a–c: wrk (Debian package `wrk`) over loopback, one thread, N connections; d is one sender whatever N is.
+`--meta-variants` adds, for json1 and json100, plugin streams whose config group sets `meta` (all four fields, none,
+only the path) and ceiling runs with the matching envelopes.
 
-For every run: requests/s; records/s as counted by the host (`records_in` of the rule's source) and the records the
-clients had accepted (2xx answers × records per body); p50/p99 latency; the plugin process's peak RSS and CPU
-seconds. Ratios a/b and a/c per case. Prints a markdown table; `--write` also stores it in bench/README.md.
+For every run: requests/s; records/s as counted by the host (records that entered the rule's projection) and the
+records the clients had accepted (2xx answers × records per body; for d, the records written); p50/p99 latency; the
+plugin process's peak RSS and CPU seconds, and its CPU µs per request. Ratios a/b, a/c and a/d per case. Prints a
+markdown table; `--write` also stores it in bench/README.md.
 
-Usage: python bench/run.py [--duration S] [--conns 1,32] [--cases json1,json100,delim100,bin64k] [--rounds N]
-                           [--smoke] [--write]
+Usage: python bench/run.py [--duration S] [--conns 1,32] [--extra-cells json1:256]
+                           [--cases json1,json100,delim100,bin64k] [--rounds N] [--meta-variants] [--smoke] [--write]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import platform
@@ -35,10 +43,24 @@ sys.path.insert(0, str(ROOT))
 
 from harness.net import free_port, wait_port  # noqa: E402
 from harness.procstat import cpu_seconds, find_pid, peak_rss_mb, reset_peak_rss, status_kb  # noqa: E402
-from harness.realhost import EkuiperHost, kuiperd_path  # noqa: E402
+from harness.realhost import EkuiperHost, RecordSink, http_request, kuiperd_path  # noqa: E402
 
 PLUGIN = "pyhttppush"
 PROJECT_IN = re.compile(r"^op_\d+_project_0_records_in_total$")
+CEILING = ROOT / "bench" / "ceiling.py"
+
+#: What the plugin can put into each record's envelope `meta` (config-group property `meta`).
+META_FIELDS = ("method", "path", "remoteAddr", "contentType")
+#: --meta-variants: name → the `meta` property of the config group (`[]`: the envelope has no `meta` key).
+META_VARIANTS: dict[str, list[str]] = {"all": list(META_FIELDS), "none": [], "path": ["path"]}
+#: The plugin's meta without a `meta` property (the envelope (d) sends by default): all four fields.
+DEFAULT_META = "all"
+META_CASES = ("json1", "json100")
+KINDS = ("plugin", "builtin", "floor", "ceiling")
+
+
+def _compact(value: object) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 @dataclass(frozen=True)
@@ -48,29 +70,85 @@ class Case:
     body: bytes
     records: int  # records per body, as our plugin decodes it
     content_type: str
-    stream_def: str  # columns and WITH options shared by (a) and (b)
+    stream_def: str  # columns and WITH options shared by (a), (b) and (d)
+    messages: tuple[bytes, ...]  # the records' JSON as the plugin puts them into the envelope ((d) sends these)
     builtin_records: int | None = None  # when the built-in decodes the body into another number of records
 
 
 def _cases() -> dict[str, Case]:
     one = {"device": "sensor-0042", "site": "plant-7/line-3", "temperature": 21.53, "humidity": 40.2,
            "pressure": 1013.25, "status": "ok", "ts": 1718000000000, "seq": 123456, "tags": ["a", "b"]}
+    many = [{**one, "seq": i} for i in range(100)]
+    lines = [f"sensor-{i:04d},21.5,40.2,1013.25,ok" for i in range(100)]
     json1 = json.dumps(one).encode()
-    json100 = json.dumps([{**one, "seq": i} for i in range(100)]).encode()
-    delim100 = "\n".join(f"sensor-{i:04d},21.5,40.2,1013.25,ok" for i in range(100)).encode()
+    json100 = json.dumps(many).encode()
+    delim100 = "\n".join(lines).encode()
     bin64k = bytes(range(256)) * 256
     return {c.name: c for c in (
-        Case("json1", f"1-record JSON ({len(json1)} B)", json1, 1, "application/json", '() WITH (FORMAT="json"'),
+        # the plugin serialises every record compactly (httppush_plugin/framing.py), as _compact does here
+        Case("json1", f"1-record JSON ({len(json1)} B)", json1, 1, "application/json", '() WITH (FORMAT="json"',
+             (_compact(one),)),
         Case("json100", f"100-record JSON array ({len(json100) // 1024} KiB)", json100, 100, "application/json",
-             '() WITH (FORMAT="json"'),
+             '() WITH (FORMAT="json"', tuple(_compact(r) for r in many)),
         Case("delim100", f"100-line delimited ({len(delim100) // 1024} KiB)", delim100, 100, "text/plain",
-             '() WITH (FORMAT="delimited"', builtin_records=1),
-        Case("bin64k", "64 KiB binary", bin64k, 1, "application/octet-stream", '(self BYTEA) WITH (FORMAT="binary"'),
+             '() WITH (FORMAT="delimited"',
+             tuple(_compact({f"col{i}": v for i, v in enumerate(line.split(","))}) for line in lines),
+             builtin_records=1),
+        Case("bin64k", "64 KiB binary", bin64k, 1, "application/octet-stream", '(self BYTEA) WITH (FORMAT="binary"',
+             (_compact({"self": base64.b64encode(bin64k).decode("ascii")}),)),
     )}
 
 
 CASES = _cases()
-TARGETS = ("plugin", "builtin", "floor")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One thing measured: ``kind`` of KINDS; ``meta`` "" for the default, else a key of META_VARIANTS."""
+
+    kind: str
+    meta: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} meta={self.meta}" if self.meta else self.kind
+
+    def stream(self, case: Case) -> str:
+        """The stream's name, also its rule's id."""
+        return f"{self.kind}_{case.name}" + (f"_meta_{self.meta}" if self.meta else "")
+
+    def datasource(self, case: Case) -> str:
+        base = f"/ceiling/{case.name}" if self.kind == "ceiling" else f"/{case.name}"
+        return base + (f"/meta-{self.meta}" if self.meta else "")
+
+    def ceiling(self) -> Target:
+        """The ceiling run whose envelopes are the ones this plugin target sends."""
+        return Target("ceiling", "" if self.meta in ("", DEFAULT_META) else self.meta)
+
+    def envelopes(self, case: Case) -> list[bytes]:
+        """Ceiling only: the host envelopes of one body, with the meta the plugin target of the same meta sends."""
+        names = META_VARIANTS[self.meta or DEFAULT_META]
+        values = {"method": "POST", "path": Target("plugin", self.meta).datasource(case), "remoteAddr": "127.0.0.1",
+                  "contentType": case.content_type}
+        suffix = (b',"meta":' + _compact({n: values[n] for n in names}) if names else b"") + b"}"
+        return [b'{"message":' + m + suffix for m in case.messages]
+
+
+def targets_for(case: Case, meta_variants: bool) -> list[Target]:
+    """The targets of one cell, in the order they run."""
+    out = [Target(kind) for kind in KINDS]
+    if meta_variants and case.name in META_CASES:
+        for variant in META_VARIANTS:
+            out.append(Target("plugin", variant))
+            if Target("plugin", variant).ceiling().meta:  # the default ceiling already sends DEFAULT_META
+                out.append(Target("ceiling", variant))
+    return out
+
+
+def channel_path(rule_id: str, op_id: str, instance: int = 0) -> str:
+    """The data channel eKuiper listens on for one portable source instance (host-contract.md §4)."""
+    return f"/tmp/{rule_id}_{op_id}_{instance}.ipc"
+
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -91,22 +169,33 @@ end
 class Result:
     case: str
     conns: int
-    target: str
-    rps: float
-    accepted: int  # records in 2xx-answered bodies
+    target: str  # a kind of KINDS
+    rps: float | None  # None for the ceiling (no requests)
+    accepted: int  # records in 2xx-answered bodies; for the ceiling, records written into the channel
     host_records: int | None  # records the host counted (None for the floor)
-    p50_ms: float
-    p99_ms: float
+    p50_ms: float | None
+    p99_ms: float | None
     seconds: float
-    read_by_source: int | None = None  # plugin only: records eKuiper's source node read from our channel
-    cpu_s: float | None = None
-    peak_rss_mb: float | None = None
+    meta: str = ""  # "" or a key of META_VARIANTS
+    requests: int = 0  # requests wrk completed (0 for the ceiling)
+    read_by_source: int | None = None  # plugin and ceiling: records eKuiper's source node read from the channel
+    cpu_s: float | None = None  # plugin only
+    peak_rss_mb: float | None = None  # plugin only
+    host_cpu_s: float | None = None  # kuiperd's CPU seconds during the run (JSON only)
     errors: int = 0
+
+    @property
+    def key(self) -> tuple[str, int, str, str]:
+        return self.case, self.conns, self.target, self.meta
 
     @property
     def records_per_s(self) -> float:
         count = self.host_records if self.host_records is not None else self.accepted
         return count / self.seconds
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        return None if self.cpu_s is None or not self.requests else self.cpu_s / self.requests * 1e6
 
 
 @dataclass
@@ -117,43 +206,108 @@ class Bench:
     workdir: Path
     plugin_pid: int = 0
     scripts: dict[str, Path] = field(default_factory=dict)
+    envelope_files: dict[str, Path] = field(default_factory=dict)
 
-    def url(self, target: str, case: Case) -> str:
-        port = {"plugin": self.plugin_port, "builtin": self.host.data_port, "floor": self.floor_port}[target]
-        return f"http://127.0.0.1:{port}/{case.name}"
+    def url(self, target: Target, case: Case) -> str:
+        port = {"plugin": self.plugin_port, "builtin": self.host.data_port, "floor": self.floor_port}[target.kind]
+        return f"http://127.0.0.1:{port}{target.datasource(case)}"
 
-    def setup(self) -> None:
-        for case in CASES.values():
+    def setup(self, cells: list[tuple[Case, list[Target]]]) -> None:
+        for variant in sorted({t.meta for _, targets in cells for t in targets if t.kind == "plugin" and t.meta}):
+            # a config group stored through REST, named by the stream's CONF_KEY (host-contract.md §3)
+            self.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{conf_key(variant)}",
+                          {"meta": META_VARIANTS[variant]})
+        plugin_rules: list[str] = []
+        for case, targets in cells:
             body_path = self.workdir / f"{case.name}.body"
             body_path.write_bytes(case.body)
             script = self.workdir / f"{case.name}.lua"
             script.write_text(WRK_SCRIPT % {"content_type": case.content_type, "body_path": body_path})
             self.scripts[case.name] = script
-            for target, type_ in (("plugin", PLUGIN), ("builtin", "httppush")):
-                stream = f"{target}_{case.name}"
+            for target in targets:
+                if target.kind == "floor":
+                    continue
+                stream = target.stream(case)
                 cols, opts = case.stream_def.split(" WITH (", 1)
+                type_ = "httppush" if target.kind == "builtin" else PLUGIN
+                conf = f'CONF_KEY="{conf_key(target.meta)}", ' if target.kind == "plugin" and target.meta else ""
                 self.host.create_stream(f'CREATE STREAM {stream} {cols} WITH (TYPE="{type_}", '
-                                        f'DATASOURCE="/{case.name}", {opts})')
+                                        f'DATASOURCE="{target.datasource(case)}", {conf}{opts})')
                 self.host.create_rule(stream, f"SELECT * FROM {stream}", [{"nop": {}}])
                 self.host.wait_rule_running(stream)
+                if type_ == PLUGIN:
+                    plugin_rules.append(stream)
+                if target.kind == "ceiling":
+                    path = self.workdir / f"{stream}.envelopes"
+                    path.write_bytes(b"".join(e + b"\n" for e in target.envelopes(case)))
+                    self.envelope_files[stream] = path
+        self.wait_plugin_started(plugin_rules)
         self.plugin_pid = find_plugin_pid(self.host)
 
-    def host_count(self, target: str, case: Case) -> int:
+    def wait_plugin_started(self, rules: list[str], started: bool = True, timeout: float = 30.0) -> None:
+        """The rule's status says running before the plugin has its start, and a deleted rule's source stops later;
+        the plugin's refCount is the signal (host-contract.md §10)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            refs = self.host.plugin_status(PLUGIN).get("refCount") or {}
+            waiting = [r for r in rules if (r in refs) != started]
+            if not waiting:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the plugin has not {'started' if started else 'stopped'} the rules {waiting}\n"
+                                   f"{self.host.log_tail(40)}")
+            time.sleep(0.1)
+
+    def check_meta(self, cells: list[tuple[Case, list[Target]]]) -> dict[tuple[str, str], str]:
+        """What each meta-variant plugin stream really puts into ``meta``: one body through a temporary rule that
+        selects ``meta(*)`` into a local sink. Returns a note for each stream whose meta is not the one asked for
+        (its runs still count: the label then says what was measured)."""
+        streams = [(case, t) for case, targets in cells for t in targets if t.kind == "plugin" and t.meta]
+        if not streams:
+            return {}
+        seen: dict[str, set[str]] = {}
+        with RecordSink() as sink:
+            rules = []
+            for case, t in streams:
+                stream = t.stream(case)
+                rules.append(f"check_{stream}")
+                self.host.create_rule(rules[-1], f'SELECT meta(*) AS m, "{stream}" AS s FROM {stream}',
+                                      [sink.action()])
+            self.wait_plugin_started(rules)
+            for case, t in streams:
+                status, _ = http_request("POST", self.url(t, case), case.body,
+                                         headers={"Content-Type": case.content_type})
+                if status != 200:
+                    raise RuntimeError(f"checking meta: POST {self.url(t, case)} answered {status}")
+            for record in sink.wait_for(sum(case.records for case, _ in streams), timeout=30):
+                seen.setdefault(record["s"], set(record.get("m") or {}))
+            for rule in rules:
+                self.host.delete_rule(rule)
+            self.wait_plugin_started(rules, started=False)
+        notes = {}
+        for case, t in streams:
+            got = seen.get(t.stream(case), set())
+            if got != set(META_VARIANTS[t.meta]):
+                notes[(case.name, t.meta)] = f"meta had {', '.join(sorted(got)) or 'nothing'}"
+                print(f"bench: WARNING: stream {t.stream(case)} asked for meta {META_VARIANTS[t.meta]} but its "
+                      f"records carried {sorted(got)}", flush=True)
+        return notes
+
+    def host_count(self, stream: str) -> int:
         """Records that entered the rule's projection. Not the source's records_in: the built-in's source counts
         bodies (its decoder splits them after the source node), ours counts records."""
-        status = self.host.rule_status(f"{target}_{case.name}")
+        status = self.host.rule_status(stream)
         return sum(int(v) for k, v in status.items() if PROJECT_IN.match(k))
 
-    def source_count(self, target: str, case: Case) -> int:
-        stream = f"{target}_{case.name}"
+    def source_count(self, stream: str) -> int:
         return int(self.host.rule_status(stream).get(f"source_{stream}_0_records_in_total", 0))
 
-    def settle(self, target: str, case: Case, expected: int, timeout: float = 15.0) -> int:
+    def settle(self, stream: str, expected: int, timeout: float = 15.0) -> int:
         """Wait until the host's count reaches ``expected`` or stops moving."""
         last, stable_since = -1, time.monotonic()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            count = self.host_count(target, case)
+            count = self.host_count(stream)
             if count >= expected:
                 return count
             if count != last:
@@ -163,41 +317,66 @@ class Bench:
             time.sleep(0.1)
         return last
 
-    def run(self, target: str, case: Case, conns: int, duration: int, profile: Path | None = None) -> Result:
-        before = self.host_count(target, case) if target != "floor" else 0
-        read_before = self.source_count(target, case) if target == "plugin" else 0
+    def run(self, target: Target, case: Case, conns: int, duration: int, profile: Path | None = None) -> Result:
+        stream = target.stream(case)
+        counted = target.kind != "floor"
+        before = self.host_count(stream) if counted else 0
+        read_before = self.source_count(stream) if target.kind in ("plugin", "ceiling") else 0
         spy = None
-        if profile is not None and target == "plugin":
-            out = profile / f"{case.name}-c{conns}.folded"
+        if profile is not None and target.kind == "plugin":
+            out = profile / f"{stream}-c{conns}.folded"
             spy = subprocess.Popen(["py-spy", "record", "--pid", str(self.plugin_pid), "--duration", str(duration),
                                     "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(out)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         cpu_before = cpu_seconds(self.plugin_pid)
+        host_cpu_before = cpu_seconds(self.host.process.pid) if self.host.process else 0.0
         reset_peak_rss(self.plugin_pid)
+        if target.kind == "ceiling":
+            result = self._send_ceiling(target, case, conns, duration)
+        else:
+            result = self._wrk(target, case, conns, duration)
+        if spy is not None:
+            spy.wait(timeout=60)
+        if counted:
+            result.host_records = self.settle(stream, before + result.accepted) - before
+        if target.kind in ("plugin", "ceiling"):
+            result.read_by_source = self.source_count(stream) - read_before
+        if target.kind == "plugin":
+            result.cpu_s = cpu_seconds(self.plugin_pid) - cpu_before
+            result.peak_rss_mb = peak_rss_mb(self.plugin_pid)
+        if self.host.process:
+            result.host_cpu_s = cpu_seconds(self.host.process.pid) - host_cpu_before
+        return result
+
+    def _wrk(self, target: Target, case: Case, conns: int, duration: int) -> Result:
         cmd = ["wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "10s", "-s", str(self.scripts[case.name]),
                self.url(target, case)]
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
-        if spy is not None:
-            spy.wait(timeout=60)
         line = next((ln for ln in out.stdout.splitlines() if ln.startswith("BENCHJSON ")), None)
         if line is None:
             raise RuntimeError(f"wrk printed no summary: {out.stdout}\n{out.stderr}")
         stats = json.loads(line.split(" ", 1)[1])
         seconds = stats["duration_us"] / 1e6
         ok_requests = stats["requests"] - stats["status_errors"]
-        records = (case.builtin_records or case.records) if target == "builtin" else case.records
-        accepted = ok_requests * records
-        host_records = None
-        if target != "floor":
-            host_records = self.settle(target, case, before + accepted) - before
-        result = Result(case.name, conns, target, stats["requests"] / seconds, accepted, host_records,
-                        stats["p50_us"] / 1000, stats["p99_us"] / 1000, seconds,
-                        errors=stats["status_errors"] + stats["socket_errors"])
-        if target == "plugin":
-            result.read_by_source = self.source_count(target, case) - read_before
-            result.cpu_s = cpu_seconds(self.plugin_pid) - cpu_before
-            result.peak_rss_mb = peak_rss_mb(self.plugin_pid)
-        return result
+        records = (case.builtin_records or case.records) if target.kind == "builtin" else case.records
+        return Result(case.name, conns, target.kind, stats["requests"] / seconds, ok_requests * records, None,
+                      stats["p50_us"] / 1000, stats["p99_us"] / 1000, seconds, meta=target.meta,
+                      requests=stats["requests"], errors=stats["status_errors"] + stats["socket_errors"])
+
+    def _send_ceiling(self, target: Target, case: Case, conns: int, duration: int) -> Result:
+        stream = target.stream(case)
+        cmd = [sys.executable, str(CEILING), channel_path(stream, stream), str(self.envelope_files[stream]),
+               str(duration)]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
+        if out.returncode != 0:
+            raise RuntimeError(f"the ceiling sender failed (exit {out.returncode}): {out.stderr}")
+        stats = json.loads(out.stdout.strip().splitlines()[-1])
+        return Result(case.name, conns, "ceiling", None, stats["records"], None, None, None, stats["seconds"],
+                      meta=target.meta)
+
+
+def conf_key(variant: str) -> str:
+    return f"bench_meta_{variant}"
 
 
 def find_plugin_pid(host: EkuiperHost) -> int:
@@ -207,71 +386,126 @@ def find_plugin_pid(host: EkuiperHost) -> int:
     return pid
 
 
-def median_results(results: list[Result]) -> dict[tuple[str, int, str], Result]:
-    """One row per (case, conns, target): the run with the median requests/s (keeps each row self-consistent)."""
-    groups: dict[tuple[str, int, str], list[Result]] = {}
+def median_results(results: list[Result]) -> dict[tuple[str, int, str, str], Result]:
+    """One row per (case, conns, target, meta): the run with the median requests/s (host-counted records/s for the
+    ceiling), which keeps each row self-consistent; host, read and accepted counts and seconds summed over all runs."""
+    groups: dict[tuple[str, int, str, str], list[Result]] = {}
     for r in results:
-        groups.setdefault((r.case, r.conns, r.target), []).append(r)
+        groups.setdefault(r.key, []).append(r)
     out = {}
     for key, runs in groups.items():
-        runs.sort(key=lambda r: r.rps)
-        out[key] = runs[(len(runs) - 1) // 2]
-        out[key].host_records = None if key[2] == "floor" else sum(r.host_records or 0 for r in runs)
-        if key[2] == "plugin":
-            out[key].read_by_source = sum(r.read_by_source or 0 for r in runs)
-        out[key].accepted = sum(r.accepted for r in runs)
-        out[key].seconds = sum(r.seconds for r in runs) if key[2] != "floor" else out[key].seconds
+        runs.sort(key=lambda r: r.rps if r.rps is not None else r.records_per_s)
+        row = out[key] = runs[(len(runs) - 1) // 2]
+        counted = key[2] != "floor"
+        row.host_records = sum(r.host_records or 0 for r in runs) if counted else None
+        if row.read_by_source is not None:
+            row.read_by_source = sum(r.read_by_source or 0 for r in runs)
+        row.accepted = sum(r.accepted for r in runs)
+        if counted:
+            row.seconds = sum(r.seconds for r in runs)
     return out
 
 
-def table(results: list[Result], idle_rss: float, header: str) -> str:
+def _order(key: tuple[str, int, str, str]) -> tuple[int, int, int, int]:
+    case, conns, kind, meta = key
+    return list(CASES).index(case), conns, (list(META_VARIANTS).index(meta) + 1) if meta else 0, KINDS.index(kind)
+
+
+def _ratio(x: float, y: float) -> str:
+    return f"{x / y:.2f}" if y else "∞"
+
+
+def _loss(r: Result) -> str:
+    # host > accepted is no loss: wrk stops counting at the deadline while the last requests still complete
+    if r.host_records is None:
+        return ""
+    if r.host_records >= r.accepted:
+        return "yes"
+    text = f"**no: {r.host_records} of {r.accepted}**"
+    if r.read_by_source is not None:
+        text += (f" (the host's source read {r.read_by_source}: "
+                 f"{'it dropped the rest in its rule buffers' if r.read_by_source >= r.accepted else 'lost'})")
+    return text
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "" if value is None else format(value, fmt)
+
+
+def table(results: list[Result], idle_rss: float, header: str, notes: dict[tuple[str, str], str] | None = None) -> str:
+    """The markdown table; ``notes``: (case, meta) → why a plugin meta variant did not measure what it says."""
     rows = median_results(results)
+    notes = notes or {}
     lines = [header, "",
              "| case | conns | target | req/s | records/s (host) | host ≥ accepted | p50 ms | p99 ms | plugin CPU s "
-             "| plugin peak RSS MB | a/b req/s | a/b records/s | a/c req/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (case, conns, target), r in sorted(rows.items(), key=lambda kv: (list(CASES).index(kv[0][0]), kv[0][1],
-                                                                          TARGETS.index(kv[0][2]))):
-        a, b, c = (rows.get((case, conns, t)) for t in TARGETS)
-        ratios = ["", "", ""]
-        if target == "plugin" and a and b and c:
-            ratios = [f"{a.rps / b.rps:.2f}", f"{a.records_per_s / b.records_per_s:.2f}" if b.records_per_s else "∞",
-                      f"{a.rps / c.rps:.2f}"]
-        # host > accepted is no loss: wrk stops counting at the deadline while the last requests still complete
-        lost = "" if r.host_records is None else ("yes" if r.host_records >= r.accepted else
-                                                   f"**no: {r.host_records} of {r.accepted}**")
-        if r.read_by_source is not None and r.host_records is not None and r.host_records < r.accepted:
-            lost += (f" (the host's source read {r.read_by_source}: "
-                     f"{'it dropped the rest in its rule buffers' if r.read_by_source >= r.accepted else 'lost'})")
+             "| plugin CPU µs/request | plugin peak RSS MB | a/b req/s | a/b records/s | a/c req/s | a/d records/s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for key in sorted(rows, key=_order):
+        case, conns, kind, meta = key
+        r = rows[key]
+        ratios = ["", "", "", ""]
+        if kind == "plugin":
+            b, c = rows.get((case, conns, "builtin", "")), rows.get((case, conns, "floor", ""))
+            d = rows.get((case, conns, "ceiling", Target(kind, meta).ceiling().meta))
+            if b:
+                ratios[0:2] = [_ratio(r.rps or 0, b.rps or 0), _ratio(r.records_per_s, b.records_per_s)]
+            if c:
+                ratios[2] = _ratio(r.rps or 0, c.rps or 0)
+            if d:
+                ratios[3] = _ratio(r.records_per_s, d.records_per_s)
+        label = Target(kind, meta).label
+        if kind == "plugin" and (case, meta) in notes:
+            label += f" (**{notes[case, meta]}**)"
         lines.append(
-            f"| {CASES[case].title} | {conns} | {target} | {r.rps:,.0f} | "
-            f"{'' if r.host_records is None else f'{r.records_per_s:,.0f}'} | {lost} | {r.p50_ms:.2f} | "
-            f"{r.p99_ms:.2f} | {'' if r.cpu_s is None else f'{r.cpu_s:.1f}'} | "
-            f"{'' if r.peak_rss_mb is None else f'{r.peak_rss_mb:.0f}'} | {' | '.join(ratios)} |")
+            f"| {CASES[case].title} | {conns} | {label} | {_num(r.rps, ',.0f')} | "
+            f"{'' if r.host_records is None else f'{r.records_per_s:,.0f}'} | {_loss(r)} | {_num(r.p50_ms, '.2f')} | "
+            f"{_num(r.p99_ms, '.2f')} | {_num(r.cpu_s, '.1f')} | {_num(r.cpu_us_per_request, ',.0f')} | "
+            f"{_num(r.peak_rss_mb, '.0f')} | {' | '.join(ratios)} |")
     lines += ["", f"Plugin RSS idle (after setup, before load): {idle_rss:.0f} MB. Rows are the median-req/s run of "
-              "each cell; host and accepted counts are summed over all its runs."]
+              "each cell (ceiling: median records/s); host and accepted counts are summed over all its runs. "
+              "The ceiling is one sender whatever the connections; for it, accepted = records written."]
     return "\n".join(lines)
+
+
+def parse_cells(conns: str, extra: str, cases: list[Case]) -> list[tuple[Case, int]]:
+    """``--conns`` for every case, then ``--extra-cells`` (``case:conns,…``) for the cases that are run."""
+    base = [int(c) for c in conns.split(",") if c]
+    more: dict[str, list[int]] = {}
+    for item in filter(None, extra.split(",")):
+        name, _, count = item.partition(":")
+        if name not in CASES or not count.isdigit():
+            raise SystemExit(f"--extra-cells: {item!r} is not <case>:<connections> with a case of {', '.join(CASES)}")
+        more.setdefault(name, []).append(int(count))
+    return [(case, c) for case in cases for c in dict.fromkeys(base + more.get(case.name, []))]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="httppush benchmark (see bench/README.md)")
     parser.add_argument("--duration", type=int, default=5, help="seconds per run")
-    parser.add_argument("--conns", default="1,32", help="comma-separated connection counts")
+    parser.add_argument("--conns", default="1,32", help="comma-separated connection counts, for every case")
+    parser.add_argument("--extra-cells", default="json1:256",
+                        help="more case:connections cells, comma-separated ('' for none)")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of {', '.join(CASES)}")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (the median is reported)")
+    parser.add_argument("--meta-variants", action="store_true",
+                        help=f"also plugin and ceiling targets with meta {', '.join(META_VARIANTS)} for "
+                             f"{', '.join(META_CASES)}")
     parser.add_argument("--smoke", action="store_true", help="1 s runs, json1 at 1 connection, one round")
     parser.add_argument("--write", action="store_true", help="store the table in bench/README.md")
     parser.add_argument("--json", type=Path, help="also write every run as JSON to this file")
+    parser.add_argument("--zip", type=Path, default=ROOT / "dist" / f"{PLUGIN}.zip",
+                        help="the plugin package to install (default: dist/pyhttppush.zip, `make package`)")
     parser.add_argument("--profile", type=Path, help="py-spy flame graphs of the plugin's runs into this folder")
     args = parser.parse_args()
     if args.smoke:
-        args.duration, args.conns, args.cases, args.rounds = 1, "1", "json1", 1
+        args.duration, args.conns, args.extra_cells, args.cases, args.rounds = 1, "1", "", "json1", 1
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (Debian: apt-get install wrk; or `make tools`)")
     cases = [CASES[name] for name in args.cases.split(",")]
+    cells = parse_cells(args.conns, args.extra_cells, cases)
+    targets = {case.name: targets_for(case, args.meta_variants) for case in cases}
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    conns = [int(c) for c in args.conns.split(",")]
 
     workdir = Path(tempfile.mkdtemp(prefix="httppush-bench-"))
     plugin_port, floor_port = free_port(), free_port()
@@ -282,21 +516,22 @@ def main() -> None:
     results: list[Result] = []
     try:
         with EkuiperHost(workdir / "host", extra_env=env) as host:
-            host.install_plugin(PLUGIN, ROOT / "dist" / f"{PLUGIN}.zip")
+            host.install_plugin(PLUGIN, args.zip)
             bench = Bench(host, plugin_port, floor_port, workdir)
-            bench.setup()
+            bench.setup([(case, targets[case.name]) for case in cases])
+            notes = bench.check_meta([(case, targets[case.name]) for case in cases])
             wait_port(floor_port)
             time.sleep(1)
             idle_rss = status_kb(bench.plugin_pid, "VmRSS") / 1024
             for rnd in range(args.rounds):
-                for case in cases:
-                    for c in conns:
-                        for target in TARGETS:
-                            r = bench.run(target, case, c, args.duration, args.profile if rnd == 0 else None)
-                            results.append(r)
-                            print(f"round {rnd + 1}/{args.rounds} {case.name:8} c={c:<3} {target:7} "
-                                  f"{r.rps:9,.0f} req/s  p99 {r.p99_ms:7.2f} ms  host {r.host_records} / accepted "
-                                  f"{r.accepted}", flush=True)
+                for case, c in cells:
+                    for target in targets[case.name]:
+                        r = bench.run(target, case, c, args.duration, args.profile if rnd == 0 else None)
+                        results.append(r)
+                        rate = f"{r.rps:9,.0f} req/s  p99 {r.p99_ms:7.2f} ms" if r.rps is not None else (
+                            f"{r.records_per_s:9,.0f} rec/s (host)       ")
+                        print(f"round {rnd + 1}/{args.rounds} {case.name:8} c={c:<3} {target.label:17} {rate}  "
+                              f"host {r.host_records} / accepted {r.accepted}", flush=True)
     finally:
         floor.kill()
         floor.wait()
@@ -305,8 +540,9 @@ def main() -> None:
     version = Path(kuiperd_path()).parent.name  # .cache/ekuiper/<version>/kuiperd, unless KUIPERD was given
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} "
               f"cores, Python {platform.python_version()}, eKuiper {version}; wrk -t1, {args.duration:g} s "
-              f"per run, {args.rounds} round(s). a = pyhttppush plugin, b = eKuiper's built-in httppush, c = floor.")
-    text = table(results, idle_rss, header)
+              f"per run, {args.rounds} round(s). a = pyhttppush plugin, b = eKuiper's built-in httppush, c = floor, "
+              f"d = ceiling (records written straight into a rule's data channel).")
+    text = table(results, idle_rss, header, notes)
     print("\n" + text)
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1))
