@@ -2,12 +2,12 @@
 """The host's ceiling: pre-framed records written straight into a rule's data channel, as fast as the host reads.
 
 eKuiper listens with a PULL socket on ``ipc:///tmp/{ruleId}_{opId}_{instanceId}.ipc`` for each source instance of a
-portable plugin (``host-contract.md`` §4); the plugin dials it as one PUSH peer. This sender dials the same socket as
-a second PUSH peer and speaks the SP-over-IPC framing exactly as the plugin does (``httppush_plugin/channel.py``,
-``framing.py``): send the 8-byte header ``00 'S' 'P' 00 00 50 00 00``, read the host's (PULL, ``…00 51…``), then
-every message is ``01 <length:u64 BE> <body>``. The records are framed once into one large buffer that is
-``sendall``-ed in a loop, so the sender costs next to nothing per record: what the host's rule takes in is what
-eKuiper can take from any portable source, with the same rule and sink.
+portable plugin (``docs/host-behaviour.md`` §4); the plugin dials it as one PUSH peer. This sender dials the same
+socket as a second PUSH peer and speaks the SP-over-IPC framing exactly as the plugin does
+(``httppush_plugin/channel.py``, ``framing.py``): send the 8-byte header ``00 'S' 'P' 00 00 50 00 00``, read the
+host's (PULL, ``…00 51…``), then every message is ``01 <length:u64 BE> <body>``. The records are framed once into
+one large buffer that is ``sendall``-ed in a loop, so the sender costs next to nothing per record: what the host's
+rule takes in is what eKuiper can take from any portable source, with the same rule and sink.
 
 Usage: ``python bench/ceiling.py CHANNEL ENVELOPES DURATION_S`` — CHANNEL is the socket path (``/tmp/r_s_0.ipc``) or
 its ``ipc://`` URL, ENVELOPES a file with one host envelope (``{"message": {…}, "meta": {…}}``) per line. Prints one

@@ -146,7 +146,7 @@ def targets_for(case: Case, meta_variants: bool) -> list[Target]:
 
 
 def channel_path(rule_id: str, op_id: str, instance: int = 0) -> str:
-    """The data channel eKuiper listens on for one portable source instance (host-contract.md §4)."""
+    """The data channel eKuiper listens on for one portable source instance (docs/host-behaviour.md §4)."""
     return f"/tmp/{rule_id}_{op_id}_{instance}.ipc"
 
 
@@ -214,7 +214,7 @@ class Bench:
 
     def setup(self, cells: list[tuple[Case, list[Target]]]) -> None:
         for variant in sorted({t.meta for _, targets in cells for t in targets if t.kind == "plugin" and t.meta}):
-            # a config group stored through REST, named by the stream's CONF_KEY (host-contract.md §3)
+            # a config group stored through REST, named by the stream's CONF_KEY (docs/host-behaviour.md §6)
             self.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{conf_key(variant)}",
                           {"meta": META_VARIANTS[variant]})
         plugin_rules: list[str] = []
@@ -246,7 +246,7 @@ class Bench:
 
     def wait_plugin_started(self, rules: list[str], started: bool = True, timeout: float = 30.0) -> None:
         """The rule's status says running before the plugin has its start, and a deleted rule's source stops later;
-        the plugin's refCount is the signal (host-contract.md §10)."""
+        the plugin's refCount is the signal (docs/host-behaviour.md §7)."""
         deadline = time.monotonic() + timeout
         while True:
             refs = self.host.plugin_status(PLUGIN).get("refCount") or {}
