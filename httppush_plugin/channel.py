@@ -31,6 +31,7 @@ import socket
 import time
 from collections import deque
 
+from .budget import Budget
 from .framing import Frames
 
 PUSH_HEADER = b"\x00SP\x00\x00\x50\x00\x00"
@@ -85,6 +86,10 @@ class ChannelSender:
         self._waiters: deque[_Pending] = deque()
         self._last_progress = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
+        self._unsent_bytes = 0
+        #: Set by the server when the sender is attached: the backlog limit and the server-wide budget.
+        self.max_backlog = 0
+        self.budget: Budget | None = None
 
     @classmethod
     async def connect(cls, url: str, send_timeout_s: float, label: str) -> ChannelSender:
@@ -164,6 +169,10 @@ class ChannelSender:
             return asyncio.ensure_future(self._dial_and_send(frames))
         data = frames.data
         start = self._queued
+        backlog = start - self._sent
+        if backlog and self.max_backlog and backlog + len(data) > self.max_backlog:
+            raise DeliveryError(0, f"{self.label}: {backlog} bytes are already waiting for eKuiper to read them "
+                                   f"(httpServerMaxSourceBacklog is {self.max_backlog})")
         self._queued = end = start + len(data)
         if not self._unsent:
             try:
@@ -176,17 +185,28 @@ class ChannelSender:
             self._sent += sent
             if sent == len(data):
                 return None
-            self._unsent.append(memoryview(data)[sent:])
+            self._hold(memoryview(data)[sent:])
             self._last_progress = time.monotonic()
             assert self._loop is not None
             self._loop.add_writer(sock.fileno(), self._on_writable)
             self._arm_watchdog(self.send_timeout_s)
         else:
-            self._unsent.append(memoryview(data))
+            self._hold(memoryview(data))
         assert self._loop is not None
         future: asyncio.Future[None] = self._loop.create_future()
         self._waiters.append(_Pending(frames, start, end, future))
         return future
+
+    def _hold(self, view: memoryview) -> None:
+        self._unsent.append(view)
+        self._unsent_bytes += len(view)
+        if self.budget is not None:
+            self.budget.force(len(view))
+
+    def _release(self, nbytes: int) -> None:
+        self._unsent_bytes -= nbytes
+        if self.budget is not None:
+            self.budget.give(nbytes)
 
     async def _dial_and_send(self, frames: Frames) -> None:
         try:
@@ -214,6 +234,7 @@ class ChannelSender:
                 return
             progressed = True
             self._sent += sent
+            self._release(sent)
             if sent < len(view):
                 unsent[0] = view[sent:]
                 break
@@ -271,6 +292,7 @@ class ChannelSender:
             self._loop.remove_writer(sock.fileno())
             sock.close()
         self._unsent.clear()
+        self._release(self._unsent_bytes)
         sent = self._sent
         while self._waiters:
             self._waiters.popleft().fail(sent, f"{self.label}: {reason}")

@@ -29,6 +29,14 @@ DEFAULT_SEND_TIMEOUT_MS = 1000
 DEFAULT_READ_HEADER_TIMEOUT_S = 10.0
 DEFAULT_READ_BODY_TIMEOUT_S = 60.0
 DEFAULT_IDLE_TIMEOUT_S = 60.0
+#: Records one body may hold (a JSON array's elements, delimited lines, a custom decoder's list).
+DEFAULT_MAX_RECORDS = 100_000
+#: Open connections; one more is answered 503 and closed.
+DEFAULT_MAX_CONNECTIONS = 1024
+#: Framed bytes waiting for one source's host channel (eKuiper reading slower than clients push); over it, 503.
+DEFAULT_MAX_SOURCE_BACKLOG = 16 * 1024 * 1024
+#: Bytes the whole server holds for requests: bodies being received and decoded plus every source's backlog.
+DEFAULT_MAX_BUFFERED = 128 * 1024 * 1024
 #: What a record's envelope may carry in ``meta`` (readable with ``meta(<name>)`` in SQL), and what it carries unless
 #: the config group's ``meta`` property says otherwise.
 META_FIELDS = ("method", "path", "remoteAddr", "contentType")
@@ -58,6 +66,10 @@ class ServerConfig:
     read_header_timeout: float = DEFAULT_READ_HEADER_TIMEOUT_S
     read_body_timeout: float = DEFAULT_READ_BODY_TIMEOUT_S
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT_S
+    max_records: int = DEFAULT_MAX_RECORDS
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_source_backlog: int = DEFAULT_MAX_SOURCE_BACKLOG
+    max_buffered: int = DEFAULT_MAX_BUFFERED
 
     @property
     def scheme(self) -> str:
@@ -102,6 +114,10 @@ def load_server_config(
         "httpServerReadHeaderTimeout": environ.get(prefix + "SERVER_READ_HEADER_TIMEOUT"),
         "httpServerReadBodyTimeout": environ.get(prefix + "SERVER_READ_BODY_TIMEOUT"),
         "httpServerIdleTimeout": environ.get(prefix + "SERVER_IDLE_TIMEOUT"),
+        "httpServerMaxRecords": environ.get(prefix + "SERVER_MAX_RECORDS"),
+        "httpServerMaxConnections": environ.get(prefix + "SERVER_MAX_CONNECTIONS"),
+        "httpServerMaxSourceBacklog": environ.get(prefix + "SERVER_MAX_SOURCE_BACKLOG"),
+        "httpServerMaxBuffered": environ.get(prefix + "SERVER_MAX_BUFFERED"),
     }
     section.update({k: v for k, v in env.items() if v not in (None, "")})
     tls = dict(section.get("httpServerTls") or {})
@@ -120,6 +136,13 @@ def load_server_config(
                                            section.get("httpServerReadBodyTimeout", DEFAULT_READ_BODY_TIMEOUT_S)),
         idle_timeout=_seconds_setting("httpServerIdleTimeout",
                                       section.get("httpServerIdleTimeout", DEFAULT_IDLE_TIMEOUT_S)),
+        max_records=_int_setting("httpServerMaxRecords", section.get("httpServerMaxRecords", DEFAULT_MAX_RECORDS), 1),
+        max_connections=_int_setting("httpServerMaxConnections",
+                                     section.get("httpServerMaxConnections", DEFAULT_MAX_CONNECTIONS), 1),
+        max_source_backlog=_int_setting("httpServerMaxSourceBacklog",
+                                        section.get("httpServerMaxSourceBacklog", DEFAULT_MAX_SOURCE_BACKLOG), 1),
+        max_buffered=_int_setting("httpServerMaxBuffered", section.get("httpServerMaxBuffered", DEFAULT_MAX_BUFFERED),
+                                  1),
     )
 
 

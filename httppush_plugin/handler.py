@@ -11,6 +11,8 @@ Example: ``handler.handle(request)`` → ``Answer(200, b'{"accepted":3,"sources"
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import time
 from collections.abc import Coroutine
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 
 from .channel import ChannelSender, DeliveryError
+from .config import ServerConfig
 from .decoders import CustomDecoderFault, DecodeError
 from .framing import Frames, clip, frame_records
 from .routing import EndpointTable, Route, Subscription
@@ -29,6 +32,9 @@ log = logging.getLogger(__name__)
 ATTACH_TIMEOUT_S = 5.0
 #: Seconds a client is asked to wait before retrying a 503.
 RETRY_AFTER_S = 1
+#: Bodies at least this large are decoded and framed in a worker thread, one at a time, so that the event loop keeps
+#: serving other clients and at most one large body's records are in memory at once.
+LARGE_BODY = 1024 * 1024
 
 
 class HttpError(Exception):
@@ -137,9 +143,11 @@ class RateLimitedLog:
 class PushHandler:
     """Routes and handles every request of the shared server."""
 
-    def __init__(self, table: EndpointTable) -> None:
+    def __init__(self, table: EndpointTable, config: ServerConfig) -> None:
         self.table = table
+        self.max_records = config.max_records
         self.reject_log = RateLimitedLog()
+        self._large = asyncio.Lock()
 
     def route(self, method: str, path: str) -> Route:
         """The route for ``method path``; raises :class:`NotFound` or :class:`MethodNotAllowed`."""
@@ -167,17 +175,39 @@ class PushHandler:
         route = req.route
         if route is None or not route.groups:  # its sources went away while the body was arriving
             route = self.route(req.method, req.path)
-        body = req.body
-        # decode and frame for every group before sending anything: one bad decoding refuses the whole body
+        if len(req.body) >= LARGE_BODY:
+            return self._handle_large(req, route)
+        return self._deliver(req, self._frame(req, route))
+
+    async def _handle_large(self, req: Request, route: Route) -> Answer:
+        loop = asyncio.get_running_loop()
+        try:
+            async with self._large:
+                framed = await loop.run_in_executor(None, self._frame, req, route)
+            result = self._deliver(req, framed)
+            del framed
+            return result if isinstance(result, Answer) else await result
+        finally:
+            req.body = b""
+            await loop.run_in_executor(None, _trim_heap)
+
+    def _frame(self, req: Request, route: Route) -> list[tuple[Frames, list[Subscription]]]:
+        """Decode and frame for every group before anything is sent: one bad decoding refuses the whole body."""
         framed: list[tuple[Frames, list[Subscription]]] = []
         meta_cache: dict[tuple[str, ...], bytes | None] = {}
         for group in route.groups:
-            records = group.decoder.decode(body)
+            records = group.decoder.decode(req.body)
+            if len(records) > self.max_records:
+                raise TooLarge(f"body has {len(records)} records; the limit is {self.max_records} "
+                               "(httpServerMaxRecords)")
             meta = meta_cache.get(group.meta, b"")
             if meta == b"":
                 meta = meta_cache[group.meta] = _meta(group.meta, req)
             framed.append((frame_records(records, meta, group.decoder.format == "custom"), group.subscriptions))
+        return framed
 
+    def _deliver(self, req: Request, framed: list[tuple[Frames, list[Subscription]]]
+                 ) -> Answer | Coroutine[Any, Any, Answer]:
         outcomes: list[tuple[Subscription, Frames, asyncio.Future[None] | DeliveryError | None]] = []
         waiting = False
         for frames, subs in framed:
@@ -248,6 +278,16 @@ def _meta(fields: tuple[str, ...], req: Request) -> bytes | None:
     values = {"method": req.method, "path": req.path, "remoteAddr": req.remote,
               "contentType": clip(req.content_type)}
     return orjson.dumps({name: values[name] for name in fields})
+
+
+_libc_name = ctypes.util.find_library("c")
+_malloc_trim = getattr(ctypes.CDLL(_libc_name), "malloc_trim", None) if _libc_name else None
+
+
+def _trim_heap() -> None:
+    """Give freed memory back to the system after a large body (glibc keeps it otherwise)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _accepted(accepted: int, sources: int) -> Answer:

@@ -26,6 +26,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
+from .budget import Budget
 from .config import ServerConfig
 from .handler import (
     Answer,
@@ -68,9 +69,10 @@ _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 class ConnectionSet:
     """What every connection of one server shares, and the sweep that enforces their deadlines."""
 
-    def __init__(self, handler: PushHandler, config: ServerConfig) -> None:
+    def __init__(self, handler: PushHandler, config: ServerConfig, budget: Budget) -> None:
         self.handler = handler
         self.config = config
+        self.budget = budget
         self.connections: set[HttpConnection] = set()
         self.stopping = False
         self.date = b""
@@ -123,7 +125,8 @@ class HttpConnection(asyncio.Protocol):
         self.phase = IDLE
         self.deadline = _INF
         self._busy: asyncio.Task[None] | None = None
-        self._queue: deque[tuple[Request | Answer, bool, bool]] = deque()
+        self._queue: deque[tuple[Request | Answer, bool, bool, int]] = deque()
+        self._held = 0  # bytes of this connection's bodies counted in the server's budget
         self._closing = False  # answer what is in flight, then close
         self._discarding = False  # input is no longer parsed (after a fatal error, while lingering)
         self._paused = False
@@ -148,13 +151,19 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else ""
-        self.shared.connections.add(self)
+        connections = self.shared.connections
+        connections.add(self)
         self.deadline = _now() + min(self.config.read_header_timeout, self.config.idle_timeout)
         if self.shared.stopping:
             self._close()
+        elif len(connections) > self.config.max_connections:
+            self._fatal(Unavailable(f"the server has {len(connections) - 1} connections open, its limit "
+                                    "(httpServerMaxConnections)"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.shared.connections.discard(self)
+        self._release(self._held)
+        self._queue.clear()
         self.phase = CLOSING
         self.deadline = _INF
 
@@ -252,9 +261,14 @@ class HttpConnection(asyncio.Protocol):
     def on_body(self, chunk: bytes) -> None:
         if self._error is not None:
             return  # read and dropped: the answer is already decided
-        self._body_size += len(chunk)
+        size = len(chunk)
+        self._body_size += size
         if self._body_size > self.config.max_body_size:
             raise TooLarge(f"body is over {self.config.max_body_size} bytes, the limit (httpServerMaxBodySize)")
+        if not self.shared.budget.take(size):
+            raise Unavailable(f"the server holds {self.shared.budget.used} bytes for requests already, its limit "
+                              "(httpServerMaxBuffered); retry later")
+        self._held += size
         self._body.append(chunk)
 
     def on_message_complete(self) -> None:
@@ -262,6 +276,7 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = _INF
         keep_alive = self.parser.should_keep_alive()
         head_only = self._method == "HEAD"
+        held = 0
         if self._error is not None:
             item: Request | Answer = self.handler.reject(f"{self._method} {self._path} from {self.remote}",
                                                           self._error)
@@ -270,26 +285,29 @@ class HttpConnection(asyncio.Protocol):
             item = Request(self._method, self._path, self._route, self._content_type, self.remote,
                            body[0] if len(body) == 1 else b"".join(body))
             self._body = []
+            held = self._body_size
         if self._busy is not None or self._queue:
-            self._queue.append((item, keep_alive, head_only))
+            self._queue.append((item, keep_alive, head_only, held))
             self._pause()
         else:
-            self._process(item, keep_alive, head_only)
+            self._process(item, keep_alive, head_only, held)
 
     # -- answering --------------------------------------------------------------------------------------------
 
-    def _process(self, item: Request | Answer, keep_alive: bool, head_only: bool) -> None:
+    def _process(self, item: Request | Answer, keep_alive: bool, head_only: bool, held: int) -> None:
         if isinstance(item, Answer):
             self._write(item, keep_alive, head_only)
             return
         result = self.handler.handle(item)
         if isinstance(result, Answer):
+            self._release(held)
             self._write(result, keep_alive, head_only)
         else:
             self._pause()
-            self._busy = asyncio.get_running_loop().create_task(self._await(result, keep_alive, head_only))
+            self._busy = asyncio.get_running_loop().create_task(self._await(result, keep_alive, head_only, held))
 
-    async def _await(self, pending: Coroutine[Any, Any, Answer], keep_alive: bool, head_only: bool) -> None:
+    async def _await(self, pending: Coroutine[Any, Any, Answer], keep_alive: bool, head_only: bool,
+                      held: int) -> None:
         try:
             answer = await pending
         except asyncio.CancelledError:
@@ -297,6 +315,7 @@ class HttpConnection(asyncio.Protocol):
         except Exception as exc:
             answer = error_answer(exc)
         self._busy = None
+        self._release(held)
         self._write(answer, keep_alive, head_only)
         while self._queue and self._busy is None and not self.transport.is_closing():
             self._process(*self._queue.popleft())
@@ -324,15 +343,23 @@ class HttpConnection(asyncio.Protocol):
             self.phase = IDLE
             self.deadline = _now() + self.config.idle_timeout
 
+    def _release(self, nbytes: int) -> None:
+        nbytes = min(nbytes, self._held)
+        self._held -= nbytes
+        self.shared.budget.give(nbytes)
+
     def _fatal(self, exc: BaseException) -> None:
         """A request that cannot go on: answer it (after what is owed before it), then close, lingering."""
         self._discarding = True
+        if self.phase == BODY:  # the partial body is dropped
+            self._body = []
+            self._release(self._body_size)
         if self.transport.is_closing():
             return
         answer = self.handler.reject(f"request from {self.remote}", exc)
         self._closing = True
         if self._busy is not None or self._queue:
-            self._queue.append((answer, False, False))
+            self._queue.append((answer, False, False, 0))
             return
         self._write(answer, False, False)
 

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from .budget import Budget
 from .channel import ChannelSender
 from .config import ConfigError, ServerConfig
 from .handler import PushHandler
@@ -89,6 +90,9 @@ class SharedServer:
         log.info("endpoint %s %s subscribed by %s", sub.endpoint.method, sub.endpoint.path, sub.label)
 
     async def _attach(self, sub: Subscription, sender: ChannelSender) -> None:
+        if self._connections is not None:
+            sender.max_backlog = self._connections.config.max_source_backlog
+            sender.budget = self._connections.budget
         sub.attach(sender)
 
     async def _unsubscribe(self, sub: Subscription) -> None:
@@ -101,7 +105,7 @@ class SharedServer:
     async def _start(self) -> None:
         cfg = self._load_config()
         ssl_context = _ssl_context(cfg)
-        connections = ConnectionSet(PushHandler(self.table), cfg)
+        connections = ConnectionSet(PushHandler(self.table, cfg), cfg, Budget(cfg.max_buffered))
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(

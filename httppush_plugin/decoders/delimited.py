@@ -40,7 +40,7 @@ class DelimitedDecoder(Decoder):
                 continue
             values = line.split(self.delimiter)
             if names:
-                records.append(dict(zip(names, values)))
+                records.append(dict(zip(names, values, strict=False)))
             else:
                 records.append({f"col{i}": value for i, value in enumerate(values)})
         return records
