@@ -96,18 +96,32 @@ class Answer:
 
 
 class Request:
-    """One parsed request, as the connection hands it over (``route`` is set when the path and method are served)."""
+    """One parsed request, as the connection hands it over (``route`` is set when the path and method are served).
 
-    __slots__ = ("method", "path", "route", "content_type", "remote", "body")
+    ``headers`` are as received, ``(name, value)`` bytes in order; :meth:`header` looks one up by name.
+    """
 
-    def __init__(self, method: str, path: str, route: Route | None, content_type: str, remote: str,
-                 body: bytes) -> None:
+    __slots__ = ("method", "path", "route", "content_type", "remote", "body", "target", "headers", "peercert")
+
+    def __init__(self, method: str, path: str, route: Route | None, content_type: str, remote: str, body: bytes,
+                 target: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None,
+                 peercert: dict[str, Any] | None = None) -> None:
         self.method = method
         self.path = path
         self.route = route
         self.content_type = content_type
         self.remote = remote
         self.body = body
+        self.target = target
+        self.headers = headers if headers is not None else []
+        self.peercert = peercert
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of header ``name`` (lower-case bytes, e.g. ``b"authorization"``), or ``None``."""
+        for key, value in self.headers:
+            if len(key) == len(name) and key.lower() == name:
+                return value
+        return None
 
 
 def error_answer(exc: BaseException) -> Answer:

@@ -137,6 +137,7 @@ class HttpConnection(asyncio.Protocol):
         self._content_type = ""
         self._content_length = -1
         self._expect = False
+        self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
         self._error: HttpError | None = None
@@ -151,6 +152,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else ""
+        self.peercert: dict[str, Any] | None = transport.get_extra_info("peercert")  # TLS with client certificates
         connections = self.shared.connections
         connections.add(self)
         self.deadline = _now() + min(self.config.read_header_timeout, self.config.idle_timeout)
@@ -210,6 +212,7 @@ class HttpConnection(asyncio.Protocol):
         self._content_type = ""
         self._content_length = -1
         self._expect = False
+        self._headers = []
         self._body = []
         self._body_size = 0
         self._error = None
@@ -225,7 +228,8 @@ class HttpConnection(asyncio.Protocol):
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD_SIZE:
             raise HeadersTooLarge(f"request line and headers are over {MAX_HEAD_SIZE} bytes")
-        size = len(name)  # compare only the few names we use
+        self._headers.append((name, value))
+        size = len(name)  # the few names the connection itself needs
         if size == 12 and name.lower() == b"content-type":
             self._content_type = value.decode("latin-1")
         elif size == 14 and name.lower() == b"content-length":
@@ -283,7 +287,7 @@ class HttpConnection(asyncio.Protocol):
         else:
             body = self._body
             item = Request(self._method, self._path, self._route, self._content_type, self.remote,
-                           body[0] if len(body) == 1 else b"".join(body))
+                           body[0] if len(body) == 1 else b"".join(body), self._url, self._headers, self.peercert)
             self._body = []
             held = self._body_size
         if self._busy is not None or self._queue:
