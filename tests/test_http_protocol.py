@@ -1,0 +1,765 @@
+"""What every HTTP client relies on, checked over real sockets against the installed plugin (emulated host):
+keep-alive, HTTP/1.0, pipelining, chunked bodies, ``Expect: 100-continue``, size limits, malformed requests,
+methods, TLS, the server's timeouts, a graceful stop, and the shape of every answer.
+
+Byte-level cases use :class:`RawClient` (a plain socket, optionally TLS-wrapped): it sends bytes, reads one whole
+response (status line, headers, body by ``Content-Length``) within a deadline, and tells whether the server closed
+the connection (``recv`` returns ``b""`` or the connection is reset) within a deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import re
+import select
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.net import wait_port_closed
+from tests.hostemu import DataChannel, PluginHost
+
+#: Every server timeout at about a second (one as a float, which is allowed), so that each case ends quickly.
+TIMEOUTS = {"PYHTTPPUSH_SERVER_IDLE_TIMEOUT": "1", "PYHTTPPUSH_SERVER_READ_HEADER_TIMEOUT": "1",
+            "PYHTTPPUSH_SERVER_READ_BODY_TIMEOUT": "1.0"}
+#: How long a "~1 s" timeout may take to act, measured by the client (scheduling slack included).
+TIMEOUT_SLACK_S = 3.5
+
+
+# -- a raw HTTP/1.x client -----------------------------------------------------------------------------------------
+
+@dataclass
+class Answer:
+    """One parsed HTTP response."""
+
+    version: str
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    framing: str  # "content-length", "chunked", "eof" or "none" (HEAD, 1xx, 204, 304)
+
+    def header(self, name: str) -> str | None:
+        values = [v for k, v in self.headers if k.lower() == name.lower()]
+        return ", ".join(values) if values else None
+
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            raise AssertionError(f"{self.status} answer's body is not JSON: {self.body[:300]!r}") from None
+
+    def __repr__(self) -> str:
+        return f"<{self.version} {self.status} {self.reason!r} {self.headers} {self.body[:200]!r}>"
+
+
+class RawClient:
+    """One TCP (or TLS) connection to the plugin's server, spoken to byte by byte.
+
+    Example::
+
+        with RawClient(port) as conn:
+            conn.send(request(path="/a", body='{"x": 1}'))
+            answer = conn.read_response()
+            assert conn.wait_closed(2.0)
+    """
+
+    def __init__(self, port: int, tls: ssl.SSLContext | None = None, timeout: float = 3.0) -> None:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        if tls is not None:
+            sock = tls.wrap_socket(sock, server_hostname="localhost")
+        self.sock = sock
+        self.buf = b""  # received, not yet parsed
+        self.unexpected = b""  # received while waiting for the close
+        self.eof = False
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def try_send(self, data: bytes) -> bool:
+        """Send, tolerating a server that has already closed (it may answer before reading everything)."""
+        try:
+            self.sock.sendall(data)
+            return True
+        except (OSError, ssl.SSLError):
+            return False
+
+    def has_data(self, wait: float = 0.0) -> bool:
+        """Whether something (bytes or EOF) can be read within ``wait`` seconds."""
+        if self.buf or self.eof:
+            return True
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.pending():
+            return True
+        readable, _, _ = select.select([self.sock], [], [], wait)
+        return bool(readable)
+
+    def _recv(self, deadline: float) -> bytes | None:
+        """Bytes, ``b""`` at EOF or reset, ``None`` when the deadline passes first."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        self.sock.settimeout(remaining)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            return None
+        except (ConnectionResetError, BrokenPipeError, ssl.SSLError):
+            data = b""
+        except OSError as exc:
+            if exc.errno not in (errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED):
+                raise
+            data = b""
+        if not data:
+            self.eof = True
+        return data
+
+    def _more(self, deadline: float, what: str) -> None:
+        data = self._recv(deadline)
+        if data is None:
+            raise AssertionError(f"no {what} before the deadline; received so far: {self.buf[:300]!r}")
+        if not data:
+            raise AssertionError(f"the server closed the connection before {what}; received: {self.buf[:300]!r}")
+        self.buf += data
+
+    def _take(self, n: int, deadline: float, what: str) -> bytes:
+        while len(self.buf) < n:
+            self._more(deadline, what)
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self, deadline: float, what: str) -> bytes:
+        while b"\r\n" not in self.buf:
+            self._more(deadline, what)
+        line, _, self.buf = self.buf.partition(b"\r\n")
+        return line
+
+    def read_response(self, timeout: float = 3.0, head: bool = False, informational: bool = False) -> Answer:
+        """The next whole response; 1xx responses are skipped unless ``informational``. ``head``: the request
+        was HEAD, so the response has no body whatever its ``Content-Length``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self._read_one(deadline, head)
+            if informational or not 100 <= answer.status < 200:
+                return answer
+
+    def _read_one(self, deadline: float, head: bool) -> Answer:
+        while b"\r\n\r\n" not in self.buf:
+            self._more(deadline, "a complete status line and headers")
+        raw_head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = raw_head.decode("latin-1").split("\r\n")
+        match = re.fullmatch(r"(HTTP/\d\.\d) (\d{3})(?: (.*))?", lines[0])
+        if match is None:
+            raise AssertionError(f"not an HTTP status line: {lines[0]!r}")
+        version, status, reason = match.group(1), int(match.group(2)), match.group(3) or ""
+        headers = []
+        for line in lines[1:]:
+            name, colon, value = line.partition(":")
+            if not colon:
+                raise AssertionError(f"malformed response header line {line!r} in {raw_head!r}")
+            headers.append((name.strip(), value.strip()))
+        answer = Answer(version, status, reason, headers, b"", "none")
+        if head or 100 <= status < 200 or status in (204, 304):
+            return answer
+        length = answer.header("Content-Length")
+        if length is not None:
+            answer.body, answer.framing = self._take(int(length), deadline, f"the {length}-byte body"), \
+                "content-length"
+        elif "chunked" in (answer.header("Transfer-Encoding") or "").lower():
+            answer.body, answer.framing = self._read_chunked(deadline), "chunked"
+        else:  # delimited by the close
+            while True:
+                data = self._recv(deadline)
+                if data is None:
+                    raise AssertionError(f"a body without Content-Length did not end by a close: {self.buf!r}")
+                if not data:
+                    break
+                self.buf += data
+            answer.body, answer.framing, self.buf = self.buf, "eof", b""
+        return answer
+
+    def _read_chunked(self, deadline: float) -> bytes:
+        body = b""
+        while True:
+            size = int(self._line(deadline, "a chunk size").split(b";")[0], 16)
+            if size == 0:
+                while self._line(deadline, "the chunked trailer"):
+                    pass
+                return body
+            body += self._take(size, deadline, "a chunk")
+            self._take(2, deadline, "a chunk's CRLF")
+
+    def wait_closed(self, within: float = 2.0) -> bool:
+        """Whether the server closes the connection (EOF or reset) within ``within`` seconds; bytes that arrive
+        meanwhile are kept in :attr:`unexpected`."""
+        if self.eof:
+            return True
+        deadline = time.monotonic() + within
+        while True:
+            data = self._recv(deadline)
+            if data is None:
+                return False
+            if not data:
+                return True
+            self.unexpected += data
+
+    @property
+    def leftover(self) -> bytes:
+        """Everything received that no response read consumed."""
+        return self.buf + self.unexpected
+
+
+def request(method: str = "POST", path: str = "/p", body: bytes | str = b"", *, version: str = "HTTP/1.1",
+            headers: dict[str, str] | None = None, length: bool | None = None) -> bytes:
+    """The bytes of one request with ``Host``; ``Content-Length`` for POST/PUT or any body unless ``length`` is
+    False or ``headers`` frame the body themselves."""
+    data = body.encode() if isinstance(body, str) else body
+    hdrs = dict(headers or {})
+    framed = any(k.lower() in ("content-length", "transfer-encoding") for k in hdrs)
+    if length is None:
+        length = not framed and (bool(data) or method in ("POST", "PUT"))
+    lines = [f"{method} {path} {version}", "Host: 127.0.0.1"]
+    if length:
+        lines.append(f"Content-Length: {len(data)}")
+    lines += [f"{k}: {v}" for k, v in hdrs.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + data
+
+
+def chunked(*pieces: bytes) -> bytes:
+    """``pieces`` as a chunked body (upper-case hex sizes), with its last chunk."""
+    return b"".join(b"%X\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def records(tag: int, n: int) -> bytes:
+    """A JSON array of ``n`` records ``{"req": tag, "k": 0..n-1}``."""
+    return json.dumps([{"req": tag, "k": k} for k in range(n)]).encode()
+
+
+def assert_json_answer(answer: Answer, head: bool = False) -> None:
+    """``Content-Type: application/json`` and a ``Content-Length`` that is the body's length."""
+    content_type = answer.header("Content-Type") or ""
+    assert content_type.split(";")[0].strip().lower() == "application/json", f"Content-Type of {answer!r}"
+    length = answer.header("Content-Length")
+    assert length is not None, f"no Content-Length in {answer!r}"
+    if not head:
+        assert answer.framing == "content-length" and int(length) == len(answer.body), answer
+
+
+def assert_error(answer: Answer, *statuses: int, head: bool = False) -> str:
+    """The answer has one of ``statuses`` and, unless HEAD, the JSON body ``{"error": "<text>"}``."""
+    assert answer.status in statuses, f"expected {statuses}, got {answer!r}"
+    assert_json_answer(answer, head=head)
+    if head:
+        return ""
+    error = answer.json().get("error")
+    assert isinstance(error, str) and error, f"no 'error' text in {answer!r}"
+    return error
+
+
+def assert_ok(answer: Answer, accepted: int, sources: int = 1) -> None:
+    assert answer.status == 200, answer
+    assert_json_answer(answer)
+    assert answer.json() == {"accepted": accepted, "sources": sources}
+
+
+def assert_next_is_sentinel(port: int, path: str, ch: DataChannel) -> None:
+    """On a new connection, POST ``{"sentinel": 1}``: the next record on ``ch`` must be it (nothing before)."""
+    with RawClient(port) as conn:
+        conn.send(request(path=path, body='{"sentinel": 1}'))
+        assert_ok(conn.read_response(), 1)
+    assert ch.messages(1) == [{"sentinel": 1}]
+
+
+def trickle_until_answer(conn: RawClient, piece: bytes, every: float, within: float) -> tuple[Answer, float]:
+    """Send ``piece`` every ``every`` seconds until the server answers; the answer and the time it took."""
+    start = time.monotonic()
+    deadline = start + within
+    while not conn.has_data(every):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no answer within {within} s while the client kept trickling {piece!r}")
+        if not conn.try_send(piece):
+            break
+    return conn.read_response(timeout=max(0.5, deadline - time.monotonic())), time.monotonic() - start
+
+
+# -- fixtures ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for localhost / 127.0.0.1 and its key."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.fixture
+def tls_host(make_host: Callable[..., PluginHost], server_port: int,
+             certificate: tuple[Path, Path]) -> Iterator[tuple[PluginHost, ssl.SSLContext]]:
+    cert, key = certificate
+    plugin_host = make_host(server_port, PYHTTPPUSH_TLS_CERTFILE=str(cert), PYHTTPPUSH_TLS_KEYFILE=str(key))
+    yield plugin_host, ssl.create_default_context(cafile=str(cert))
+    assert plugin_host.alive(), f"the plugin process died; its log:\n{plugin_host.log_tail()}"
+
+
+@pytest.fixture
+def limited_host(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[PluginHost]:
+    """The plugin with a 1000-byte body limit."""
+    plugin_host = make_host(server_port, PYHTTPPUSH_SERVER_MAX_BODY_SIZE="1000")
+    yield plugin_host
+    assert plugin_host.alive(), f"the plugin process died; its log:\n{plugin_host.log_tail()}"
+
+
+@pytest.fixture
+def timeout_host(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[PluginHost]:
+    """The plugin with its idle, header and body timeouts at 1 s."""
+    plugin_host = make_host(server_port, **TIMEOUTS)
+    yield plugin_host
+    assert plugin_host.alive(), f"the plugin process died; its log:\n{plugin_host.log_tail()}"
+
+
+# -- keep-alive ----------------------------------------------------------------------------------------------------
+
+def test_keepalive_two_requests_on_one_connection(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/k"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/k", body='{"n": 1}'))
+        assert_ok(conn.read_response(), 1)
+        conn.send(request(path="/k", body='{"n": 2}'))
+        assert_ok(conn.read_response(), 1)
+    assert ch.messages(2) == [{"n": 1}, {"n": 2}]
+
+
+def test_keepalive_connection_close_is_honoured(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/k"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/k", body='{"n": 1}', headers={"Connection": "close"}))
+        answer = conn.read_response()
+        assert_ok(answer, 1)
+        assert (answer.header("Connection") or "").lower() == "close", answer
+        assert conn.wait_closed(2.0), "the server kept the connection open after answering 'Connection: close'"
+        assert conn.leftover == b""
+    assert ch.messages(1) == [{"n": 1}]
+
+
+# -- HTTP/1.0 ------------------------------------------------------------------------------------------------------
+
+def test_http10_without_keepalive_is_answered_then_closed(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/old"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/old", body='{"v": 10}', version="HTTP/1.0"))
+        answer = conn.read_response()
+        assert answer.version in ("HTTP/1.0", "HTTP/1.1")
+        assert_ok(answer, 1)
+        assert conn.wait_closed(2.0), "an HTTP/1.0 connection without keep-alive was left open"
+    assert ch.messages(1) == [{"v": 10}]
+
+
+def test_http10_with_keepalive_stays_open(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/old"})
+    with RawClient(server_port) as conn:
+        for n in (1, 2):
+            conn.send(request(path="/old", body=f'{{"n": {n}}}', version="HTTP/1.0",
+                              headers={"Connection": "keep-alive"}))
+            answer = conn.read_response()
+            assert answer.version in ("HTTP/1.0", "HTTP/1.1")
+            assert_ok(answer, 1)
+    assert ch.messages(2) == [{"n": 1}, {"n": 2}]
+
+
+# -- pipelining ----------------------------------------------------------------------------------------------------
+
+def test_pipelining_five_requests_in_one_send(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/pipe"})
+    with RawClient(server_port) as conn:
+        conn.send(b"".join(request(path="/pipe", body=records(i, i)) for i in range(1, 6)))
+        for i in range(1, 6):
+            assert_ok(conn.read_response(), i)
+    got = ch.messages(15)
+    assert [(r["req"], r["k"]) for r in got] == [(i, k) for i in range(1, 6) for k in range(i)]
+
+
+def test_pipelining_404_then_good_request_in_order(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/pipe"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/nowhere", body=records(0, 3)) + request(path="/pipe", body=records(1, 2)))
+        assert "/nowhere" in assert_error(conn.read_response(), 404)
+        assert_ok(conn.read_response(), 2)
+    assert ch.messages(2) == [{"req": 1, "k": 0}, {"req": 1, "k": 1}]
+
+
+def test_pipelining_slow_first_request_answered_first(host: PluginHost, server_port: int) -> None:
+    """The first request waits for a host that stopped reading (503 after the send timeout); the second, to a
+    live source, is answered after it."""
+    slow = host.start_source("r1", "s1", {"datasource": "/slow"})
+    fast = host.start_source("r2", "s2", {"datasource": "/fast"})
+    slow.close()  # the host stopped reading this instance
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/slow", body='{"s": 1}') + request(path="/fast", body=records(2, 2)))
+        assert_error(conn.read_response(timeout=8), 503)
+        assert_ok(conn.read_response(), 2)
+    assert fast.messages(2) == [{"req": 2, "k": 0}, {"req": 2, "k": 1}]
+
+
+# -- chunked request bodies ----------------------------------------------------------------------------------------
+
+def test_chunked_body_decoded_and_connection_reused(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/c"})
+    body = chunked(b'[{"a": 1', b'}, {"a": ', b"2}]" + b" " * 20)
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/c", body=body, headers={"Transfer-Encoding": "chunked"}))
+        assert_ok(conn.read_response(), 2)
+        conn.send(request(path="/c", body='{"a": 3}'))  # the chunked framing was consumed exactly
+        assert_ok(conn.read_response(), 1)
+    assert ch.messages(3) == [{"a": 1}, {"a": 2}, {"a": 3}]
+
+
+def test_chunked_body_with_extension_and_trailer(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/c"})
+    body = b'5;name=value\r\n{"a":\r\n3\r\n 1}\r\n0\r\nX-Trailer: t\r\n\r\n'
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/c", body=body, headers={"Transfer-Encoding": "chunked", "Trailer": "X-Trailer"}))
+        assert_ok(conn.read_response(), 1)
+        conn.send(request(path="/c", body='{"a": 2}'))
+        assert_ok(conn.read_response(), 1)
+    assert ch.messages(2) == [{"a": 1}, {"a": 2}]
+
+
+def test_chunked_body_over_limit_gets_413(limited_host: PluginHost, server_port: int) -> None:
+    ch = limited_host.start_source("r1", "s1", {"datasource": "/c"})
+    body = chunked(b"[" + b'{"x": 1},' * 100, b'{"x": 1},' * 100 + b'{"x": 1}]')  # 1810 bytes in two chunks
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/c", body=body, headers={"Transfer-Encoding": "chunked"}))
+        assert "httpServerMaxBodySize" in assert_error(conn.read_response(), 413)
+    assert_next_is_sentinel(server_port, "/c", ch)
+
+
+def test_chunked_malformed_framing_gets_400_and_close(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/c"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/c", body=b'ZZ\r\n{"bad": 1}\r\n0\r\n\r\n', headers={"Transfer-Encoding": "chunked"}))
+        assert_error(conn.read_response(), 400)
+        assert conn.wait_closed(2.0), "the connection stayed open after malformed chunked framing"
+    assert_next_is_sentinel(server_port, "/c", ch)
+
+
+# -- Expect: 100-continue ------------------------------------------------------------------------------------------
+
+def test_expect_continue_100_before_the_body(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/e"})
+    body = b'{"expected": 1}'
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/e", headers={"Content-Length": str(len(body)), "Expect": "100-continue"}))
+        interim = conn.read_response(timeout=1.0, informational=True)
+        assert (interim.version, interim.status) == ("HTTP/1.1", 100), interim
+        conn.send(body)
+        assert_ok(conn.read_response(), 1)
+    assert ch.messages(1) == [{"expected": 1}]
+
+
+def test_expect_continue_over_limit_413_without_100_and_close(limited_host: PluginHost, server_port: int) -> None:
+    ch = limited_host.start_source("r1", "s1", {"datasource": "/e"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/e", headers={"Content-Length": "5000", "Expect": "100-continue"}))
+        answer = conn.read_response(timeout=1.0, informational=True)
+        assert answer.status != 100, "100 Continue for a body over the limit"
+        assert "httpServerMaxBodySize" in assert_error(answer, 413)
+        assert conn.wait_closed(2.0), "the connection stayed open though the announced body was never read"
+    assert_next_is_sentinel(server_port, "/e", ch)
+
+
+# -- size limits ---------------------------------------------------------------------------------------------------
+
+def test_size_limit_content_length_413_before_the_body(limited_host: PluginHost, server_port: int) -> None:
+    ch = limited_host.start_source("r1", "s1", {"datasource": "/big"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/big", headers={"Content-Length": "5000"}) + b'[{"x": 1},')  # 10 of 5000 bytes
+        started = time.monotonic()
+        error = assert_error(conn.read_response(timeout=1.0), 413)
+        assert time.monotonic() - started < 1.0
+        assert "httpServerMaxBodySize" in error
+    assert_next_is_sentinel(server_port, "/big", ch)
+
+
+BIG_HEADERS = {
+    "one_32k_header": {"X-Big": "b" * 32 * 1024},
+    "forty_500_byte_headers": {f"X-Many-{i}": "m" * 500 for i in range(40)},
+}
+
+
+@pytest.mark.parametrize("headers", BIG_HEADERS.values(), ids=BIG_HEADERS.keys())
+def test_size_limit_headers_over_16k_431_and_close(host: PluginHost, server_port: int,
+                                                   headers: dict[str, str]) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/h"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/h", body='{"h": 1}', headers=headers))
+        assert_error(conn.read_response(), 431)
+        assert conn.wait_closed(2.0), "the connection stayed open after 431"
+    assert_next_is_sentinel(server_port, "/h", ch)
+
+
+def test_size_limit_headers_under_16k_served(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/h"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/h", body='{"h": 12}', headers={f"X-Many-{i}": "m" * 1000 for i in range(12)}))
+        assert_ok(conn.read_response(), 1)
+    assert ch.messages(1) == [{"h": 12}]
+
+
+# -- malformed requests --------------------------------------------------------------------------------------------
+
+MALFORMED = {
+    "garbage_request_line": b"this is not http at all\r\n\r\n",
+    "header_without_colon": b'POST /j HTTP/1.1\r\nHost: x\r\nNo colon here\r\nContent-Length: 8\r\n\r\n{"a": 1}',
+    "content_length_not_a_number": b'POST /j HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n{"a": 1}',
+    "content_length_negative": b'POST /j HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n{"a": 1}',
+    "content_length_list": b'POST /j HTTP/1.1\r\nHost: x\r\nContent-Length: 8, 9\r\n\r\n{"a": 1}',
+}
+
+
+@pytest.mark.parametrize("raw", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_request_400_json_and_close(host: PluginHost, server_port: int, raw: bytes) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/j"})
+    with RawClient(server_port) as conn:
+        conn.send(raw)
+        assert_error(conn.read_response(), 400)
+        assert conn.wait_closed(2.0), "the connection stayed open after a malformed request"
+    assert_next_is_sentinel(server_port, "/j", ch)
+
+
+def test_malformed_http09_request_line_400_and_no_record(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/j"})
+    with RawClient(server_port) as conn:
+        conn.send(b'POST /j\r\n\r\n{"a":1}')
+        assert_error(conn.read_response(), 400)
+        assert conn.wait_closed(2.0), "the connection stayed open after a request line without a version"
+    assert_next_is_sentinel(server_port, "/j", ch)
+
+
+def test_malformed_unsupported_version_505_or_400(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/j"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/j", body='{"a": 2}', version="HTTP/2.0"))
+        assert_error(conn.read_response(), 505, 400)
+        assert conn.wait_closed(2.0), "the connection stayed open after an unsupported HTTP version"
+    assert_next_is_sentinel(server_port, "/j", ch)
+
+
+# -- methods -------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["HEAD", "GET", "OPTIONS"])
+def test_methods_not_served_get_405_with_allow(host: PluginHost, server_port: int, method: str) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/m"})
+    with RawClient(server_port) as conn:
+        conn.send(request(method, "/m"))
+        answer = conn.read_response(head=method == "HEAD")
+        assert_error(answer, 405, head=method == "HEAD")
+        assert answer.header("Allow") == "POST", answer
+    assert_next_is_sentinel(server_port, "/m", ch)
+
+
+def test_methods_allow_lists_post_and_put(host: PluginHost, server_port: int) -> None:
+    host.start_source("r1", "s1", {"datasource": "/m"})
+    host.start_source("r2", "s2", {"datasource": "/m", "method": "PUT"})
+    with RawClient(server_port) as conn:
+        conn.send(request("GET", "/m"))
+        answer = conn.read_response()
+        assert_error(answer, 405)
+        assert sorted(m.strip() for m in (answer.header("Allow") or "").split(",")) == ["POST", "PUT"], answer
+
+
+def test_methods_head_answer_has_no_body(host: PluginHost, server_port: int) -> None:
+    """HEAD then POST pipelined: if the HEAD answer carried body bytes, the second answer would not parse."""
+    ch = host.start_source("r1", "s1", {"datasource": "/m"})
+    with RawClient(server_port) as conn:
+        conn.send(request("HEAD", "/m") + request(path="/m", body='{"after": "head"}'))
+        head = conn.read_response(head=True)
+        assert head.status == 405 and head.header("Allow") == "POST", head
+        assert conn.buf.startswith(b"HTTP/") or not conn.buf, f"bytes after the HEAD answer: {conn.buf[:100]!r}"
+        assert_ok(conn.read_response(), 1)
+        assert not conn.has_data(0.2), f"unexpected bytes: {conn.buf[:100]!r}"
+    assert ch.messages(1) == [{"after": "head"}]
+
+
+def test_methods_unknown_path_404_json(host: PluginHost, server_port: int) -> None:
+    host.start_source("r1", "s1", {"datasource": "/m"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/not/here", body="{}"))
+        assert "/not/here" in assert_error(conn.read_response(), 404)
+
+
+# -- TLS -----------------------------------------------------------------------------------------------------------
+
+def test_tls_keepalive_and_pipelining(tls_host: tuple[PluginHost, ssl.SSLContext], server_port: int) -> None:
+    plugin_host, context = tls_host
+    ch = plugin_host.start_source("r1", "s1", {"datasource": "/s"})
+    with RawClient(server_port, tls=context) as conn:
+        for i in (1, 2):
+            conn.send(request(path="/s", body=records(i, 1)))
+            assert_ok(conn.read_response(), 1)
+        conn.send(b"".join(request(path="/s", body=records(i, i - 2)) for i in (3, 4, 5)))
+        for i in (3, 4, 5):
+            assert_ok(conn.read_response(), i - 2)
+    got = ch.messages(8)
+    assert [(r["req"], r["k"]) for r in got] == [(1, 0), (2, 0), (3, 0), (4, 0), (4, 1), (5, 0), (5, 1), (5, 2)]
+
+
+def test_tls_plain_http_to_tls_port_is_refused_and_server_survives(
+        tls_host: tuple[PluginHost, ssl.SSLContext], server_port: int) -> None:
+    plugin_host, context = tls_host
+    ch = plugin_host.start_source("r1", "s1", {"datasource": "/s"})
+    with RawClient(server_port) as plain:
+        plain.try_send(request(path="/s", body='{"plain": 1}'))
+        assert plain.wait_closed(3.0), "a plain-HTTP connection to the TLS port was left open"
+    with RawClient(server_port, tls=context) as conn:
+        conn.send(request(path="/s", body='{"secure": 1}'))
+        assert_ok(conn.read_response(), 1)
+    assert ch.messages(1) == [{"secure": 1}]
+    assert plugin_host.alive()
+
+
+# -- timeouts ------------------------------------------------------------------------------------------------------
+
+def test_timeouts_idle_keepalive_connection_closed_without_response(timeout_host: PluginHost,
+                                                                      server_port: int) -> None:
+    ch = timeout_host.start_source("r1", "s1", {"datasource": "/t"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/t", body='{"t": 1}'))
+        assert_ok(conn.read_response(), 1)
+        idle_since = time.monotonic()
+        assert conn.wait_closed(TIMEOUT_SLACK_S), "an idle keep-alive connection outlived the 1 s idle timeout"
+        assert time.monotonic() - idle_since >= 0.5, "the idle connection was closed long before its timeout"
+        assert conn.leftover == b"", f"an idle connection got bytes: {conn.leftover[:200]!r}"
+    assert ch.messages(1) == [{"t": 1}]
+
+
+def test_timeouts_slow_headers_408_and_close(timeout_host: PluginHost, server_port: int) -> None:
+    """The header timeout runs from the first byte to the end of the headers: header lines trickled in every
+    0.2 s do not extend it."""
+    ch = timeout_host.start_source("r1", "s1", {"datasource": "/t"})
+    with RawClient(server_port) as conn:
+        conn.send(b"POST /t HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        answer, took = trickle_until_answer(conn, b"X-Slow: 1\r\n", 0.2, TIMEOUT_SLACK_S)
+        assert_error(answer, 408)
+        assert took < TIMEOUT_SLACK_S
+        assert conn.wait_closed(2.0), "the connection stayed open after 408"
+    assert_next_is_sentinel(server_port, "/t", ch)
+
+
+def test_timeouts_slow_body_408_and_close(timeout_host: PluginHost, server_port: int) -> None:
+    """The body timeout runs from the end of the headers to the end of the body: body bytes trickled in every
+    0.2 s do not extend it."""
+    ch = timeout_host.start_source("r1", "s1", {"datasource": "/t"})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/t", headers={"Content-Length": "1000"}) + b'[{"x": 1}')
+        answer, took = trickle_until_answer(conn, b" ", 0.2, TIMEOUT_SLACK_S)
+        assert_error(answer, 408)
+        assert took < TIMEOUT_SLACK_S
+        assert conn.wait_closed(2.0), "the connection stayed open after 408"
+    assert_next_is_sentinel(server_port, "/t", ch)
+
+
+def test_timeouts_silent_connection_closed(timeout_host: PluginHost, server_port: int) -> None:
+    timeout_host.start_source("r1", "s1", {"datasource": "/t"})
+    with RawClient(server_port) as conn:
+        assert conn.wait_closed(TIMEOUT_SLACK_S), "a connection that sent nothing outlived the 1 s timeouts"
+        assert conn.leftover == b"" or conn.leftover.startswith(b"HTTP/1.1 408"), conn.leftover[:200]
+
+
+def test_timeouts_other_clients_served_meanwhile(timeout_host: PluginHost, server_port: int) -> None:
+    ch = timeout_host.start_source("r1", "s1", {"datasource": "/t"})
+    stalled = [RawClient(server_port) for _ in range(3)]
+    try:
+        stalled[1].send(b"POST /t HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        stalled[2].send(request(path="/t", headers={"Content-Length": "100"}) + b"[")
+        with RawClient(server_port) as conn:
+            for n in range(5):
+                started = time.monotonic()
+                conn.send(request(path="/t", body=f'{{"n": {n}}}'))
+                assert_ok(conn.read_response(timeout=1.0), 1)
+                assert time.monotonic() - started < 0.5
+                time.sleep(0.1)
+        assert ch.messages(5) == [{"n": n} for n in range(5)]
+        for i, conn in enumerate(stalled):
+            assert conn.wait_closed(TIMEOUT_SLACK_S), f"stalled connection {i} was never closed"
+    finally:
+        for conn in stalled:
+            conn.close()
+
+
+# -- graceful stop -------------------------------------------------------------------------------------------------
+
+def test_graceful_stop_answers_the_request_in_flight_then_releases_the_port(host: PluginHost,
+                                                                            server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/g"})
+    with RawClient(server_port) as done:
+        done.send(request(path="/g", body='{"before": 1}', headers={"Connection": "close"}))
+        assert_ok(done.read_response(), 1)
+
+    body = b'{"late": 1, "pad": "0123456789"}'
+    raw = request(path="/g", body=body)
+    split = len(raw) - len(body) // 2
+    with RawClient(server_port, timeout=6.0) as mid:
+        mid.send(raw[:split])  # the headers and half the body
+        time.sleep(0.2)
+        answers: list[str] = []
+        stopper = threading.Thread(target=lambda: answers.append(host.stop_source(ch)), daemon=True)
+        stopper.start()
+        if not mid.has_data(0.3):  # not answered at once: finish the body
+            mid.try_send(raw[split:])
+        answer = mid.read_response(timeout=6.0)
+        assert_error(answer, 404, 503)
+        assert mid.wait_closed(3.0), "the connection stayed open after the server stopped"
+    stopper.join(10)
+    assert answers == ["ok"], answers
+    assert wait_port_closed(server_port), "the port is still open after the last source stopped"
+    assert ch.messages(1) == [{"before": 1}]  # answered 200 before the stop: delivered
+    assert ch.records.empty(), list(ch.records.queue)
+
+
+# -- answers -------------------------------------------------------------------------------------------------------
+
+def test_answers_json_with_exact_content_length(limited_host: PluginHost, server_port: int) -> None:
+    limited_host.start_source("r1", "s1", {"datasource": "/a"})
+    limited_host.start_source("r2", "s2", {"datasource": "/a"})
+    close = {"Connection": "close"}
+    cases = [
+        (request(path="/a", body='[{"x": 1}, {"x": 2}]', headers=close), 200),
+        (request(path="/a", body="not json", headers=close), 400),
+        (request(path="/elsewhere", body="{}", headers=close), 404),
+        (request("GET", "/a", headers=close), 405),
+        (request(path="/a", body='"' + "y" * 1500 + '"', headers=close), 413),
+    ]
+    for raw, status in cases:
+        with RawClient(server_port) as conn:
+            conn.send(raw)
+            answer = conn.read_response()
+            if status == 200:
+                assert_ok(answer, accepted=2, sources=2)
+            else:
+                assert_error(answer, status)
+            # Content-Length exact: nothing follows the body before the close
+            assert conn.wait_closed(2.0), f"no close after 'Connection: close' ({answer!r})"
+            assert conn.leftover == b"", f"bytes after the {status} answer's body: {conn.leftover[:200]!r}"
