@@ -226,7 +226,7 @@ class EndpointConfig:
             fields=_fields_setting(props.get("fields")),
             schema_id=schema_id,
             decoder=decoder,
-            meta=_meta_setting(props.get("meta")),
+            meta=_meta_setting(props["meta"]) if "meta" in props else DEFAULT_META,
         )
 
 
@@ -256,9 +256,10 @@ def _fields_setting(value: Any) -> tuple[str, ...]:
 
 
 def _meta_setting(value: Any) -> tuple[str, ...]:
-    """Property ``meta``: which request facts each record carries; absent means :data:`DEFAULT_META`, ``[]`` none."""
+    """Property ``meta``: which request facts each record carries; ``[]``, ``""`` or null: none. (A ``[]`` stored
+    through eKuiper's REST API arrives as null: the host keeps conf keys gob-encoded, which drops empty lists.)"""
     if value is None:
-        return DEFAULT_META
+        return ()
     if isinstance(value, str):
         items: list[Any] = [part.strip() for part in value.split(",") if part.strip()]
     elif isinstance(value, list):
