@@ -14,14 +14,18 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pynng
 from ekuiper import Context, PluginConfig, Source
 from ekuiper.runtime import plugin as sdk_plugin
+from ekuiper.runtime import reg as sdk_reg
+from ekuiper.runtime.connection import PairChannel
 
 from .channel import ChannelSender, channel_url
 from .config import DEFAULT_SEND_TIMEOUT_MS, EndpointConfig, load_server_config
@@ -41,6 +45,8 @@ class PluginRuntime:
         self.send_timeout_ms = send_timeout_ms
         self.paths = SearchPaths(plugin_dir)
         self.server = SharedServer(lambda: load_server_config(plugin_dir, symbol))
+        #: the live source of each instance (ruleId, opId, instanceId), to retire it when its start comes again
+        self.instances: dict[tuple[str, str, int], HttpPushSource] = {}
 
 
 class HttpPushSource(Source):
@@ -53,9 +59,16 @@ class HttpPushSource(Source):
     def configure(self, datasource: str, conf: dict[str, Any]) -> None:
         endpoint = EndpointConfig.from_props(conf, datasource)
         decoder = build_decoder(endpoint, self.runtime.paths)
-        subscription = Subscription(endpoint, decoder, instance=getattr(_starting, "instance", None))
+        instance = getattr(_starting, "instance", None)
+        subscription = Subscription(endpoint, decoder, instance=instance)
         self.runtime.server.subscribe(subscription)  # binds the server if it is the first: may raise BindError
         self.subscription = subscription
+        _starting.source = self
+        if instance is not None:
+            old = self.runtime.instances.get(instance)
+            if old is not None:
+                old.retire(instance)
+            self.runtime.instances[instance] = self
 
     def open(self, ctx: Context) -> None:
         sub = self.subscription
@@ -87,6 +100,24 @@ class HttpPushSource(Source):
         sub, self.subscription = self.subscription, None
         if sub is not None:
             self.runtime.server.unsubscribe(sub)
+            if sub.instance is not None and self.runtime.instances.get(sub.instance) is self:
+                del self.runtime.instances[sub.instance]
+
+    def retire(self, instance: tuple[str, str, int]) -> None:
+        """A newer start of the same instance replaced this source (its subscription is already gone): end its
+        ``open()`` thread and close the SDK's data socket, without letting the SDK unregister the instance — its
+        registry key is the newer source's too."""
+        key = f"{instance[0]}_{instance[1]}_{instance[2]}_{self.runtime.symbol}"
+        if sdk_reg.has(key):
+            runtime = sdk_reg.get(key)
+            if getattr(runtime, "s", None) is self:
+                runtime.running = False  # open() returning must not make the SDK stop and unregister it
+                try:
+                    runtime.ch.close()
+                except Exception:  # pynng raises if it is closed already
+                    pass
+        self.subscription = None
+        self._closed.set()
 
 
 def _plugin_identity(plugin_dir: Path) -> tuple[str, list[str]]:
@@ -131,16 +162,22 @@ def _wrap_command_reply(symbol: str, command_reply: Callable[[bytes], bytes]) ->
     """Around the SDK's command handler:
 
     * note which source instance a start command is for, so that configure() can tell a repeated start;
+    * a start that fails after configure() subscribed (the SDK could not dial the host's data channel) must not
+      leave the endpoint subscribed: the host considers the source not started and will never stop it;
     * the SDK answers a failed start with the whole Python traceback, which eKuiper logs as the rule's error; for
       the errors we raise on purpose (bad settings, bind failures) the message alone says everything.
     """
 
     def reply(request: bytes) -> bytes:
         _starting.instance = _instance_of(request)
+        _starting.source = None
         try:
             answer = command_reply(request)
         finally:
             _starting.instance = None
+            source, _starting.source = _starting.source, None
+        if answer != b"ok" and isinstance(source, HttpPushSource):
+            source._release()
         if answer.startswith(b"Traceback"):
             match = _CONFIG_ERROR_LINE.match(answer[answer.rfind(b"\nhttppush_plugin.") + 1:].rstrip())
             if match:
@@ -155,6 +192,30 @@ def run(plugin_dir: Path, argv: list[str]) -> None:
     name, symbols = _plugin_identity(plugin_dir)
     runtime = PluginRuntime(plugin_dir, symbols[0], _send_timeout(argv))
     sources = {symbol: (lambda: HttpPushSource(runtime)) for symbol in symbols}
-    # plugin.start() looks command_reply up in its module when it starts serving
+    # plugin.start() looks command_reply and PairChannel up in its module when it starts serving
     sdk_plugin.command_reply = _wrap_command_reply(symbols[0], sdk_plugin.command_reply)
+    sdk_plugin.PairChannel = _ControlChannel
     sdk_plugin.start(PluginConfig(name, sources, {}, {}))
+
+
+class _ControlChannel(PairChannel):
+    """The SDK's control channel, plus: when eKuiper goes away (its end of the channel closes), exit at once.
+
+    The SDK alone would keep re-sending its handshake forever, and the orphaned process would keep the HTTP port,
+    so that the next eKuiper's plugin could not bind it. eKuiper starts a new process whenever it needs one."""
+
+    def __init__(self, name: str, typ: int) -> None:
+        super().__init__(name, typ)
+        self.sock.add_post_pipe_remove_cb(_host_gone)
+
+    def run(self, reply_func: Callable[[bytes], bytes]) -> None:
+        try:
+            super().run(reply_func)
+        except pynng.NNGException:  # e.g. ConnectionReset from a pending recv: the same news, no traceback
+            _host_gone(None)
+
+
+def _host_gone(_pipe: Any) -> None:
+    log.warning("eKuiper closed the plugin's control channel; exiting")
+    logging.shutdown()
+    os._exit(0)
