@@ -11,9 +11,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
+
+if TYPE_CHECKING:
+    from .auth import Authenticator
 
 #: Default listen port per source symbol. ``httppush`` keeps the seed's 10081 (hosts without the built-in);
 #: ``pyhttppush`` runs beside eKuiper 2.x, whose own data server already holds 10081.
@@ -38,11 +41,15 @@ DEFAULT_MAX_SOURCE_BACKLOG = 16 * 1024 * 1024
 #: Bytes the whole server holds for requests: bodies being received and decoded plus every source's backlog.
 DEFAULT_MAX_BUFFERED = 128 * 1024 * 1024
 #: What a record's envelope may carry in ``meta`` (readable with ``meta(<name>)`` in SQL), and what it carries unless
-#: the config group's ``meta`` property says otherwise.
-META_FIELDS = ("method", "path", "remoteAddr", "contentType")
-DEFAULT_META: tuple[str, ...] = META_FIELDS
+#: the config group's ``meta`` property says otherwise. ``user`` is the authenticated principal (``auth``), absent
+#: from records of an endpoint without authentication.
+META_FIELDS = ("method", "path", "remoteAddr", "contentType", "user")
+DEFAULT_META: tuple[str, ...] = ("method", "path", "remoteAddr", "contentType")
+#: ``httpServerTls.clientAuth``: whether the TLS handshake asks for a client certificate signed by ``cafile``.
+CLIENT_AUTH = ("none", "optional", "required")
 
 Method = Literal["POST", "PUT"]
+ClientAuth = Literal["none", "optional", "required"]
 
 
 class ConfigError(ValueError):
@@ -53,6 +60,9 @@ class ConfigError(ValueError):
 class TlsConfig:
     certfile: str
     keyfile: str
+    #: CA certificate(s), PEM, that client certificates must be signed by (mutual TLS)
+    cafile: str = ""
+    client_auth: ClientAuth = "none"
 
 
 @dataclass(frozen=True)
@@ -121,7 +131,8 @@ def load_server_config(
     }
     section.update({k: v for k, v in env.items() if v not in (None, "")})
     tls = dict(section.get("httpServerTls") or {})
-    for key, var in (("certfile", "TLS_CERTFILE"), ("keyfile", "TLS_KEYFILE")):
+    for key, var in (("certfile", "TLS_CERTFILE"), ("keyfile", "TLS_KEYFILE"), ("cafile", "TLS_CAFILE"),
+                     ("clientAuth", "TLS_CLIENT_AUTH")):
         if environ.get(prefix + var):
             tls[key] = environ[prefix + var]
 
@@ -171,11 +182,21 @@ def _int_setting(key: str, value: Any, low: int, high: int | None = None) -> int
 
 def _tls_setting(tls: dict[str, Any]) -> TlsConfig | None:
     certfile, keyfile = tls.get("certfile") or "", tls.get("keyfile") or ""
-    if not certfile and not keyfile:
+    cafile = str(tls.get("cafile") or "")
+    if not certfile and not keyfile and not cafile:
         return None
     if not certfile or not keyfile:
         raise ConfigError("setting 'httpServerTls' needs both 'certfile' and 'keyfile'")
-    return TlsConfig(certfile=str(certfile), keyfile=str(keyfile))
+    # a CA file alone means client certificates are wanted: required unless said otherwise
+    value = tls.get("clientAuth") or ("required" if cafile else "none")
+    client_auth = str(value).lower()
+    if client_auth not in CLIENT_AUTH:
+        raise ConfigError(f"setting 'httpServerTls.clientAuth' is {value!r}; must be none, optional or required")
+    if client_auth != "none" and not cafile:
+        raise ConfigError(f"setting 'httpServerTls.clientAuth' is {client_auth!r}; it needs 'cafile', the CA "
+                          "certificate(s) that client certificates must be signed by")
+    return TlsConfig(certfile=str(certfile), keyfile=str(keyfile), cafile=cafile,
+                     client_auth=client_auth)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -194,9 +215,13 @@ class EndpointConfig:
     schema_id: str = ""
     decoder: str = ""
     meta: tuple[str, ...] = DEFAULT_META
+    #: who may push (property ``auth``); ``None``: anyone
+    auth: Authenticator | None = None
 
     @classmethod
     def from_props(cls, props: Mapping[str, Any], datasource: str = "") -> EndpointConfig:
+        from .auth import parse_auth  # here: auth.py imports ConfigError from this module
+
         path = str(props.get("datasource") or datasource or "")
         if not path.startswith("/"):
             raise ConfigError(
@@ -227,6 +252,7 @@ class EndpointConfig:
             schema_id=schema_id,
             decoder=decoder,
             meta=_meta_setting(props["meta"]) if "meta" in props else DEFAULT_META,
+            auth=parse_auth(props.get("auth")),
         )
 
 

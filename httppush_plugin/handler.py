@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from .auth import Authenticator, AuthError
 from .channel import ChannelSender, DeliveryError
 from .config import ServerConfig
 from .decoders import CustomDecoderFault, DecodeError
@@ -48,6 +49,15 @@ class HttpError(Exception):
 
 class BadRequest(HttpError):
     status = 400
+
+
+class Unauthorized(HttpError):
+    """401: the route's ``auth`` refused the request; ``challenge`` is the ``WWW-Authenticate`` value."""
+
+    status = 401
+
+    def __init__(self, message: str, challenge: str) -> None:
+        super().__init__(message, {"WWW-Authenticate": challenge})
 
 
 class NotFound(HttpError):
@@ -98,14 +108,16 @@ class Answer:
 class Request:
     """One parsed request, as the connection hands it over (``route`` is set when the path and method are served).
 
-    ``headers`` are as received, ``(name, value)`` bytes in order; :meth:`header` looks one up by name.
+    ``headers`` are as received, ``(name, value)`` bytes in order; :meth:`header` looks one up by name. ``user`` is
+    the principal the route's ``auth`` admitted (``None``: no auth, or not checked yet).
     """
 
-    __slots__ = ("method", "path", "route", "content_type", "remote", "body", "target", "headers", "peercert")
+    __slots__ = ("method", "path", "route", "content_type", "remote", "body", "target", "headers", "peercert",
+                 "user")
 
     def __init__(self, method: str, path: str, route: Route | None, content_type: str, remote: str, body: bytes,
                  target: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None,
-                 peercert: dict[str, Any] | None = None) -> None:
+                 peercert: dict[str, Any] | None = None, user: str | None = None) -> None:
         self.method = method
         self.path = path
         self.route = route
@@ -115,6 +127,7 @@ class Request:
         self.target = target
         self.headers = headers if headers is not None else []
         self.peercert = peercert
+        self.user = user
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower-case bytes, e.g. ``b"authorization"``), or ``None``."""
@@ -174,6 +187,15 @@ class PushHandler:
             raise NotFound(f"no source listens on {path}")
         return route
 
+    def authenticate(self, auth: Authenticator, headers: list[tuple[bytes, bytes]], peercert: dict[str, Any] | None,
+                     body: bytes = b"") -> str:
+        """The principal ``auth`` admits; raises :class:`Unauthorized`. The connection calls it for the header-only
+        kinds as soon as the headers are in; :meth:`_handle` for ``hmac``, with the body."""
+        try:
+            return auth.authenticate(headers, peercert, body)
+        except AuthError as exc:
+            raise Unauthorized(str(exc), auth.challenge) from None
+
     def reject(self, request_line: str, exc: BaseException) -> Answer:
         if isinstance(exc, HttpError | DecodeError):
             self.reject_log.warn(request_line, exc)
@@ -187,17 +209,31 @@ class PushHandler:
 
     def _handle(self, req: Request) -> Answer | Coroutine[Any, Any, Answer]:
         route = req.route
-        if route is None or not route.groups:  # its sources went away while the body was arriving
+        rerouted = route is None or not route.groups
+        if rerouted:  # its sources went away while the body was arriving: the new route's auth was not checked
             route = self.route(req.method, req.path)
+        check = route.auth is not None and (rerouted or route.auth.needs_body)
         if len(req.body) >= LARGE_BODY:
-            return self._handle_large(req, route)
+            return self._handle_large(req, route, check)
+        if check:
+            self._admit(req, route)
         return self._deliver(req, self._frame(req, route))
 
-    async def _handle_large(self, req: Request, route: Route) -> Answer:
+    def _admit(self, req: Request, route: Route) -> None:
+        """Check ``route``'s auth with the whole request (hmac signs the body): before anything is decoded."""
+        if route.auth is not None:
+            req.user = self.authenticate(route.auth, req.headers, req.peercert, req.body)
+
+    def _admit_and_frame(self, req: Request, route: Route) -> list[tuple[Frames, list[Subscription]]]:
+        self._admit(req, route)
+        return self._frame(req, route)
+
+    async def _handle_large(self, req: Request, route: Route, check: bool = False) -> Answer:
         loop = asyncio.get_running_loop()
         try:
-            async with self._large:
-                framed = await loop.run_in_executor(None, self._frame, req, route)
+            async with self._large:  # a large body's signature is computed in the worker thread too
+                framed = await loop.run_in_executor(None, self._admit_and_frame if check else self._frame, req,
+                                                    route)
             result = self._deliver(req, framed)
             del framed
             return result if isinstance(result, Answer) else await result
@@ -291,7 +327,9 @@ def _meta(fields: tuple[str, ...], req: Request) -> bytes | None:
         return None
     values = {"method": req.method, "path": req.path, "remoteAddr": req.remote,
               "contentType": clip(req.content_type)}
-    return orjson.dumps({name: values[name] for name in fields})
+    if req.user is not None:  # absent without auth
+        values["user"] = clip(req.user)
+    return orjson.dumps({name: values[name] for name in fields if name in values})
 
 
 _libc_name = ctypes.util.find_library("c")

@@ -37,6 +37,7 @@ from .handler import (
     Request,
     RequestTimeout,
     TooLarge,
+    Unauthorized,
     Unavailable,
     VersionNotSupported,
     error_answer,
@@ -142,6 +143,7 @@ class HttpConnection(asyncio.Protocol):
         self._body_size = 0
         self._error: HttpError | None = None
         self._route: Route | None = None
+        self._user: str | None = None
         self._method = ""
         self._path = ""
         self._http10 = False
@@ -217,6 +219,7 @@ class HttpConnection(asyncio.Protocol):
         self._body_size = 0
         self._error = None
         self._route = None
+        self._user = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -249,18 +252,28 @@ class HttpConnection(asyncio.Protocol):
         self._method = method = parser.get_method().decode("ascii")
         self._path = path = _path(self._url)
         try:
-            self._route = self.handler.route(method, path)
+            self._route = route = self.handler.route(method, path)
+            if route.auth is not None and not route.auth.needs_body:  # basic, bearer, clientcert: before the body
+                self._user = self.handler.authenticate(route.auth, self._headers, self.peercert)
         except HttpError as exc:
             self._error = exc
         limit = self.config.max_body_size
         if self._content_length > limit and self._error is None:
             raise TooLarge(f"body is {self._content_length} bytes; the limit is {limit} bytes (httpServerMaxBodySize)")
+        if isinstance(self._error, Unauthorized) and self._busy is None and not self._queue and self._has_body():
+            # Answered now and closed, as 413: a client without credentials gets its 401 before sending the body,
+            # and the body it may send anyway costs at most LINGER_S of reading, not a whole body's.
+            raise self._error
         self.phase = BODY
         self.deadline = _now() + self.config.read_body_timeout
         if self._expect and not self._http10 and self._busy is None and not self._queue:
             if self._error is not None:
                 raise self._error  # answered now: the client has not sent the body and need not
             self.transport.write(_CONTINUE)
+
+    def _has_body(self) -> bool:
+        return self._content_length > 0 or (self._content_length < 0 and any(
+            len(name) == 17 and name.lower() == b"transfer-encoding" for name, _ in self._headers))
 
     def on_body(self, chunk: bytes) -> None:
         if self._error is not None:
@@ -287,7 +300,8 @@ class HttpConnection(asyncio.Protocol):
         else:
             body = self._body
             item = Request(self._method, self._path, self._route, self._content_type, self.remote,
-                           body[0] if len(body) == 1 else b"".join(body), self._url, self._headers, self.peercert)
+                           body[0] if len(body) == 1 else b"".join(body), self._url, self._headers, self.peercert,
+                           self._user)
             self._body = []
             held = self._body_size
         if self._busy is not None or self._queue:

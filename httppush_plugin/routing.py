@@ -12,8 +12,9 @@ import itertools
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from .auth import Authenticator, describe
 from .channel import ChannelSender
-from .config import EndpointConfig
+from .config import ConfigError, EndpointConfig
 from .decoders import Decoder
 
 _ids = itertools.count(1)
@@ -35,7 +36,8 @@ class Subscription:
 
     def __post_init__(self) -> None:
         if not self.label:
-            self.label = f"source #{self.id}"
+            self.label = (f"rule {self.instance[0]} stream {self.instance[1]} instance {self.instance[2]}"
+                          if self.instance else f"source #{self.id}")
 
     def attach(self, sender: ChannelSender) -> None:
         """Call on the event loop."""
@@ -61,6 +63,8 @@ class Group:
 @dataclass
 class Route:
     subscriptions: list[Subscription] = field(default_factory=list)
+    #: who may push here: every subscription agrees (checked by :meth:`EndpointTable.add`), so it never changes
+    auth: Authenticator | None = None
     #: rebuilt on every change
     groups: list[Group] = field(default_factory=list)
 
@@ -82,12 +86,25 @@ class EndpointTable:
         return sum(len(route.subscriptions) for route in self._routes.values())
 
     def add(self, sub: Subscription) -> list[Subscription]:
-        """Register ``sub``; returns the subscriptions it replaces (same source instance, started again)."""
+        """Register ``sub``; returns the subscriptions it replaces (same source instance, started again).
+
+        Raises :class:`ConfigError` (nothing changed) when the route's other subscriptions have another ``auth``:
+        one request is either admitted for all of them or for none."""
         replaced = [old for route in self._routes.values() for old in route.subscriptions
                     if sub.instance is not None and old.instance == sub.instance]
+        key = (sub.endpoint.path, sub.endpoint.method)
+        route = self._routes.get(key)
+        others = [old for old in route.subscriptions if old not in replaced] if route is not None else []
+        if others and others[0].endpoint.auth != sub.endpoint.auth:
+            raise ConfigError(
+                f"{sub.label} and {others[0].label} both serve {sub.endpoint.method} {sub.endpoint.path}, with "
+                f"different 'auth' ({describe(sub.endpoint.auth)} and {describe(others[0].endpoint.auth)}); "
+                "sources on one path and method must use the same auth settings (e.g. one config group)")
         for old in replaced:
             self.remove(old)
-        route = self._routes.setdefault((sub.endpoint.path, sub.endpoint.method), Route())
+        route = self._routes.get(key)
+        if route is None:
+            route = self._routes[key] = Route(auth=sub.endpoint.auth)
         route.subscriptions.append(sub)
         route.regroup()
         return replaced

@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from .auth import ClientCertAuth
 from .budget import Budget
 from .channel import ChannelSender
 from .config import ConfigError, ServerConfig
@@ -79,7 +80,14 @@ class SharedServer:
     async def _subscribe(self, sub: Subscription) -> None:
         if self._server is None:
             await self._start()
-        for old in self.table.add(sub):
+        try:
+            self._check_auth(sub)
+            replaced = self.table.add(sub)
+        except ConfigError:
+            if len(self.table) == 0:  # started for this one: release the port again
+                await self._stop()
+            raise
+        for old in replaced:
             # eKuiper sends one instance's start twice when a rule restarts after the plugin process died (the
             # replay of stored starts, then the restart's own): the newer start wins, the older goes quietly.
             log.warning("%s started again: replacing its previous subscription", old.label)
@@ -88,6 +96,16 @@ class SharedServer:
             if sender is not None:
                 sender.close()
         log.info("endpoint %s %s subscribed by %s", sub.endpoint.method, sub.endpoint.path, sub.label)
+
+    def _check_auth(self, sub: Subscription) -> None:
+        if not isinstance(sub.endpoint.auth, ClientCertAuth):
+            return
+        tls = self._connections.config.tls if self._connections is not None else None
+        if tls is None or tls.client_auth == "none":
+            raise ConfigError(
+                f"property 'auth' of {sub.label} is type 'clientcert', but the server asks for no client "
+                "certificates: set httpServerTls.cafile (and clientAuth: required or optional) in the plugin's "
+                "etc/kuiper.yaml, or <SYMBOL>_TLS_CAFILE")
 
     async def _attach(self, sub: Subscription, sender: ChannelSender) -> None:
         if self._connections is not None:
@@ -159,6 +177,8 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 def _ssl_context(cfg: ServerConfig) -> ssl.SSLContext | None:
     if cfg.tls is None:
         return None
+    # A server-side default context trusts no CA (it loads the system's only for verifying servers), so with
+    # client certificates only ``cafile`` can vouch for them.
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
         context.load_cert_chain(cfg.tls.certfile, cfg.tls.keyfile)
@@ -167,4 +187,13 @@ def _ssl_context(cfg: ServerConfig) -> ssl.SSLContext | None:
             f"cannot listen on {cfg.address}: TLS certificate {cfg.tls.certfile!r} / key {cfg.tls.keyfile!r} "
             f"unusable: {getattr(exc, 'strerror', None) or exc}"
         ) from None
+    if cfg.tls.client_auth != "none":
+        try:
+            context.load_verify_locations(cafile=cfg.tls.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise BindError(
+                f"cannot listen on {cfg.address}: CA file {cfg.tls.cafile!r} (httpServerTls.cafile) unusable: "
+                f"{getattr(exc, 'strerror', None) or exc}"
+            ) from None
+        context.verify_mode = ssl.CERT_REQUIRED if cfg.tls.client_auth == "required" else ssl.CERT_OPTIONAL
     return context
