@@ -1,0 +1,520 @@
+"""Authentication per config group (``auth``: basic, bearer, hmac, clientcert) and the server's mutual TLS.
+
+Parsing and the endpoint table are checked in-process; everything else through the installed plugin under the
+emulated host, with real HTTP(S) over loopback and certificates made by ``openssl`` for the test. "Nothing was
+emitted" is always checked with a sentinel record pushed afterwards with valid credentials, which must be the next
+record.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.net import free_port, wait_port_closed
+from httppush_plugin import auth as auth_module
+from httppush_plugin.auth import AuthError, BasicAuth, BearerAuth, ClientCertAuth, HmacAuth, parse_auth
+from httppush_plugin.config import ConfigError, EndpointConfig, ServerConfig, TlsConfig, load_server_config
+from httppush_plugin.decoders import JsonDecoder
+from httppush_plugin.routing import EndpointTable, Subscription
+from httppush_plugin.server import BindError, _ssl_context
+from tests.conftest import push
+from tests.hostemu import PluginHost, assert_next_is_sentinel
+
+PASSWORD = "pw-4f1c9e-alice"
+TOKEN = "Tok-8d2b7a-Gateway"
+SECRET = "hmac-secret-3e9a51"
+#: Every secret a test configures: none may appear in the plugin's log or in a start command's answer.
+SECRETS = (PASSWORD, TOKEN, SECRET, "pw-bob-0c7d", "Tok-second-55ae")
+BASIC = {"type": "basic", "users": {"alice": PASSWORD, "bob": "pw-bob-0c7d"}}
+BEARER = {"type": "bearer", "tokens": {"gateway-7": TOKEN, "gateway-8": "Tok-second-55ae"}}
+HMAC = {"type": "hmac", "secret": SECRET}
+RECORD = '{"t": 21.5}'
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def signed(body: bytes | str, secret: str = SECRET) -> dict[str, str]:
+    data = body.encode() if isinstance(body, str) else body
+    return {"X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), data, hashlib.sha256).hexdigest()}
+
+
+def assert_401(reply: Any, challenge: str) -> str:
+    """401 with ``WWW-Authenticate`` starting with ``challenge`` and a JSON error text (returned)."""
+    assert reply.status == 401, (reply.status, reply.body)
+    assert reply.headers.get("WWW-Authenticate", "").startswith(challenge), reply.headers
+    assert isinstance(reply.body, dict) and reply.body["error"], reply.body
+    return reply.body["error"]
+
+
+def plugin_log(host: PluginHost) -> str:
+    host.log_tail()  # flushes
+    return host.log_path.read_text(errors="replace")
+
+
+# -- parsing -------------------------------------------------------------------------------------------------------
+
+def test_parse_auth_absent_and_none_mean_anyone() -> None:
+    for value in (None, "", {}, "none", {"type": "none"}, {"type": "NONE"}):
+        assert parse_auth(value) is None, value
+    assert EndpointConfig.from_props({"datasource": "/a"}).auth is None
+
+
+def test_parse_auth_each_type() -> None:
+    basic_auth = parse_auth(BASIC)
+    assert isinstance(basic_auth, BasicAuth) and basic_auth.names == ("alice", "bob")
+    listed = parse_auth({"type": "bearer", "tokens": ["a", {"env": "HOME"}]})
+    assert isinstance(listed, BearerAuth) and listed.names == ("token#0", "token#1")
+    mac = parse_auth({"type": "hmac", "secret": "s", "header": "X-Signature", "algorithm": "SHA512", "prefix": ""})
+    assert isinstance(mac, HmacAuth) and (mac.header, mac.algorithm, mac.prefix) == ("X-Signature", "sha512", "")
+    assert parse_auth({"type": "hmac", "secret": "s", "encoding": "base64"}).prefix == ""  # type: ignore[union-attr]
+    assert parse_auth({"type": "clientcert"}) == ClientCertAuth()
+    # equal settings, equal authenticators (EndpointConfig equality, one route's agreement)
+    assert parse_auth(dict(BASIC)) == basic_auth and parse_auth(BEARER) != parse_auth(
+        {"type": "bearer", "tokens": {"gateway-7": "other"}})
+
+
+def test_parse_auth_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_AUTH_PASSWORD", PASSWORD)
+    from_env = parse_auth({"type": "basic", "users": {"alice": {"env": "TEST_AUTH_PASSWORD"}}})
+    assert from_env == parse_auth({"type": "basic", "users": {"alice": PASSWORD}})
+    with pytest.raises(ConfigError, match=re.escape("'auth.users.alice' reads the environment variable "
+                                                    "'TEST_AUTH_NOT_SET', which is not set")):
+        parse_auth({"type": "basic", "users": {"alice": {"env": "TEST_AUTH_NOT_SET"}}})
+
+
+@pytest.mark.parametrize("value, needle", [
+    ("basic", "property 'auth' is a string; must be a mapping with a 'type' (none, basic, bearer, hmac, clientcert)"),
+    ({"type": "digest"}, "property 'auth.type' is 'digest'; must be one of none, basic, bearer, hmac, clientcert"),
+    ({"type": "basic"}, "property 'auth.users' is missing; type 'basic' needs a mapping of user name to password"),
+    ({"type": "basic", "users": [PASSWORD]}, "property 'auth.users' is a list; type 'basic' needs a mapping"),
+    ({"type": "basic", "users": {"a:b": PASSWORD}}, "user name 'a:b'; a name must be non-empty and without ':'"),
+    ({"type": "basic", "users": {"alice": 1234}}, "property 'auth.users.alice' is a number; a secret must be a string"),
+    ({"type": "basic", "users": {"alice": ""}}, "property 'auth.users.alice' is empty"),
+    ({"type": "basic", "users": {"alice": PASSWORD}, "tokens": [TOKEN]},
+     "property 'auth' has the key 'tokens', unknown for type 'basic'; it takes users"),
+    ({"type": "bearer", "tokens": TOKEN}, "property 'auth.tokens' is a string; type 'bearer' needs a mapping of name "
+                                          "to token"),
+    ({"type": "bearer", "tokens": [TOKEN, 7]}, "property 'auth.tokens[1]' is a number"),
+    ({"type": "hmac"}, "property 'auth' of type 'hmac' needs 'secret'"),
+    ({"type": "hmac", "secret": {"value": SECRET}}, "property 'auth.secret' is a mapping; a secret must be a string "
+                                                    "(quote it in yaml) or {env: NAME}"),
+    ({"type": "hmac", "secret": SECRET, "algorithm": "md5"},
+     "property 'auth.algorithm' is 'md5'; must be one of sha1, sha256, sha384, sha512"),
+    ({"type": "hmac", "secret": SECRET, "encoding": "base32"}, "property 'auth.encoding' is 'base32'; must be hex or "
+                                                               "base64"),
+    ({"type": "hmac", "secret": SECRET, "header": "X Sig"}, "property 'auth.header' is 'X Sig'; must be an HTTP "
+                                                            "header name"),
+    ({"type": "clientcert", "users": {}}, "property 'auth' has the key 'users', unknown for type 'clientcert'; it "
+                                          "takes nothing else"),
+])
+def test_parse_auth_errors_name_key_value_and_rule_never_the_secret(value: Any, needle: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(needle)) as caught:
+        EndpointConfig.from_props({"datasource": "/a", "auth": value})
+    assert not any(secret in str(caught.value) for secret in SECRETS)
+
+
+def test_repr_shows_no_secret() -> None:
+    for value in (BASIC, BEARER, HMAC):
+        text = repr(EndpointConfig.from_props({"datasource": "/a", "auth": value}))
+        assert not any(secret in text for secret in SECRETS), text
+        assert "digests" not in text and "secret=" not in text, text
+
+
+def test_authenticate_compares_every_credential(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No early exit on a match (or on the user name): every configured credential is compared, in constant time."""
+    calls: list[tuple[bytes, bytes]] = []
+    real = hmac.compare_digest
+
+    def counting(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth_module.hmac, "compare_digest", counting)
+    users = {f"user{i}": f"pw{i}" for i in range(5)}
+    basic_auth = parse_auth({"type": "basic", "users": users})
+    assert basic_auth is not None
+    headers = [(k.encode(), v.encode()) for k, v in basic("user0", "pw0").items()]
+    assert basic_auth.authenticate(headers, None) == "user0"
+    assert len(calls) == 5 and {len(a) for a, _ in calls} == {len(b) for _, b in calls} == {32}
+    calls.clear()
+    with pytest.raises(AuthError, match="wrong user name or password"):
+        basic_auth.authenticate([(b"authorization", b"Basic " + base64.b64encode(b"user0:pw1"))], None)
+    assert len(calls) == 5
+
+
+def test_endpoint_table_one_auth_per_route() -> None:
+    def sub(rule: str, path: str = "/a", method: str = "POST", value: Any = None) -> Subscription:
+        endpoint = EndpointConfig.from_props({"datasource": path, "method": method, "auth": value})
+        return Subscription(endpoint, JsonDecoder(), instance=(rule, "s", 0))
+
+    table = EndpointTable()
+    table.add(sub("r1", value=BASIC))
+    table.add(sub("r2", value=dict(BASIC)))  # the same settings: fine
+    with pytest.raises(ConfigError) as caught:
+        table.add(sub("r3", value=BEARER))
+    message = str(caught.value)
+    assert "rule r3 stream s instance 0" in message and "rule r1 stream s instance 0" in message
+    assert "different 'auth' (bearer (2 tokens) and basic (2 users))" in message
+    assert not any(secret in message for secret in SECRETS)
+    with pytest.raises(ConfigError, match="different 'auth' \\(none and basic"):
+        table.add(sub("r4"))
+    assert len(table) == 2
+    table.add(sub("r5", method="PUT", value=HMAC))  # another method on the path may differ
+    route = table.lookup("/a", "POST")
+    assert route is not None and route.auth == parse_auth(BASIC)
+    # a source started again replaces its old subscription, whose auth then no longer counts
+    solo = EndpointTable()
+    solo.add(sub("r1", "/b", value=BASIC))
+    solo.add(sub("r1", "/b", value=BEARER))
+    assert solo.lookup("/b", "POST").auth == parse_auth(BEARER)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("text, env, expected", [
+    ("httpServerTls: {certfile: /c, keyfile: /k, cafile: /ca}", {}, ("/ca", "required")),
+    ("httpServerTls: {certfile: /c, keyfile: /k, cafile: /ca, clientAuth: Optional}", {}, ("/ca", "optional")),
+    ("httpServerTls: {certfile: /c, keyfile: /k}",
+     {"PYHTTPPUSH_TLS_CAFILE": "/e", "PYHTTPPUSH_TLS_CLIENT_AUTH": "none"}, ("/e", "none")),
+    ("httpServerTls: {certfile: /c, keyfile: /k}", {}, ("", "none")),
+])
+def test_server_tls_client_auth_settings(tmp_path: Path, text: str, env: dict[str, str],
+                                         expected: tuple[str, str]) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "kuiper.yaml").write_text(f"source:\n  {text}\n")
+    tls = load_server_config(tmp_path, "pyhttppush", env).tls
+    assert isinstance(tls, TlsConfig) and (tls.cafile, tls.client_auth) == expected
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("httpServerTls: {certfile: /c, keyfile: /k, cafile: /ca, clientAuth: always}",
+     "setting 'httpServerTls.clientAuth' is 'always'; must be none, optional or required"),
+    ("httpServerTls: {certfile: /c, keyfile: /k, clientAuth: required}",
+     "setting 'httpServerTls.clientAuth' is 'required'; it needs 'cafile'"),
+    ("httpServerTls: {cafile: /ca}", "setting 'httpServerTls' needs both 'certfile' and 'keyfile'"),
+])
+def test_server_tls_client_auth_errors(tmp_path: Path, text: str, needle: str) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "kuiper.yaml").write_text(f"source:\n  {text}\n")
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_server_config(tmp_path, "pyhttppush", {})
+
+
+# -- basic, bearer, hmac through the plugin ------------------------------------------------------------------------
+
+def test_basic_right_user_admitted_with_meta_user(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/b", "auth": BASIC, "meta": ["user", "path"]})
+    reply = push(server_port, "/b", RECORD, headers=basic("bob", "pw-bob-0c7d"))
+    assert (reply.status, reply.body) == (200, {"accepted": 1, "sources": 1})
+    assert ch.take(1)[0] == {"message": {"t": 21.5}, "meta": {"user": "bob", "path": "/b"}}
+
+    challenge = 'Basic realm="httppush", charset="UTF-8"'
+    assert "credentials" in assert_401(push(server_port, "/b", RECORD), challenge)
+    assert "wrong user name or password" in assert_401(
+        push(server_port, "/b", RECORD, headers=basic("alice", "pw-bob-0c7d")), challenge)  # bob's password
+    assert_401(push(server_port, "/b", RECORD, headers=basic("mallory", PASSWORD)), challenge)
+    assert_401(push(server_port, "/b", RECORD, headers={"Authorization": "Basic not*base64"}), challenge)
+    assert_401(push(server_port, "/b", RECORD, headers=bearer(PASSWORD)), challenge)  # wrong scheme
+    assert_next_is_sentinel(lambda body: push(server_port, "/b", body, headers=basic("alice", PASSWORD)).status, ch)
+
+
+def test_bearer_tokens_by_name_and_listed(host: PluginHost, server_port: int) -> None:
+    named = host.start_source("r1", "s1", {"datasource": "/t", "auth": BEARER, "meta": ["user"]})
+    listed = host.start_source("r2", "s2", {"datasource": "/l", "meta": ["user"],
+                                            "auth": {"type": "bearer", "tokens": ["Tok-first", TOKEN]}})
+    assert push(server_port, "/t", RECORD, headers=bearer(TOKEN)).status == 200
+    assert named.take(1)[0]["meta"] == {"user": "gateway-7"}
+    assert push(server_port, "/l", RECORD, headers=bearer(TOKEN)).status == 200
+    assert listed.take(1)[0]["meta"] == {"user": "token#1"}
+
+    challenge = 'Bearer realm="httppush"'
+    assert "wrong bearer token" in assert_401(push(server_port, "/t", RECORD, headers=bearer(TOKEN.lower())),
+                                              challenge)
+    assert_401(push(server_port, "/t", RECORD, headers=bearer("Tok-first")), challenge)  # the other route's
+    assert_401(push(server_port, "/t", RECORD), challenge)
+    assert_401(push(server_port, "/t", RECORD, headers=basic("gateway-7", TOKEN)), challenge)
+    assert_next_is_sentinel(lambda body: push(server_port, "/t", body, headers=bearer(TOKEN)).status, named)
+
+
+def test_hmac_signature_over_the_raw_body(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/hook", "auth": HMAC, "meta": ["user"]})
+    body = b'{"action": "opened",  "n": 1}\n'  # the exact bytes are signed, whitespace included
+    assert push(server_port, "/hook", body, headers=signed(body)).status == 200
+    assert ch.take(1)[0] == {"message": {"action": "opened", "n": 1}, "meta": {"user": "hmac"}}
+    upper = {"X-Hub-Signature-256": signed(body)["X-Hub-Signature-256"].upper()}  # hex in either case
+    assert push(server_port, "/hook", body, headers=upper).status == 200
+    ch.take(1)
+
+    challenge = 'HMAC realm="httppush", header="X-Hub-Signature-256", algorithm="sha256"'
+    assert "does not match the body" in assert_401(
+        push(server_port, "/hook", body.replace(b"  ", b" "), headers=signed(body)), challenge)
+    assert_401(push(server_port, "/hook", body, headers=signed(body, "wrong-secret")), challenge)
+    assert "X-Hub-Signature-256" in assert_401(push(server_port, "/hook", body), challenge)
+    bare = signed(body)["X-Hub-Signature-256"].removeprefix("sha256=")
+    assert_401(push(server_port, "/hook", body, headers={"X-Hub-Signature-256": bare}), challenge)
+    # a large body (decoded in a worker thread) is checked too
+    big = json.dumps([{"i": i, "pad": "x" * 100} for i in range(12_000)]).encode()
+    assert len(big) > 1024 * 1024
+    assert_401(push(server_port, "/hook", big, headers=signed(big + b" ")), challenge)
+    reply = push(server_port, "/hook", big, headers=signed(big))
+    assert (reply.status, reply.body) == (200, {"accepted": 12_000, "sources": 1})
+    assert [record["i"] for record in ch.messages(12_000, timeout=20)] == list(range(12_000))
+    assert_next_is_sentinel(lambda sentinel: push(server_port, "/hook", sentinel, headers=signed(sentinel)).status,
+                            ch)
+
+
+def test_hmac_header_algorithm_prefix_and_base64(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/shop", "meta": ["user"], "auth": {
+        "type": "hmac", "secret": SECRET, "header": "X-Shop-Hmac", "algorithm": "sha512", "encoding": "base64"}})
+    mac = base64.b64encode(hmac.new(SECRET.encode(), RECORD.encode(), hashlib.sha512).digest()).decode()
+    assert push(server_port, "/shop", RECORD, headers={"x-shop-hmac": mac}).status == 200
+    assert ch.take(1)[0]["meta"] == {"user": "hmac"}
+    assert_401(push(server_port, "/shop", RECORD, headers={"X-Shop-Hmac": mac.lower()}), "HMAC ")
+
+
+@dataclass
+class RawAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def read_answer(sock: socket.socket, timeout: float) -> RawAnswer:
+    """One response read off ``sock`` within ``timeout`` s (status line, headers, Content-Length body)."""
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed before answering; got {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    while len(body) < int(headers["Content-Length"]):
+        body += sock.recv(65536)
+    return RawAnswer(int(lines[0].split()[1]), headers, body)
+
+
+@pytest.mark.parametrize("kind", ["basic", "bearer"])
+def test_401_before_the_body_is_sent(host: PluginHost, server_port: int, kind: str) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/early", "auth": BASIC if kind == "basic" else BEARER})
+    wrong = basic("alice", "nope") if kind == "basic" else bearer("nope")
+    with socket.create_connection(("127.0.0.1", server_port)) as sock:
+        sock.sendall(f"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nAuthorization: "
+                     f"{wrong['Authorization']}\r\n\r\n".encode())  # and not one byte of the body
+        started = time.monotonic()
+        answer = read_answer(sock, timeout=2.0)
+        assert time.monotonic() - started < 2.0
+        assert answer.status == 401 and answer.headers["WWW-Authenticate"].lower().startswith(kind)
+        assert json.loads(answer.body)["error"]
+        assert answer.headers.get("Connection") == "close"
+        sock.sendall(b"[" + b"{}," * 10 + b"{}]")  # sent anyway: dropped
+    good = basic("alice", PASSWORD) if kind == "basic" else bearer(TOKEN)
+    assert_next_is_sentinel(lambda body: push(server_port, "/early", body, headers=good).status, ch)
+
+
+def test_401_without_a_body_keeps_the_connection(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/k", "auth": BEARER})
+    with socket.create_connection(("127.0.0.1", server_port)) as sock:
+        sock.sendall(b"POST /k HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        first = read_answer(sock, timeout=2.0)
+        assert first.status == 401 and "Connection" not in first.headers
+        sock.sendall(f"POST /k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: "
+                     f"{len(RECORD)}\r\n\r\n{RECORD}".encode())
+        assert read_answer(sock, timeout=2.0).status == 200
+    assert ch.messages(1) == [{"t": 21.5}]
+
+
+def test_streams_on_one_route_must_share_auth(host: PluginHost, server_port: int) -> None:
+    first = host.start_source("r1", "s1", {"datasource": "/shared", "auth": BASIC})
+    answer = host.start_source("r2", "s2", {"datasource": "/shared", "auth": BEARER}, expect_ok=False)
+    assert "rule r2 stream s2 instance 0" in answer and "rule r1 stream s1 instance 0" in answer, answer
+    assert "different 'auth'" in answer and not any(secret in answer for secret in SECRETS), answer
+    answer = host.start_source("r3", "s3", {"datasource": "/shared"}, expect_ok=False)
+    assert "stream s3" in answer and "stream s1" in answer and "(none and basic" in answer, answer
+    same = host.start_source("r4", "s4", {"datasource": "/shared", "auth": dict(BASIC)})
+    put = host.start_source("r5", "s5", {"datasource": "/shared", "method": "PUT"})  # another method: no auth
+    assert push(server_port, "/shared", RECORD, headers=basic("alice", PASSWORD)).body == {"accepted": 1,
+                                                                                          "sources": 2}
+    assert first.messages(1) == same.messages(1) == [{"t": 21.5}]
+    assert push(server_port, "/shared", RECORD, method="PUT").status == 200
+    assert put.messages(1) == [{"t": 21.5}]
+
+
+def test_secrets_never_logged(host: PluginHost, server_port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    host.start_source("r1", "s1", {"datasource": "/b", "auth": BASIC})
+    host.start_source("r2", "s2", {"datasource": "/t", "auth": BEARER})
+    host.start_source("r3", "s3", {"datasource": "/h", "auth": HMAC})
+    for _ in range(3):  # refused requests are logged (rate-limited): with any of the secrets sent the wrong way
+        push(server_port, "/b", RECORD, headers=basic("alice", TOKEN))
+        push(server_port, "/t", RECORD, headers=bearer(PASSWORD))
+        push(server_port, "/h", RECORD, headers={"X-Hub-Signature-256": SECRET})
+    assert push(server_port, "/b", RECORD, headers=basic("alice", PASSWORD)).status == 200
+    answers = [
+        host.start_source("r4", "s4", {"datasource": "/b", "auth": BEARER}, expect_ok=False),  # mismatch
+        host.start_source("r5", "s5", {"datasource": "/x", "auth": {**HMAC, "algorithm": "md5"}}, expect_ok=False),
+        host.start_source("r6", "s6", {"datasource": "/x", "auth": {**BASIC, "tokens": [TOKEN]}}, expect_ok=False),
+        host.start_source("r7", "s7", {"datasource": "/x", "format": "avro", "auth": BASIC}, expect_ok=False),
+        host.start_source("r8", "s8", {"datasource": "/x", "auth": {"type": "bearer", "tokens": [TOKEN, 5]}},
+                          expect_ok=False),
+    ]
+    assert all(answer != "ok" for answer in answers), answers
+    text = plugin_log(host)
+    assert "rejected" in text  # the refusals were logged, without what was sent
+    for secret in SECRETS:
+        assert secret not in text, f"a secret is in the plugin's log:\n{text}"
+        assert not any(secret in answer for answer in answers), answers
+
+
+# -- mutual TLS ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Pki:
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client: tuple[Path, Path]  # signed by ca, CN=gateway-9
+    stranger: tuple[Path, Path]  # CN=gateway-9 too, signed by another CA
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+
+def _ca(folder: Path, name: str) -> tuple[Path, Path]:
+    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+             str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}")
+    return cert, key
+
+
+def _signed(folder: Path, name: str, cn: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
+    cert, key, csr, ext = (folder / f"{name}.pem", folder / f"{name}.key", folder / f"{name}.csr",
+                           folder / f"{name}.ext")
+    ext.write_text(extensions)
+    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
+             str(key), "-out", str(csr), "-subj", f"/O=httppush tests/CN={cn}")
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial", "-out",
+             str(cert), "-days", "1", "-extfile", str(ext))
+    return cert, key
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    folder = tmp_path_factory.mktemp("pki")
+    ca, other = _ca(folder, "test-ca"), _ca(folder, "other-ca")
+    server = _signed(folder, "server", "localhost", ca, "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                     "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    client_ext = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"
+    return Pki(ca[0], server[0], server[1], _signed(folder, "client", "gateway-9", ca, client_ext),
+               _signed(folder, "stranger", "gateway-9", other, client_ext))
+
+
+def mtls_env(pki: Pki, client_auth: str | None = None) -> dict[str, str]:
+    env = {"PYHTTPPUSH_TLS_CERTFILE": str(pki.server_cert), "PYHTTPPUSH_TLS_KEYFILE": str(pki.server_key),
+           "PYHTTPPUSH_TLS_CAFILE": str(pki.ca)}
+    if client_auth is not None:
+        env["PYHTTPPUSH_TLS_CLIENT_AUTH"] = client_auth
+    return env
+
+
+def client_context(pki: Pki, cert: tuple[Path, Path] | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if cert is not None:
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+    return context
+
+
+def assert_refused_at_tls(port: int, context: ssl.SSLContext, path: str = "/open") -> None:
+    """The TLS handshake fails, or (TLS 1.3: the client's side completes first) the connection ends with an alert or
+    a reset instead of an HTTP answer. ``path`` is served without ``auth``: only TLS can refuse the request."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        try:
+            with context.wrap_socket(raw, server_hostname="localhost") as tls:
+                tls.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{{}}".encode())
+                data = tls.recv(65536)
+        except TimeoutError:
+            raise AssertionError("neither refused nor answered within 5 s") from None
+        except (ssl.SSLError, ConnectionError):
+            return
+    assert not data.startswith(b"HTTP/"), f"answered over TLS without a valid client certificate: {data!r}"
+
+
+def test_mtls_required_only_certificates_from_the_ca(make_host: Callable[..., PluginHost], pki: Pki) -> None:
+    port = free_port()
+    host = make_host(port, **mtls_env(pki))  # a cafile alone means clientAuth: required
+    ch = host.start_source("r1", "s1", {"datasource": "/m", "auth": {"type": "clientcert"}, "meta": ["user"]})
+    open_ch = host.start_source("r2", "s2", {"datasource": "/open", "meta": ["user"]})
+    reply = push(port, "/m", RECORD, tls=client_context(pki, pki.client))
+    assert (reply.status, reply.body) == (200, {"accepted": 1, "sources": 1})
+    assert ch.take(1)[0] == {"message": {"t": 21.5}, "meta": {"user": "gateway-9"}}
+    assert push(port, "/open", RECORD, tls=client_context(pki, pki.client)).status == 200
+    assert open_ch.take(1)[0]["meta"] == {}  # no auth on this endpoint: no user
+
+    assert_refused_at_tls(port, client_context(pki, None))
+    assert_refused_at_tls(port, client_context(pki, pki.stranger))
+    assert_next_is_sentinel(lambda body: push(port, "/m", body, tls=client_context(pki, pki.client)).status, ch)
+    assert host.alive()
+
+
+def test_mtls_optional_clientcert_endpoint_401_without_certificate(make_host: Callable[..., PluginHost],
+                                                                   pki: Pki) -> None:
+    port = free_port()
+    host = make_host(port, **mtls_env(pki, "optional"))
+    ch = host.start_source("r1", "s1", {"datasource": "/m", "auth": {"type": "clientcert"}, "meta": ["user"]})
+    open_ch = host.start_source("r2", "s2", {"datasource": "/open"})
+    anonymous = client_context(pki, None)
+    reply = push(port, "/m", RECORD, tls=anonymous)
+    assert "client certificate" in assert_401(reply, 'ClientCertificate realm="httppush"')
+    assert push(port, "/open", RECORD, tls=anonymous).status == 200
+    assert open_ch.messages(1) == [{"t": 21.5}]
+    assert_refused_at_tls(port, client_context(pki, pki.stranger))  # optional, but a certificate sent is verified
+    assert push(port, "/m", RECORD, tls=client_context(pki, pki.client)).status == 200
+    assert ch.take(1)[0]["meta"] == {"user": "gateway-9"}
+    assert_next_is_sentinel(lambda body: push(port, "/m", body, tls=client_context(pki, pki.client)).status, ch)
+
+
+def test_clientcert_without_mtls_refuses_start_and_releases_port(host: PluginHost, server_port: int) -> None:
+    answer = host.start_source("r1", "s1", {"datasource": "/m", "auth": {"type": "clientcert"}}, expect_ok=False)
+    assert "type 'clientcert', but the server asks for no client certificates" in answer, answer
+    assert "httpServerTls.cafile" in answer
+    assert wait_port_closed(server_port), "the server started for the refused source kept its port"
+    ch = host.start_source("r2", "s2", {"datasource": "/ok"})
+    assert push(server_port, "/ok", RECORD).status == 200
+    assert ch.messages(1) == [{"t": 21.5}]
+
+
+def test_missing_ca_file_refuses_start(make_host: Callable[..., PluginHost], pki: Pki, tmp_path: Path) -> None:
+    port = free_port()
+    host = make_host(port, **{**mtls_env(pki), "PYHTTPPUSH_TLS_CAFILE": str(tmp_path / "missing-ca.pem")})
+    answer = host.start_source("r1", "s1", {"datasource": "/m"}, expect_ok=False)
+    assert "cannot listen" in answer and "missing-ca.pem" in answer and "httpServerTls.cafile" in answer, answer
+    assert host.alive()
+
+
+def test_ca_file_without_certificates_is_a_bind_error(pki: Pki, tmp_path: Path) -> None:
+    (tmp_path / "not-a-ca.pem").write_text("not a certificate\n")
+    tls = TlsConfig(str(pki.server_cert), str(pki.server_key), str(tmp_path / "not-a-ca.pem"), "optional")
+    with pytest.raises(BindError, match="CA file '.*not-a-ca.pem' \\(httpServerTls.cafile\\) unusable"):
+        _ssl_context(ServerConfig(ip="127.0.0.1", port=0, tls=tls))
+    context = _ssl_context(ServerConfig(tls=TlsConfig(str(pki.server_cert), str(pki.server_key), str(pki.ca),
+                                                      "optional")))
+    assert context is not None and context.verify_mode == ssl.CERT_OPTIONAL
