@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+from httppush_plugin.auth import AUTH_TYPES, parse_auth
 from httppush_plugin.config import (
+    CLIENT_AUTH,
     DEFAULT_MAX_BODY_SIZE,
     DEFAULT_PORTS,
+    META_FIELDS,
     ConfigError,
     EndpointConfig,
     ServerConfig,
@@ -110,3 +113,36 @@ def test_shipped_files_agree() -> None:
     for variant, port in DEFAULT_PORTS.items():
         assert zip_rows[f"dist/{variant}.zip"][2:4] == [variant, str(port)], f"README's zip table on {variant}"
         assert f"{port} ({variant})" in port_row, f"README's httpServerPort default for {variant}"
+
+    # meta names and auth types: yaml comment, UI json, README; the TLS keys: kuiper.yaml's comment and README
+    yaml_text = (ROOT / "etc" / "sources" / "httppush.yaml").read_text()
+    assert ui["meta"]["values"] == list(META_FIELDS)
+    for name in META_FIELDS:
+        assert f"meta({name})" in readme and name in ui["meta"]["hint"]["en_US"], name
+    assert parse_auth(groups["default"]["auth"]) is None
+    for kind in AUTH_TYPES[1:]:
+        assert f"type: {kind}" in readme and f"type: {kind}" in yaml_text and kind in ui["auth"]["hint"]["en_US"], kind
+    kuiper_text = (ROOT / "etc" / "kuiper.yaml").read_text()
+    tls_row = next(line for line in readme.splitlines() if line.startswith("| `httpServerTls` |"))
+    for key in ("certfile", "keyfile", "cafile", "clientAuth"):
+        assert f"#   {key}: " in kuiper_text and key in tls_row, key
+    for var in ("CERTFILE", "KEYFILE", "CAFILE", "CLIENT_AUTH"):
+        assert f"<SYMBOL>_TLS_{var}" in kuiper_text and f"`PYHTTPPUSH_TLS_{var}`" in tls_row, var
+    for value in CLIENT_AUTH:
+        assert f"`{value}`" in tls_row and value in kuiper_text, value
+
+
+def test_auth_examples_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The auth groups in README's block and in the shipped yaml's comments are valid as pasted."""
+    for name in ("BOB_PASSWORD", "GATEWAY8_TOKEN", "TOKEN_B", "GITHUB_WEBHOOK_SECRET"):
+        monkeypatch.setenv(name, "from-the-environment")
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### Authentication", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    shipped = (ROOT / "etc" / "sources" / "httppush.yaml").read_text()
+    commented = "\n".join(line[2:] for line in shipped.splitlines() if line.startswith("# ") and (
+        line.startswith("#  ") or line.rstrip().endswith(":")))
+    for source, groups in (("README", yaml.safe_load(block)), ("httppush.yaml", yaml.safe_load(commented))):
+        kinds = {parse_auth(group["auth"]).kind for group in groups.values()}  # type: ignore[union-attr]
+        assert kinds == set(AUTH_TYPES[1:]), f"{source}: auth examples cover {kinds}"
+        for group in groups.values():
+            EndpointConfig.from_props({"datasource": "/a", **group})
