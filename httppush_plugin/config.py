@@ -1,5 +1,5 @@
-"""Settings: the shared server's (plugin ``etc/kuiper.yaml`` + environment) and each endpoint's (eKuiper's source
-config). Pure parsing into frozen dataclasses; every default lives here.
+"""Settings: the shared server's (plugin ``etc/kuiper.yaml``, the host's ``etc/kuiper.yaml``, environment) and each
+endpoint's (eKuiper's source config). Pure parsing into frozen dataclasses; every default lives here.
 
 Both parsers raise :class:`ConfigError` with a message naming the key, quoting the value and saying what is
 allowed, because that message is what eKuiper shows as the rule's start error.
@@ -97,45 +97,90 @@ def env_prefix(symbol: str) -> str:
     return symbol.upper() + "_"
 
 
+#: eKuiper's deb/rpm packages are built with ``LoadFileType=absolute``: plugins in ``/var/lib/kuiper/plugins``, the
+#: host's own settings in ``/etc/kuiper`` (``internal/conf/path.go`` ``AbsoluteMapping``).
+ABSOLUTE_HOST_ROOT = Path("/var/lib/kuiper")
+ABSOLUTE_HOST_CONFIG = Path("/etc/kuiper/kuiper.yaml")
+
+
+def host_root(plugin_dir: Path) -> Path:
+    """eKuiper installs a portable plugin into ``<host root>/plugins/portable/<name>/``."""
+    return plugin_dir.parents[2] if len(plugin_dir.parents) > 2 else plugin_dir
+
+
+def host_config_path(plugin_dir: Path, environ: Mapping[str, str]) -> Path | None:
+    """The host's own ``etc/kuiper.yaml``, the one kuiperd reads, or ``None`` if there is none to be found.
+
+    The first that exists of: ``$KuiperBaseKey/etc/kuiper.yaml`` (kuiperd's base folder when that variable is set; the
+    plugin inherits kuiperd's environment), ``<host root>/etc/kuiper.yaml`` (relative layout, kuiperd run from the
+    host root: release tarballs, the Docker images), ``/etc/kuiper/kuiper.yaml`` for plugins in
+    ``/var/lib/kuiper/plugins`` (the deb/rpm layout). Installing, upgrading or deleting a plugin never writes it.
+    """
+    own = plugin_dir / "etc" / "kuiper.yaml"
+    candidates = [Path(environ["KuiperBaseKey"]) / "etc" / "kuiper.yaml"] if environ.get("KuiperBaseKey") else []
+    candidates.append(host_root(plugin_dir) / "etc" / "kuiper.yaml")
+    if host_root(plugin_dir) == ABSOLUTE_HOST_ROOT:
+        candidates.append(ABSOLUTE_HOST_CONFIG)
+    return next((path for path in candidates if path != own and path.is_file()), None)
+
+
 def load_server_config(
     plugin_dir: Path, symbol: str, environ: Mapping[str, str] | None = None
 ) -> ServerConfig:
-    """Read ``<plugin_dir>/etc/kuiper.yaml`` (section ``source:``), then let the environment override it.
+    """The shared server's settings. Each comes from the highest of these layers that sets it:
 
-    Example: ``PYHTTPPUSH_SERVER_PORT=9000`` moves the pyhttppush server to port 9000.
+    1. the defaults here;
+    2. ``<plugin_dir>/etc/kuiper.yaml``, section ``source:`` (shipped; a reinstall or upgrade replaces it);
+    3. the HOST's ``etc/kuiper.yaml`` (:func:`host_config_path`), section ``source.<symbol>``, e.g.
+       ``source: {pyhttppush: {httpServerPort: 10090}}``: untouched by plugin installs, so settings there survive;
+    4. the environment, ``<SYMBOL>_…``. Example: ``PYHTTPPUSH_SERVER_PORT=9000`` moves the pyhttppush server to 9000.
+
+    ``httpServerTls`` is one setting in the files (a higher file's mapping replaces a lower one's); the environment
+    overrides its keys one by one. A bad value's error names the file and key, or the variable, it came from.
     """
     environ = os.environ if environ is None else environ
-    section: dict[str, Any] = {}
-    path = plugin_dir / "etc" / "kuiper.yaml"
-    if path.exists():
-        try:
-            doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"cannot parse {path}: {exc}") from exc
-        if not isinstance(doc, dict) or not isinstance(doc.get("source") or {}, dict):
-            raise ConfigError(f"{path}: expected a mapping with a 'source:' section")
-        section = dict(doc.get("source") or {})
+    where: dict[str, str] = {}  # setting -> the file and key, or the variable, it came from (for error messages)
+    section = _settings_file(plugin_dir / "etc" / "kuiper.yaml", ("source",), where)
+    host_path = host_config_path(plugin_dir, environ)
+    host_section = _settings_file(host_path, ("source", symbol), where) if host_path else {}
 
     prefix = env_prefix(symbol)
-    env = {
-        "httpServerIp": environ.get(prefix + "SERVER_IP"),
-        "httpServerPort": environ.get(prefix + "SERVER_PORT"),
-        "httpServerMaxBodySize": environ.get(prefix + "SERVER_MAX_BODY_SIZE"),
-        "httpServerReadHeaderTimeout": environ.get(prefix + "SERVER_READ_HEADER_TIMEOUT"),
-        "httpServerReadBodyTimeout": environ.get(prefix + "SERVER_READ_BODY_TIMEOUT"),
-        "httpServerIdleTimeout": environ.get(prefix + "SERVER_IDLE_TIMEOUT"),
-        "httpServerMaxRecords": environ.get(prefix + "SERVER_MAX_RECORDS"),
-        "httpServerMaxConnections": environ.get(prefix + "SERVER_MAX_CONNECTIONS"),
-        "httpServerMaxSourceBacklog": environ.get(prefix + "SERVER_MAX_SOURCE_BACKLOG"),
-        "httpServerMaxBuffered": environ.get(prefix + "SERVER_MAX_BUFFERED"),
-    }
-    section.update({k: v for k, v in env.items() if v not in (None, "")})
+    env_names = {key: prefix + var for key, var in (
+        ("httpServerIp", "SERVER_IP"),
+        ("httpServerPort", "SERVER_PORT"),
+        ("httpServerMaxBodySize", "SERVER_MAX_BODY_SIZE"),
+        ("httpServerReadHeaderTimeout", "SERVER_READ_HEADER_TIMEOUT"),
+        ("httpServerReadBodyTimeout", "SERVER_READ_BODY_TIMEOUT"),
+        ("httpServerIdleTimeout", "SERVER_IDLE_TIMEOUT"),
+        ("httpServerMaxRecords", "SERVER_MAX_RECORDS"),
+        ("httpServerMaxConnections", "SERVER_MAX_CONNECTIONS"),
+        ("httpServerMaxSourceBacklog", "SERVER_MAX_SOURCE_BACKLOG"),
+        ("httpServerMaxBuffered", "SERVER_MAX_BUFFERED"),
+    )}
+    if host_path is not None:
+        _check_known(host_section, [*env_names, "httpServerTls"], host_path, f"source.{symbol}")
+    section.update(host_section)
+    for key, name in env_names.items():
+        if environ.get(name) not in (None, ""):
+            section[key] = environ[name]
+            where[key] = f"environment variable {name}"
+    if not isinstance(section.get("httpServerTls") or {}, dict):
+        raise ConfigError(_with_origin(f"setting 'httpServerTls' is {section['httpServerTls']!r}; must be a mapping "
+                                       "with 'certfile' and 'keyfile'", where))
     tls = dict(section.get("httpServerTls") or {})
     for key, var in (("certfile", "TLS_CERTFILE"), ("keyfile", "TLS_KEYFILE"), ("cafile", "TLS_CAFILE"),
                      ("clientAuth", "TLS_CLIENT_AUTH")):
         if environ.get(prefix + var):
             tls[key] = environ[prefix + var]
+            where[f"httpServerTls.{key}"] = f"environment variable {prefix + var}"
+    try:
+        return _server_config(section, tls, symbol)
+    except ConfigError as exc:
+        raise ConfigError(_with_origin(str(exc), where)) from None
 
+
+def _server_config(section: Mapping[str, Any], tls: dict[str, Any], symbol: str) -> ServerConfig:
+    """Check the merged settings (``tls``: ``httpServerTls`` with the environment's keys applied)."""
     ip = str(section.get("httpServerIp") or DEFAULT_IP)
     port = _int_setting("httpServerPort", section.get("httpServerPort", DEFAULT_PORTS.get(symbol, 10081)), 0, 65535)
     max_body = _int_setting("httpServerMaxBodySize", section.get("httpServerMaxBodySize", DEFAULT_MAX_BODY_SIZE), 1)
@@ -155,6 +200,54 @@ def load_server_config(
         max_buffered=_int_setting("httpServerMaxBuffered", section.get("httpServerMaxBuffered", DEFAULT_MAX_BUFFERED),
                                   1),
     )
+
+
+def _settings_file(path: Path, keys: tuple[str, ...], where: dict[str, str]) -> dict[str, Any]:
+    """The mapping under ``keys`` (``("source",)``, ``("source", "pyhttppush")``) of the yaml file ``path``; ``{}``
+    when the file or a key is absent. Notes in ``where`` the file and key each setting comes from."""
+    if not path.is_file():
+        return {}
+    try:
+        node: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(node, dict) or not isinstance(node.get(keys[0]) or {}, dict):
+        raise ConfigError(f"{path}: expected a mapping with a '{keys[0]}:' section")
+    for depth, key in enumerate(keys):
+        node = node.get(key)
+        if node is None:
+            return {}
+        if not isinstance(node, dict):
+            dotted = ".".join(keys[: depth + 1])
+            raise ConfigError(f"{path}, key '{dotted}' is {node!r}; must be a mapping of settings, e.g. "
+                              f"{{httpServerPort: 10090}}")
+    dotted = ".".join(keys)
+    where.update({str(key): f"{path}, key '{dotted}.{key}'" for key in node})
+    return dict(node)
+
+
+def _check_known(section: Mapping[Any, Any], known: list[str], path: Path, dotted: str) -> None:
+    """Refuse a key of the host's ``source.<symbol>`` that is no setting: that section is the plugin's alone, and a
+    misspelt setting would otherwise do nothing at all. Keys are case-sensitive: the file is read as written."""
+    for key in section:
+        if key not in known:
+            near = [name for name in known if name.lower() == str(key).lower()]
+            hint = f"did you mean '{near[0]}'?" if near else f"the settings are {', '.join(known)}"
+            raise ConfigError(f"{path}, key '{dotted}.{key}' is not a setting of this plugin; {hint}")
+
+
+def _with_origin(message: str, where: Mapping[str, str]) -> str:
+    """``message`` (``setting '<key>' …``) followed by where that key's value came from, if not a default."""
+    if not message.startswith("setting '"):
+        return message
+    key = message.split("'", 2)[1]
+    parent = key.split(".", 1)[0]
+    origins = [where[key]] if key in where else [where[parent]] if parent in where else []
+    origins += [origin for name, origin in where.items() if name.startswith(key + ".")]
+    origins = list(dict.fromkeys(origins))
+    return f"{message} (from {'; '.join(origins)})" if origins else message
 
 
 def _seconds_setting(key: str, value: Any) -> float:

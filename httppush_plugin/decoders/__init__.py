@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError, EndpointConfig
+from ..config import ConfigError, EndpointConfig, host_root
 
 Record = dict[str, Any]
 
@@ -55,7 +55,7 @@ class SearchPaths:
 
     @property
     def host_root(self) -> Path:
-        return self.plugin_dir.parents[2] if len(self.plugin_dir.parents) > 2 else self.plugin_dir
+        return host_root(self.plugin_dir)
 
     def protobuf_dirs(self) -> list[Path]:
         # eKuiper's own protobuf converter imports from etc/ then data/ (internal/converter/protobuf/converter.go)
