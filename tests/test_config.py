@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
+import httppush_plugin.config as config_module
 from httppush_plugin.auth import AUTH_TYPES, parse_auth
 from httppush_plugin.config import (
     CLIENT_AUTH,
@@ -18,6 +20,7 @@ from httppush_plugin.config import (
     ConfigError,
     EndpointConfig,
     ServerConfig,
+    host_config_path,
     load_server_config,
 )
 
@@ -57,6 +60,137 @@ def test_server_bad_settings(tmp_path: Path, text: str, needle: str) -> None:
     write_server_yaml(tmp_path, text)
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load_server_config(tmp_path, "pyhttppush", {})
+
+
+#: The host's etc/kuiper.yaml as eKuiper ships it (its own data server's settings), plus the plugins' sections.
+HOST_YAML = """basic:
+  restPort: 9081
+source:
+  httpServerIp: 0.0.0.0
+  httpServerPort: 10081
+{extra}portable:
+  pythonBin: python3
+"""
+
+
+def host_layout(root: Path, host_section: str = "", symbol: str = "pyhttppush") -> Path:
+    """``root`` laid out like an eKuiper host: ``etc/kuiper.yaml`` with ``host_section`` (indented yaml lines under
+    ``source:``) and the plugin installed in ``plugins/portable/<symbol>`` with the shipped ``etc/kuiper.yaml`` (for
+    httppush; pyhttppush's differs only in its port). Returns the plugin dir."""
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    (root / "etc" / "kuiper.yaml").write_text(HOST_YAML.format(extra=host_section))
+    plugin_dir = root / "plugins" / "portable" / symbol
+    write_server_yaml(plugin_dir, (ROOT / "etc" / "kuiper.yaml").read_text())
+    return plugin_dir
+
+
+def test_host_settings_between_the_plugins_file_and_the_environment(tmp_path: Path) -> None:
+    """Defaults < the plugin's etc/kuiper.yaml < the host's etc/kuiper.yaml source.<symbol> < <SYMBOL>_… variables;
+    each symbol reads its own section, and neither reads the built-in's source.httpServerPort."""
+    plugin_dir = host_layout(tmp_path, "  pyhttppush:\n    httpServerPort: 10090\n    httpServerMaxBodySize: 2048\n"
+                                       "  httppush:\n    httpServerIdleTimeout: 5\n")
+    write_server_yaml(plugin_dir, "source:\n  httpServerPort: 10070\n  httpServerIp: 127.0.0.1\n"
+                                  "  httpServerIdleTimeout: 30\n")
+    cfg = load_server_config(plugin_dir, "pyhttppush", {})
+    assert (cfg.port, cfg.max_body_size, cfg.ip, cfg.idle_timeout) == (10090, 2048, "127.0.0.1", 30)
+    cfg = load_server_config(plugin_dir, "pyhttppush", {"PYHTTPPUSH_SERVER_PORT": "9100", "PYHTTPPUSH_SERVER_IP": ""})
+    assert (cfg.port, cfg.max_body_size, cfg.ip) == (9100, 2048, "127.0.0.1")
+    # the httppush zip reads source.httppush: its own section, never the built-in's source.httpServerPort (10081)
+    cfg = load_server_config(plugin_dir, "httppush", {})
+    assert (cfg.port, cfg.idle_timeout, cfg.max_body_size) == (10070, 5, DEFAULT_MAX_BODY_SIZE)
+    # no section for the symbol, or none at all: the plugin's file as before
+    (tmp_path / "etc" / "kuiper.yaml").write_text(HOST_YAML.format(extra=""))
+    assert load_server_config(plugin_dir, "pyhttppush", {}).port == 10070
+    (tmp_path / "etc" / "kuiper.yaml").write_text(HOST_YAML.format(extra="  pyhttppush:\n"))
+    assert load_server_config(plugin_dir, "pyhttppush", {}).port == 10070
+
+
+def test_host_settings_survive_a_reinstall(tmp_path: Path) -> None:
+    """A reinstall replaces the plugin folder, its etc/kuiper.yaml included; the host's file is not the plugin's."""
+    plugin_dir = host_layout(tmp_path, "  pyhttppush:\n    httpServerPort: 10090\n")
+    write_server_yaml(plugin_dir, "source:\n  httpServerPort: 10070\n  httpServerMaxBodySize: 99\n")
+    before = load_server_config(plugin_dir, "pyhttppush", {})
+    shutil.rmtree(plugin_dir)  # DELETE /plugins/portables/pyhttppush, then POST it again:
+    write_server_yaml(plugin_dir, (ROOT / "etc" / "kuiper.yaml").read_text())
+    after = load_server_config(plugin_dir, "pyhttppush", {})
+    assert (before.port, before.max_body_size) == (10090, 99)
+    assert (after.port, after.max_body_size) == (10090, DEFAULT_MAX_BODY_SIZE)
+
+
+def test_host_file_is_found_where_kuiperd_reads_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$KuiperBaseKey/etc/kuiper.yaml first (kuiperd's base folder), else <host root>/etc/kuiper.yaml, else for the
+    deb/rpm layout (plugins in /var/lib/kuiper/plugins) /etc/kuiper/kuiper.yaml; never the plugin's own file."""
+    plugin_dir = host_layout(tmp_path / "host", "  pyhttppush:\n    httpServerPort: 10090\n")
+    base = tmp_path / "base"
+    assert host_config_path(plugin_dir, {}) == tmp_path / "host" / "etc" / "kuiper.yaml"
+    assert host_config_path(plugin_dir, {"KuiperBaseKey": str(base)}) == tmp_path / "host" / "etc" / "kuiper.yaml"
+    (base / "etc").mkdir(parents=True)
+    (base / "etc" / "kuiper.yaml").write_text(HOST_YAML.format(extra="  pyhttppush:\n    httpServerPort: 10095\n"))
+    assert load_server_config(plugin_dir, "pyhttppush", {"KuiperBaseKey": str(base)}).port == 10095
+    assert load_server_config(plugin_dir, "pyhttppush", {}).port == 10090
+
+    absolute_root = tmp_path / "var-lib-kuiper"
+    absolute_conf = tmp_path / "etc-kuiper" / "kuiper.yaml"
+    monkeypatch.setattr(config_module, "ABSOLUTE_HOST_ROOT", absolute_root)
+    monkeypatch.setattr(config_module, "ABSOLUTE_HOST_CONFIG", absolute_conf)
+    packaged = absolute_root / "plugins" / "portable" / "pyhttppush"
+    write_server_yaml(packaged, (ROOT / "etc" / "kuiper.yaml").read_text())
+    assert host_config_path(packaged, {}) is None
+    absolute_conf.parent.mkdir()
+    absolute_conf.write_text(HOST_YAML.format(extra="  pyhttppush:\n    httpServerPort: 10096\n"))
+    assert load_server_config(packaged, "pyhttppush", {}).port == 10096
+    # a plugin folder too shallow to have a host root: its own file is read once, as the plugin's
+    write_server_yaml(tmp_path / "shallow", "source:\n  pyhttppush: {httpServerPort: 1}\n  httpServerPort: 10070\n")
+    monkeypatch.setattr(config_module, "host_root", lambda plugin_dir: plugin_dir)
+    assert host_config_path(tmp_path / "shallow", {}) is None
+    assert load_server_config(tmp_path / "shallow", "pyhttppush", {}).port == 10070
+
+
+@pytest.mark.parametrize("host_section, env, needle", [
+    ("  pyhttppush:\n    httpServerPort: abc\n", {},
+     "setting 'httpServerPort' is 'abc'; must be a whole number (from {host}, key 'source.pyhttppush.httpServerPort')"),
+    ("  pyhttppush:\n    httpServerReadBodyTimeout: 0\n", {},
+     "(from {host}, key 'source.pyhttppush.httpServerReadBodyTimeout')"),
+    ("  pyhttppush:\n    httpServerPort: 10090\n", {"PYHTTPPUSH_SERVER_PORT": "70000"},
+     "setting 'httpServerPort' is 70000; must be from 0 to 65535 (from environment variable PYHTTPPUSH_SERVER_PORT)"),
+    ("", {"PYHTTPPUSH_SERVER_MAX_BODY_SIZE": "0"}, "(from environment variable PYHTTPPUSH_SERVER_MAX_BODY_SIZE)"),
+    ("  pyhttppush:\n    httpServerTls: {certfile: /c.pem}\n", {},
+     "needs both 'certfile' and 'keyfile' (from {host}, key 'source.pyhttppush.httpServerTls')"),
+    ("  pyhttppush:\n    httpServerTls: {certfile: /c.pem}\n", {"PYHTTPPUSH_TLS_CAFILE": "/ca.pem"},
+     "(from {host}, key 'source.pyhttppush.httpServerTls'; environment variable PYHTTPPUSH_TLS_CAFILE)"),
+    ("  pyhttppush:\n    httpServerTls: {certfile: /c.pem, keyfile: /k.pem}\n",
+     {"PYHTTPPUSH_TLS_CLIENT_AUTH": "sometimes"},
+     "'httpServerTls.clientAuth' is 'sometimes'; must be none, optional or required "
+     "(from environment variable PYHTTPPUSH_TLS_CLIENT_AUTH)"),
+    ("  pyhttppush:\n    httpServerTls: {certfile: /c.pem, keyfile: /k.pem, clientAuth: sometimes}\n", {},
+     "(from {host}, key 'source.pyhttppush.httpServerTls')"),
+    ("  pyhttppush:\n    httpServerTls: /c.pem\n", {},
+     "setting 'httpServerTls' is '/c.pem'; must be a mapping with 'certfile' and 'keyfile' (from {host}, key "
+     "'source.pyhttppush.httpServerTls')"),
+    ("  pyhttppush:\n    httpserverport: 10090\n", {},
+     "{host}, key 'source.pyhttppush.httpserverport' is not a setting of this plugin; did you mean 'httpServerPort'?"),
+    ("  pyhttppush:\n    port: 10090\n", {},
+     "{host}, key 'source.pyhttppush.port' is not a setting of this plugin; the settings are httpServerIp, "
+     "httpServerPort, "),
+    ("  pyhttppush: 10090\n", {},
+     "{host}, key 'source.pyhttppush' is 10090; must be a mapping of settings, e.g. {httpServerPort: 10090}"),
+])
+def test_host_settings_errors_name_file_and_key(tmp_path: Path, host_section: str, env: dict, needle: str) -> None:
+    plugin_dir = host_layout(tmp_path, host_section)
+    with pytest.raises(ConfigError) as caught:
+        load_server_config(plugin_dir, "pyhttppush", env)
+    assert needle.replace("{host}", str(tmp_path / "etc" / "kuiper.yaml")) in str(caught.value)
+
+
+def test_plugin_file_errors_name_file_and_key(tmp_path: Path) -> None:
+    plugin_dir = host_layout(tmp_path)
+    write_server_yaml(plugin_dir, "source:\n  httpServerPort: abc\n")
+    with pytest.raises(ConfigError, match=re.escape(
+            f"(from {plugin_dir / 'etc' / 'kuiper.yaml'}, key 'source.httpServerPort')")):
+        load_server_config(plugin_dir, "pyhttppush", {})
+    (tmp_path / "etc" / "kuiper.yaml").write_text("source: [1\n")
+    with pytest.raises(ConfigError, match=re.escape(f"cannot parse {tmp_path / 'etc' / 'kuiper.yaml'}")):
+        load_server_config(plugin_dir, "pyhttppush", {})
 
 
 def test_endpoint_from_ekuiper_config() -> None:
