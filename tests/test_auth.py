@@ -33,6 +33,7 @@ from httppush_plugin.routing import EndpointTable, Subscription
 from httppush_plugin.server import BindError, _ssl_context
 from tests.conftest import push
 from tests.hostemu import PluginHost, assert_next_is_sentinel
+from tests.realhost_support import PLUGIN, Ctx, uid
 
 PASSWORD = "pw-4f1c9e-alice"
 TOKEN = "Tok-8d2b7a-Gateway"
@@ -518,3 +519,25 @@ def test_ca_file_without_certificates_is_a_bind_error(pki: Pki, tmp_path: Path) 
     context = _ssl_context(ServerConfig(tls=TlsConfig(str(pki.server_cert), str(pki.server_key), str(pki.ca),
                                                       "optional")))
     assert context is not None and context.verify_mode == ssl.CERT_OPTIONAL
+
+
+# -- through a real eKuiper ----------------------------------------------------------------------------------------
+
+@pytest.mark.realhost
+def test_realhost_rest_conf_key_basic_auth_and_meta_user(ctx: Ctx) -> None:
+    """A real eKuiper 2.4.2 passes a REST-stored group's nested ``auth`` to the plugin as stored (names keep their
+    case there) and ``meta(user)`` reads the principal in SQL. The host logs a source's properties as they are when a
+    rule starts (``internal/topo/node/source_node.go``, ``plugin/portable/runtime/source.go``: hence ``{env: NAME}`` in
+    README); nothing else in its log, the plugin's output included, shows the secret."""
+    key = uid("auth")
+    ctx.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{key}",
+                 {"auth": {"type": "basic", "users": {"Alice": PASSWORD}}, "meta": ["user"]})
+    s, path = ctx.stream(f'FORMAT="json", CONF_KEY="{key}"')
+    ctx.rule(f"SELECT meta(user) AS who, t FROM {s}")
+    refused = push(ctx.port, path, RECORD, headers=basic("Alice", "wrong"))
+    assert refused.status == 401 and refused.headers["WWW-Authenticate"].startswith("Basic ")
+    assert push(ctx.port, path, RECORD, headers=basic("Alice", PASSWORD)).status == 200
+    assert ctx.sink.wait_for(1) == [{"who": "Alice", "t": 21.5}]  # the refused push, had it gone on, came first
+    leaks = [line for line in ctx.host.log_tail(2000).splitlines() if PASSWORD in line]
+    host_lines = ('msg="provision source ', 'msg="Start running portable source ')
+    assert leaks and all(any(text in line for text in host_lines) for line in leaks), leaks
