@@ -14,15 +14,18 @@ from __future__ import annotations
 import json
 import socket
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from harness.net import free_port
 from harness.realhost import http_post
 from tests.realhost_support import (
     PLUGIN,
     Ctx,
+    baseline_problems,
     by_tag,
     kill_plugin,
     log_lines,
@@ -281,3 +284,68 @@ def test_delete_and_reinstall_leave_the_builtin_httppush_alone(ctx: Ctx, zips: d
     assert http_post(host.data_url(path), {"b": 2})[0] == 200
     records = ctx.sink.wait_for(3)
     assert {"k": "a", "v": "1", "src": "plugin"} in records and {"b": 2, "src": "builtin"} in records
+
+
+def test_host_settings_survive_a_reinstall(ctx: Ctx, zips: dict[str, Path]) -> None:
+    """Server settings in the HOST's etc/kuiper.yaml, ``source: {pyhttppush: {httpServerPort: …}}``, hold across
+    ``DELETE`` + ``POST /plugins/portables``, which replaces the plugin folder and with it the plugin's own
+    etc/kuiper.yaml (a user's edit there is lost). kuiperd boots with the nested key (``cast.MapToStruct`` ignores
+    keys its ``SourceConf`` lacks), keeps serving on its own data port (``KUIPER__SOURCE__HTTPSERVERPORT``) and never
+    writes the file.
+
+    The environment outranks the host's file, and the session's kuiperd (whose environment the plugin inherits) sets
+    ``PYHTTPPUSH_SERVER_PORT``: the test restarts kuiperd without it, and at the end with it and the original
+    kuiper.yaml again."""
+    host = ctx.host
+    host_yaml = host.root / "etc" / "kuiper.yaml"
+    original = host_yaml.read_text()
+    assert original.count("\nsource:\n") == 1
+    port, lost = free_port(), free_port()
+    edited = original.replace("\nsource:\n", f"\nsource:\n  {PLUGIN}:\n    httpServerPort: {port}\n", 1)
+    own = host.plugin_dir / PLUGIN / "etc" / "kuiper.yaml"
+    shipped = zipfile.ZipFile(zips["pyhttppush"]).read("etc/kuiper.yaml")
+    env_port = host.extra_env.pop("PYHTTPPUSH_SERVER_PORT")
+    try:
+        host_yaml.write_text(edited)
+        host.restart()
+        wait_until(lambda: host.plugin_status(PLUGIN)["status"] == "running", 30.0, "the plugin to run after boot")
+        s, path = ctx.stream('FORMAT="json"', source_type="httppush")  # the built-in, on the host's data port
+        r = ctx.rule(f'SELECT *, "builtin" AS src FROM {s}', wait=False)
+        host.wait_rule_running(r)
+        wait_until(lambda: _accepts(host.data_url(path)), 10.0, "the built-in httppush endpoint", 0.1)
+        assert ctx.sink.wait_for(1) == [{"probe": 1, "src": "builtin"}]
+        ctx.sink.clear()
+
+        # a user's edit of the plugin's own file: the host's file outranks it now, and the reinstall drops it
+        assert own.read_bytes() == shipped
+        own.write_text(own.read_text().replace("httpServerPort: 10082", f"httpServerPort: {lost}") + "# mine\n")
+        assert f"httpServerPort: {lost}" in own.read_text()
+        host.delete_plugin(PLUGIN)
+        assert not own.exists()
+        host.install_plugin(PLUGIN, zips["pyhttppush"])
+        assert own.read_bytes() == shipped
+        assert host_yaml.read_text() == edited  # install and delete leave the host's file alone
+
+        moved = Ctx(host, ctx.sink, port)
+        try:
+            ps, ppath = moved.stream('FORMAT="json"')
+            moved.rule(f'SELECT *, "plugin" AS src FROM {ps}')
+            assert moved.push(ppath, '{"n": 1}').body == {"accepted": 1, "sources": 1}
+            assert http_post(host.data_url(path), {"b": 1})[0] == 200
+            records = ctx.sink.wait_for(2)
+            assert {"n": 1, "src": "plugin"} in records and {"b": 1, "src": "builtin"} in records
+            assert not port_open(ctx.port) and not port_open(lost)
+        finally:
+            moved.cleanup()
+    finally:
+        host_yaml.write_text(original)
+        host.extra_env["PYHTTPPUSH_SERVER_PORT"] = env_port
+        host.restart()
+        wait_until(lambda: not baseline_problems(host, ctx.port), 30.0, "the plugin to run again after the restart")
+
+
+def _accepts(url: str) -> bool:
+    try:
+        return http_post(url, {"probe": 1}, timeout=2.0)[0] == 200
+    except OSError:
+        return False
