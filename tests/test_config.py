@@ -182,6 +182,20 @@ def test_host_settings_errors_name_file_and_key(tmp_path: Path, host_section: st
     assert needle.replace("{host}", str(tmp_path / "etc" / "kuiper.yaml")) in str(caught.value)
 
 
+def test_host_examples_as_documented(tmp_path: Path) -> None:
+    """README's block for eKuiper's kuiper.yaml and the shipped file's header example work as pasted."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("### The shared server", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    plugin_dir = host_layout(tmp_path)
+    (tmp_path / "etc" / "kuiper.yaml").write_text(block)
+    cfg = load_server_config(plugin_dir, "pyhttppush", {})
+    assert (cfg.port, cfg.max_body_size, cfg.tls) == (10090, 1048576, None)
+    assert load_server_config(plugin_dir, "httppush", {}).port == DEFAULT_PORTS["httppush"]
+    shipped = (ROOT / "etc" / "kuiper.yaml").read_text().splitlines()
+    header = "\n".join(line[2:] for line in shipped if line.startswith("#   "))
+    assert yaml.safe_load(header) == {"source": {"pyhttppush": {"httpServerPort": 10090}}}
+
+
 def test_plugin_file_errors_name_file_and_key(tmp_path: Path) -> None:
     plugin_dir = host_layout(tmp_path)
     write_server_yaml(plugin_dir, "source:\n  httpServerPort: abc\n")
