@@ -27,12 +27,16 @@ Example (on the loop)::
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 
 from .budget import Budget
 from .framing import Frames
+
+log = logging.getLogger(__name__)
 
 PUSH_HEADER = b"\x00SP\x00\x00\x50\x00\x00"
 PULL_PROTOCOL = 0x51
@@ -52,17 +56,57 @@ class DeliveryError(Exception):
         self.reason = reason
 
 
-class _Pending:
-    """One ``send()`` still waiting for the kernel to take its bytes."""
+class Delivery:
+    """A send still waiting for the kernel to take its bytes: it completes with ``error`` None, or fails with a
+    :class:`DeliveryError`. Callbacks run on the loop, synchronously, the moment the outcome is known (no task, no
+    extra loop iteration); :meth:`wait` is there for code that would rather await it."""
 
-    __slots__ = ("frames", "start", "end", "future")
+    __slots__ = ("frames", "start", "end", "done", "error", "_callbacks")
 
-    def __init__(self, frames: Frames, start: int, end: int, future: asyncio.Future[None]) -> None:
-        self.frames, self.start, self.end, self.future = frames, start, end, future
+    def __init__(self, frames: Frames, start: int, end: int) -> None:
+        self.frames, self.start, self.end = frames, start, end
+        self.done = False
+        self.error: DeliveryError | None = None
+        self._callbacks: list[Callable[[Delivery], None]] = []
+
+    def add_callback(self, fn: Callable[[Delivery], None]) -> None:
+        if self.done:
+            fn(self)
+        else:
+            self._callbacks.append(fn)
+
+    def wait(self) -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def settle(delivery: Delivery) -> None:
+            if not future.done():
+                if delivery.error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(delivery.error)
+
+        self.add_callback(settle)
+        return future
+
+    def complete(self) -> None:
+        self._settle(None)
 
     def fail(self, sent: int, reason: str) -> None:
-        if not self.future.done():
-            self.future.set_exception(DeliveryError(self.frames.count_within(max(0, sent - self.start)), reason))
+        self._settle(DeliveryError(self.frames.count_within(max(0, sent - self.start)), reason))
+
+    def fail_with(self, error: DeliveryError) -> None:
+        self._settle(error)
+
+    def _settle(self, error: DeliveryError | None) -> None:
+        if self.done:
+            return
+        self.done, self.error = True, error
+        callbacks, self._callbacks = self._callbacks, []
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:  # one broken continuation must not keep the others from their answers
+                log.exception("a delivery callback failed")
 
 
 class ChannelSender:
@@ -83,7 +127,9 @@ class ChannelSender:
         self._queued = 0
         self._sent = 0
         self._unsent: deque[memoryview] = deque()
-        self._waiters: deque[_Pending] = deque()
+        self._waiters: deque[Delivery] = deque()
+        self._writing = False  # waiting for the socket to be writable again
+        self._window = False  # a send went out in this loop iteration: the next ones join the flush at its end
         self._last_progress = 0.0
         self._watchdog: asyncio.TimerHandle | None = None
         self._unsent_bytes = 0
@@ -159,14 +205,18 @@ class ChannelSender:
 
     # -- sending ---------------------------------------------------------------------------------------------
 
-    def send(self, frames: Frames) -> asyncio.Future[None] | None:
-        """Hand ``frames`` to the host. Returns ``None`` when the kernel took every byte at once (the usual case),
-        else a future that completes when it has, or fails with :class:`DeliveryError`. Call on the loop."""
+    def send(self, frames: Frames) -> Delivery | None:
+        """Hand ``frames`` to the host. Returns ``None`` when the kernel took every byte at once, else a
+        :class:`Delivery` that completes when it has, or fails. Call on the loop.
+
+        The first send of a loop iteration goes straight to the socket; sends later in the same iteration (many
+        clients at once) are joined and written together at the iteration's end: one system call for many requests
+        here, and fewer, fuller reads for eKuiper (about a quarter less of its CPU per record, see bench/README.md)."""
         if self._closed:
             raise DeliveryError(0, f"{self.label} is stopping")
         sock = self._sock
         if sock is None:
-            return asyncio.ensure_future(self._dial_and_send(frames))
+            return self._dial_and_send(frames)
         data = frames.data
         start = self._queued
         backlog = start - self._sent
@@ -174,7 +224,10 @@ class ChannelSender:
             raise DeliveryError(0, f"{self.label}: {backlog} bytes are already waiting for eKuiper to read them "
                                    f"(httpServerMaxSourceBacklog is {self.max_backlog})")
         self._queued = end = start + len(data)
-        if not self._unsent:
+        if not self._unsent and not self._window:
+            self._window = True
+            assert self._loop is not None
+            self._loop.call_soon(self._end_window)
             try:
                 sent = sock.send(data)
             except (BlockingIOError, InterruptedError):
@@ -186,16 +239,26 @@ class ChannelSender:
             if sent == len(data):
                 return None
             self._hold(memoryview(data)[sent:])
-            self._last_progress = time.monotonic()
-            assert self._loop is not None
-            self._loop.add_writer(sock.fileno(), self._on_writable)
-            self._arm_watchdog(self.send_timeout_s)
+            self._wait_writable()
         else:
             self._hold(memoryview(data))
-        assert self._loop is not None
-        future: asyncio.Future[None] = self._loop.create_future()
-        self._waiters.append(_Pending(frames, start, end, future))
-        return future
+        delivery = Delivery(frames, start, end)
+        self._waiters.append(delivery)
+        return delivery
+
+    def _end_window(self) -> None:
+        self._window = False
+        if self._unsent and self._sock is not None and not self._writing:
+            self._on_writable()
+            if self._unsent:
+                self._wait_writable()
+
+    def _wait_writable(self) -> None:
+        assert self._loop is not None and self._sock is not None
+        self._last_progress = time.monotonic()
+        self._writing = True
+        self._loop.add_writer(self._sock.fileno(), self._on_writable)
+        self._arm_watchdog(self.send_timeout_s)
 
     def _hold(self, view: memoryview) -> None:
         self._unsent.append(view)
@@ -208,14 +271,25 @@ class ChannelSender:
         if self.budget is not None:
             self.budget.give(nbytes)
 
-    async def _dial_and_send(self, frames: Frames) -> None:
-        try:
-            await self._dial()
-        except ConnectionError as exc:
-            raise DeliveryError(0, f"{self.label}: {exc}") from None
-        waiter = self.send(frames)
-        if waiter is not None:
-            await waiter
+    def _dial_and_send(self, frames: Frames) -> Delivery:
+        """Not connected (the host closed the channel, or a send timed out): dial again, then send."""
+        delivery = Delivery(frames, 0, 0)
+
+        async def dial_and_send() -> None:
+            try:
+                await self._dial()
+                outcome = self.send(frames)
+                if outcome is not None:
+                    await outcome.wait()
+            except DeliveryError as exc:
+                delivery.fail_with(exc)
+            except ConnectionError as exc:
+                delivery.fail_with(DeliveryError(0, f"{self.label}: {exc}"))
+            else:
+                delivery.complete()
+
+        asyncio.ensure_future(dial_and_send())
+        return delivery
 
     def _on_writable(self) -> None:
         sock = self._sock
@@ -223,6 +297,10 @@ class ChannelSender:
             return
         unsent = self._unsent
         progressed = False
+        if len(unsent) > 1:  # one system call for everything queued
+            joined = memoryview(b"".join(unsent))
+            unsent.clear()
+            unsent.append(joined)
         while unsent:
             view = unsent[0]
             try:
@@ -242,11 +320,10 @@ class ChannelSender:
         if progressed:
             self._last_progress = time.monotonic()
         while self._waiters and self._waiters[0].end <= self._sent:
-            waiter = self._waiters.popleft()
-            if not waiter.future.done():
-                waiter.future.set_result(None)
-        if not unsent:
+            self._waiters.popleft().complete()
+        if not unsent and self._writing:
             assert self._loop is not None
+            self._writing = False
             self._loop.remove_writer(sock.fileno())
 
     def _arm_watchdog(self, delay: float) -> None:
@@ -290,6 +367,7 @@ class ChannelSender:
             assert self._loop is not None
             self._loop.remove_reader(sock.fileno())
             self._loop.remove_writer(sock.fileno())
+            self._writing = False
             sock.close()
         self._unsent.clear()
         self._release(self._unsent_bytes)

@@ -15,13 +15,13 @@ import ctypes
 import ctypes.util
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import orjson
 
 from .auth import Authenticator, AuthError
-from .channel import ChannelSender, DeliveryError
+from .channel import Delivery, DeliveryError
 from .config import ServerConfig
 from .decoders import CustomDecoderFault, DecodeError
 from .framing import Frames, clip, frame_records
@@ -201,13 +201,13 @@ class PushHandler:
             self.reject_log.warn(request_line, exc)
         return error_answer(exc)
 
-    def handle(self, req: Request) -> Answer | Coroutine[Any, Any, Answer]:
+    def handle(self, req: Request) -> Answer | PendingAnswer | Coroutine[Any, Any, Answer]:
         try:
             return self._handle(req)
         except Exception as exc:  # every failure becomes an answer: never a dropped connection
             return self.reject(f"{req.method} {req.path} from {req.remote}", exc)
 
-    def _handle(self, req: Request) -> Answer | Coroutine[Any, Any, Answer]:
+    def _handle(self, req: Request) -> Answer | PendingAnswer | Coroutine[Any, Any, Answer]:
         route = req.route
         rerouted = route is None or not route.groups
         if rerouted:  # its sources went away while the body was arriving: the new route's auth was not checked
@@ -236,7 +236,7 @@ class PushHandler:
                                                     route)
             result = self._deliver(req, framed)
             del framed
-            return result if isinstance(result, Answer) else await result
+            return result if isinstance(result, Answer) else await result.wait()
         finally:
             req.body = b""
             await loop.run_in_executor(None, _trim_heap)
@@ -256,48 +256,41 @@ class PushHandler:
             framed.append((frame_records(records, meta, group.decoder.format == "custom"), group.subscriptions))
         return framed
 
-    def _deliver(self, req: Request, framed: list[tuple[Frames, list[Subscription]]]
-                 ) -> Answer | Coroutine[Any, Any, Answer]:
-        outcomes: list[tuple[Subscription, Frames, asyncio.Future[None] | DeliveryError | None]] = []
-        waiting = False
+    def _deliver(self, req: Request, framed: list[tuple[Frames, list[Subscription]]]) -> Answer | PendingAnswer:
+        outcomes: list[tuple[Subscription, Frames, Delivery | DeliveryError | None]] = []
+        pending = 0
         for frames, subs in framed:
             for sub in subs:
-                outcome: asyncio.Future[None] | DeliveryError | None = None
+                outcome: Delivery | DeliveryError | None = None
                 if frames.ends:
                     sender = sub.sender
                     try:
-                        if sender is None:
-                            outcome = asyncio.ensure_future(self._deliver_when_attached(sub, frames))
-                        else:
-                            outcome = sender.send(frames)
+                        outcome = sender.send(frames) if sender is not None else _send_when_attached(sub, frames)
                     except DeliveryError as exc:
                         outcome = exc
                 if outcome is not None:
-                    waiting = True
-                outcomes.append((sub, frames, outcome))
+                    pending += isinstance(outcome, Delivery)
+                    outcomes.append((sub, frames, outcome))
+                else:
+                    outcomes.append((sub, frames, None))
         accepted = max((len(frames) for frames, _ in framed), default=0)
-        if not waiting:
+        if pending:
+            return PendingAnswer(self, req, outcomes, accepted, pending)
+        if all(outcome is None for _, _, outcome in outcomes):
             return _accepted(accepted, len(outcomes))
-        return self._finish(req, outcomes, accepted)
+        return self.conclude(req, outcomes, accepted)
 
-    async def _finish(self, req: Request,
-                      outcomes: list[tuple[Subscription, Frames, asyncio.Future[None] | DeliveryError | None]],
-                      accepted: int) -> Answer:
-        futures = [outcome for _, _, outcome in outcomes if isinstance(outcome, asyncio.Future)]
-        if futures:
-            await asyncio.wait(futures)
+    def conclude(self, req: Request, outcomes: list[tuple[Subscription, Frames, Delivery | DeliveryError | None]],
+                 accepted: int) -> Answer:
+        """The answer once every delivery has an outcome: 200, or 503 with what each source got."""
         delivered: dict[str, int] = {}
         reasons: list[str] = []
         for sub, frames, outcome in outcomes:
-            error: BaseException | None = None
-            if isinstance(outcome, DeliveryError):
-                error = outcome
-            elif isinstance(outcome, asyncio.Future):
-                error = outcome.exception() if not outcome.cancelled() else asyncio.CancelledError()
+            error = outcome.error if isinstance(outcome, Delivery) else outcome
             if error is None:
                 delivered[sub.label] = len(frames)
             else:
-                delivered[sub.label] = error.delivered if isinstance(error, DeliveryError) else 0
+                delivered[sub.label] = error.delivered
                 reasons.append(str(error))
         if reasons:
             return self.reject(f"{req.method} {req.path} from {req.remote}",
@@ -305,21 +298,72 @@ class PushHandler:
                                            delivered=delivered))
         return _accepted(accepted, len(outcomes))
 
-    async def _deliver_when_attached(self, sub: Subscription, frames: Frames) -> None:
-        sender = await _wait_attached(sub)
-        waiter = sender.send(frames)
-        if waiter is not None:
-            await waiter
+
+class PendingAnswer:
+    """The answer to a request whose records are still on their way to the host; :meth:`then` runs a function
+    with it as soon as the last delivery settles — on the loop, without a task."""
+
+    __slots__ = ("answer", "_handler", "_req", "_outcomes", "_accepted", "_pending", "_then")
+
+    def __init__(self, handler: PushHandler, req: Request,
+                 outcomes: list[tuple[Subscription, Frames, Delivery | DeliveryError | None]], accepted: int,
+                 pending: int) -> None:
+        self.answer: Answer | None = None
+        self._handler, self._req, self._outcomes, self._accepted = handler, req, outcomes, accepted
+        self._pending = pending
+        self._then: Callable[[Answer], None] | None = None
+        for _, _, outcome in outcomes:
+            if isinstance(outcome, Delivery):
+                outcome.add_callback(self._settled)
+
+    def then(self, fn: Callable[[Answer], None]) -> None:
+        if self.answer is not None:
+            fn(self.answer)
+        else:
+            self._then = fn
+
+    async def wait(self) -> Answer:
+        if self.answer is None:
+            future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
+            self.then(future.set_result)
+            return await future
+        return self.answer
+
+    def _settled(self, _delivery: Delivery) -> None:
+        self._pending -= 1
+        if self._pending == 0:
+            self._conclude()
+
+    def _conclude(self) -> None:
+        self.answer = self._handler.conclude(self._req, self._outcomes, self._accepted)
+        self._outcomes = []
+        if self._then is not None:
+            fn, self._then = self._then, None
+            fn(self.answer)
 
 
-async def _wait_attached(sub: Subscription) -> ChannelSender:
-    try:
-        await asyncio.wait_for(sub.ready.wait(), ATTACH_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        raise DeliveryError(0, f"{sub.label} is not ready: the host has not opened it") from None
-    if sub.sender is None:
-        raise DeliveryError(0, f"{sub.label} stopped before it was ready")
-    return sub.sender
+def _send_when_attached(sub: Subscription, frames: Frames) -> Delivery:
+    """The source was configured, but its ``open()`` has not attached the host channel yet: wait for it."""
+    delivery = Delivery(frames, 0, 0)
+
+    async def send() -> None:
+        try:
+            try:
+                await asyncio.wait_for(sub.ready.wait(), ATTACH_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                raise DeliveryError(0, f"{sub.label} is not ready: the host has not opened it") from None
+            if sub.sender is None:
+                raise DeliveryError(0, f"{sub.label} stopped before it was ready")
+            outcome = sub.sender.send(frames)
+            if outcome is not None:
+                await outcome.wait()
+        except DeliveryError as exc:
+            delivery.fail_with(exc)
+        else:
+            delivery.complete()
+
+    asyncio.ensure_future(send())
+    return delivery
 
 
 def _meta(fields: tuple[str, ...], req: Request) -> bytes | None:

@@ -33,6 +33,7 @@ from .handler import (
     BadRequest,
     HeadersTooLarge,
     HttpError,
+    PendingAnswer,
     PushHandler,
     Request,
     RequestTimeout,
@@ -125,7 +126,7 @@ class HttpConnection(asyncio.Protocol):
         self.remote = ""
         self.phase = IDLE
         self.deadline = _INF
-        self._busy: asyncio.Task[None] | None = None
+        self._busy: asyncio.Task[None] | PendingAnswer | None = None  # an answer we owe and are waiting for
         self._queue: deque[tuple[Request | Answer, bool, bool, int]] = deque()
         self._held = 0  # bytes of this connection's bodies counted in the server's budget
         self._closing = False  # answer what is in flight, then close
@@ -320,18 +321,26 @@ class HttpConnection(asyncio.Protocol):
         if isinstance(result, Answer):
             self._release(held)
             self._write(result, keep_alive, head_only)
+            return
+        self._pause()
+        if isinstance(result, PendingAnswer):  # records on their way to the host: answered when they are there
+            self._busy = result
+            result.then(lambda answer: self._answered(answer, keep_alive, head_only, held))
         else:
-            self._pause()
             self._busy = asyncio.get_running_loop().create_task(self._await(result, keep_alive, head_only, held))
 
     async def _await(self, pending: Coroutine[Any, Any, Answer], keep_alive: bool, head_only: bool,
-                      held: int) -> None:
+                     held: int) -> None:
         try:
             answer = await pending
         except asyncio.CancelledError:
             answer, keep_alive = error_answer(Unavailable("the server is stopping")), False
         except Exception as exc:
             answer = error_answer(exc)
+        self._answered(answer, keep_alive, head_only, held)
+
+    def _answered(self, answer: Answer, keep_alive: bool, head_only: bool, held: int) -> None:
+        """The answer we were waiting for: write it, then go on with what was queued behind it."""
         self._busy = None
         self._release(held)
         self._write(answer, keep_alive, head_only)
@@ -446,8 +455,10 @@ class HttpConnection(asyncio.Protocol):
             self._closing = True
 
     def force_close(self, exc: HttpError) -> None:
-        if self._busy is not None:
+        if isinstance(self._busy, asyncio.Task):
             self._busy.cancel()  # its _await answers 503 and closes
+        elif self._busy is not None:
+            pass  # records on their way: the channel answers within its send timeout, or is closed with its source
         elif self.phase in (HEAD, BODY):
             self._fatal(exc)
         elif not self.transport.is_closing():
