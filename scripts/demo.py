@@ -58,7 +58,9 @@ def main() -> None:
         host.install_plugin("pyhttppush", ROOT / "dist" / "pyhttppush.zip")
         print(f"installed in {time.monotonic() - started:.1f}s; status: {host.plugin_status('pyhttppush')}")
 
-        sql = 'CREATE STREAM demo () WITH (TYPE="pyhttppush", DATASOURCE="/api/data", FORMAT="json")'
+        # a config group stored through eKuiper's REST API: records carry the client's address for meta(remoteAddr)
+        host.put("/metadata/sources/pyhttppush/confKeys/demo", {"meta": ["remoteAddr"]})
+        sql = 'CREATE STREAM demo () WITH (TYPE="pyhttppush", DATASOURCE="/api/data", FORMAT="json", CONF_KEY="demo")'
         rule = "SELECT device, temperature, humidity, meta(remoteAddr) AS sender FROM demo WHERE temperature > 20"
         say(f"stream: {sql}\n   rule: {rule}")
         host.create_stream(sql)

@@ -40,7 +40,8 @@ message Inner { bool ok = 1; }
 
 
 def test_json_object_and_array(host: PluginHost, server_port: int) -> None:
-    ch = host.start_source("r1", "s1", {"datasource": "/api/data"})
+    ch = host.start_source("r1", "s1", {"datasource": "/api/data",
+                                        "meta": ["method", "path", "remoteAddr", "contentType"]})
     reply = push(server_port, "/api/data", OBJECT, headers={"Content-Type": "application/json"})
     assert (reply.status, reply.body) == (200, {"accepted": 1, "sources": 1})
     first = ch.take(1)[0]
