@@ -206,8 +206,9 @@ class PluginHost:
         try:
             first = self.socket.recv()  # Handshake(): the plugin's first request
         except pynng.Timeout:
+            log = self.log_tail()  # before close(), which closes the log file
             self.close()
-            raise HostError(f"no handshake from the plugin; its log: {self.log_tail()}") from None
+            raise HostError(f"no handshake from the plugin; its log: {log}") from None
         if not first.startswith(b"h"):
             raise HostError(f"first request was {first!r}, not a handshake")
 

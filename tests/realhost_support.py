@@ -128,7 +128,7 @@ def metric(status: dict[str, Any], suffix: str) -> Any:
 
 
 def epoch_ms(iso: str) -> int:
-    return int(dt.datetime.fromisoformat(iso).timestamp() * 1000)
+    return int(dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)  # 3.10: no "Z"
 
 
 def by_tag(records: list[dict[str, Any]], tag: str = "mode") -> dict[str, list[dict[str, Any]]]:

@@ -403,7 +403,9 @@ def _openssl(*args: str) -> None:
 def _ca(folder: Path, name: str) -> tuple[Path, Path]:
     cert, key = folder / f"{name}.pem", folder / f"{name}.key"
     _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-             str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}")
+             str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
+             # a conforming CA: Python 3.13's default TLS contexts verify strictly (VERIFY_X509_STRICT)
+             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
     return cert, key
 
 
