@@ -26,6 +26,11 @@ DEFAULT_MAX_BODY_SIZE = 10 * 1024 * 1024
 DEFAULT_METHOD: Literal["POST"] = "POST"
 METHODS = ("POST", "PUT")
 FORMATS = ("json", "binary", "delimited", "urlencoded", "protobuf", "custom")
+#: Property ``framing`` for FORMAT="json": ``whole`` — the body is one JSON text, an object or an array of objects;
+#: ``lines`` — NDJSON / JSON Lines, one object per line. A request whose Content-Type is one of
+#: ``decoders.json.NDJSON_MEDIA_TYPES`` (``application/x-ndjson``, …) is read as lines whatever the property says.
+FRAMINGS = ("whole", "lines")
+DEFAULT_FRAMING: Literal["whole"] = "whole"
 DEFAULT_SEND_TIMEOUT_MS = 1000
 #: Seconds: from a request's first byte to the end of its headers / from there to the end of its body / how long a
 #: keep-alive connection may sit idle between requests.
@@ -51,6 +56,7 @@ DEFAULT_META: tuple[str, ...] = ()
 CLIENT_AUTH = ("none", "optional", "required")
 
 Method = Literal["POST", "PUT"]
+Framing = Literal["whole", "lines"]
 ClientAuth = Literal["none", "optional", "required"]
 
 
@@ -310,6 +316,8 @@ class EndpointConfig:
     schema_id: str = ""
     decoder: str = ""
     meta: tuple[str, ...] = DEFAULT_META
+    #: FORMAT="json": the body is one JSON text (``whole``) or one object per line (``lines``)
+    framing: Framing = DEFAULT_FRAMING
     #: who may push (property ``auth``); ``None``: anyone
     auth: Authenticator | None = None
 
@@ -334,6 +342,12 @@ class EndpointConfig:
             decoder = _custom_ref_from_schema_id(schema_id)
         if fmt not in FORMATS:
             raise ConfigError(f"FORMAT is {fmt!r}; must be one of {', '.join(FORMATS)}")
+        framing = str(props.get("framing") or DEFAULT_FRAMING).lower()
+        if framing not in FRAMINGS:
+            raise ConfigError(f"property 'framing' is {props.get('framing')!r}; must be whole or lines")
+        if framing != DEFAULT_FRAMING and fmt != "json":
+            raise ConfigError(f"property 'framing' is {props.get('framing')!r}, but FORMAT is {fmt!r}; framing lines "
+                              "(NDJSON) is for FORMAT=\"json\"")
         if fmt == "protobuf" and "." not in schema_id.strip("."):
             raise ConfigError(
                 f"SCHEMAID is {schema_id!r}; FORMAT=\"protobuf\" needs \"<file>.<Message>\" (e.g. \"sensor.Reading\")"
@@ -347,6 +361,7 @@ class EndpointConfig:
             schema_id=schema_id,
             decoder=decoder,
             meta=_meta_setting(props["meta"]) if "meta" in props else DEFAULT_META,
+            framing=framing,  # type: ignore[arg-type]
             auth=parse_auth(props.get("auth")),
         )
 

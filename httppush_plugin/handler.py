@@ -246,7 +246,7 @@ class PushHandler:
         framed: list[tuple[Frames, list[Subscription]]] = []
         meta_cache: dict[tuple[str, ...], bytes | None] = {}
         for group in route.groups:
-            records = group.decoder.decode(req.body)
+            records = group.decoder.decode_request(req.body, req.content_type)
             if len(records) > self.max_records:
                 raise TooLarge(f"body has {len(records)} records; the limit is {self.max_records} "
                                "(httpServerMaxRecords)")

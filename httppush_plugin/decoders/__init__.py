@@ -46,6 +46,11 @@ class Decoder:
     def decode(self, body: bytes) -> list[Record]:
         raise NotImplementedError
 
+    def decode_request(self, body: bytes, content_type: str) -> list[Record]:
+        """:meth:`decode`, told the request's ``Content-Type``: for formats that read a body by its media type
+        (``application/x-ndjson`` makes :class:`JsonDecoder` read one object per line)."""
+        return self.decode(body)
+
 
 @dataclass(frozen=True)
 class SearchPaths:
@@ -103,12 +108,12 @@ def find_file(name: str, dirs: Iterable[Path], setting: str, value: str) -> tupl
 from .binary import BinaryDecoder  # noqa: E402
 from .custom import CustomDecoder  # noqa: E402
 from .delimited import DelimitedDecoder  # noqa: E402
-from .json import MAX_JSON_DEPTH, JsonDecoder  # noqa: E402
+from .json import MAX_JSON_DEPTH, NDJSON_MEDIA_TYPES, JsonDecoder  # noqa: E402
 from .protobuf import ProtobufDecoder, _compile_message  # noqa: E402
 from .urlencoded import UrlencodedDecoder  # noqa: E402
 
 DECODERS: dict[str, Callable[[EndpointConfig, SearchPaths], Decoder]] = {
-    "json": lambda cfg, paths: JsonDecoder(),
+    "json": lambda cfg, paths: JsonDecoder(lines=cfg.framing == "lines"),
     "binary": lambda cfg, paths: BinaryDecoder(),
     "delimited": lambda cfg, paths: DelimitedDecoder(cfg.delimiter, cfg.fields),
     "urlencoded": lambda cfg, paths: UrlencodedDecoder(),
@@ -129,6 +134,7 @@ def build_decoder(cfg: EndpointConfig, paths: SearchPaths) -> Decoder:
 __all__ = [
     "DECODERS",
     "MAX_JSON_DEPTH",
+    "NDJSON_MEDIA_TYPES",
     "BinaryDecoder",
     "CustomDecoder",
     "CustomDecoderFault",

@@ -1,4 +1,5 @@
-"""FORMAT="json": an object → one record; an array of objects → one record per element (as eKuiper's converter).
+"""FORMAT="json": an object → one record; an array of objects → one record per element (as eKuiper's converter);
+with framing ``lines`` (or a request's ``Content-Type: application/x-ndjson``) one object per line (NDJSON, JSON Lines).
 
 Parsed with orjson alone, which already refuses what the host could not read back (docs/host-behaviour.md §4): NaN and
 Infinity, numbers outside float64 (``1e400``), lone surrogates (``"\\ud800"``), invalid UTF-8. Integers beyond 64 bits
@@ -8,6 +9,7 @@ raises ``DecodeError("body is not valid JSON: number is infinity when parsed as 
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any
 
 import orjson
@@ -20,13 +22,33 @@ MAX_JSON_DEPTH = 1024
 
 _UTF8_BOM = b"\xef\xbb\xbf"
 
+#: Media types that make a request's body NDJSON / JSON Lines (one object per line), whatever ``framing`` says.
+NDJSON_MEDIA_TYPES = frozenset({"application/x-ndjson", "application/jsonl", "application/json-lines"})
+
 
 class JsonDecoder(Decoder):
-    """Object → one record; array of objects → one record per element (as eKuiper's json converter)."""
+    """Object → one record; array of objects → one record per element (as eKuiper's json converter). With ``lines``
+    (property ``framing: lines``), or for a request whose Content-Type is in :data:`NDJSON_MEDIA_TYPES`: one object
+    per line, see :func:`decode_lines`."""
 
     format = "json"
 
+    def __init__(self, lines: bool = False) -> None:
+        self.lines = lines
+
+    @property
+    def key(self) -> Hashable:
+        return (type(self), self.lines)
+
     def decode(self, body: bytes) -> list[Record]:
+        return decode_lines(body) if self.lines else self._decode_whole(body)
+
+    def decode_request(self, body: bytes, content_type: str) -> list[Record]:
+        if self.lines or (content_type and _media_type(content_type) in NDJSON_MEDIA_TYPES):
+            return decode_lines(body)
+        return self._decode_whole(body)
+
+    def _decode_whole(self, body: bytes) -> list[Record]:
         doc = _parse(body)
         if isinstance(doc, dict):
             return [doc]
@@ -38,6 +60,55 @@ class JsonDecoder(Decoder):
                     )
             return doc
         raise DecodeError(f"JSON body is {_json_kind(doc)}; must be an object or an array of objects")
+
+
+def decode_lines(body: bytes) -> list[Record]:
+    """NDJSON / JSON Lines: one object per line, lines ending at ``\n`` or ``\r\n``; blank lines are skipped. One bad
+    line refuses the whole body, naming the line. Example: ``decode_lines(b'{"a":1}\r\n\n{"a":2}\n')`` →
+    ``[{"a": 1}, {"a": 2}]``; ``decode_lines(b'{"a":1}\n[2]')`` raises ``DecodeError("NDJSON line 2 is an array;
+    every line must be an object")``.
+    """
+    records: list[Record] = []
+    append, loads = records.append, orjson.loads
+    # JSON text never holds a raw newline (RFC 8259 §7), so splitting on b"\n" cannot cut a value in two; orjson
+    # takes the "\r" of a "\r\n" as trailing whitespace.
+    for number, line in enumerate(body.split(b"\n"), 1):
+        try:
+            record = loads(line)
+        except orjson.JSONDecodeError as exc:
+            if not line.strip():  # a blank line, the one after the last newline included: costs only here
+                continue
+            if number == 1 and line.startswith(_UTF8_BOM):
+                try:
+                    record = loads(memoryview(line)[len(_UTF8_BOM):])
+                except orjson.JSONDecodeError as again:
+                    raise DecodeError(_explain_line(body, line, number, again)) from None
+            else:
+                raise DecodeError(_explain_line(body, line, number, exc)) from None
+        if type(record) is not dict:
+            raise DecodeError(f"NDJSON line {number} is {_json_kind(record)}; every line must be an object")
+        append(record)
+    return records
+
+
+def _media_type(content_type: str) -> str:
+    """``"Application/X-NDJSON; charset=utf-8"`` → ``"application/x-ndjson"``."""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def _explain_line(body: bytes, line: bytes, number: int, error: orjson.JSONDecodeError) -> str:
+    encoding = _wide_encoding(body) if number == 1 else ""
+    if encoding:
+        return f"NDJSON body must be UTF-8; it looks like {encoding}"
+    reason = error.msg
+    if "UTF-8" in reason and "BOM" not in reason:
+        try:
+            line.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return f"NDJSON line {number} is not UTF-8 text: its byte {exc.start} is {line[exc.start]:#04x}"
+    if reason.startswith("depth limit exceeded"):
+        reason = f"nesting is deeper than {MAX_JSON_DEPTH} levels"
+    return f"NDJSON line {number} is not valid JSON: {reason}: column {error.colno}"
 
 
 def _parse(body: bytes) -> Any:
