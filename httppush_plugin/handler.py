@@ -25,7 +25,7 @@ from .channel import Delivery, DeliveryError
 from .config import ServerConfig
 from .decoders import CustomDecoderFault, DecodeError
 from .framing import Frames, clip, frame_records
-from .routing import EndpointTable, Route, Subscription
+from .routing import EndpointTable, MetaSpec, Route, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -177,9 +177,13 @@ class PushHandler:
         self._large = asyncio.Lock()
 
     def route(self, method: str, path: str) -> Route:
-        """The route for ``method path``; raises :class:`NotFound` or :class:`MethodNotAllowed`."""
+        """The route for ``method path``; raises :class:`NotFound` or :class:`MethodNotAllowed`. A literal path
+        wins over a template; templates are tried only when no literal route matches."""
         route = self.table.lookup(path, method)
         if route is None:
+            route = self.table.match(path, method)
+            if route is not None:
+                return route
             allowed = self.table.methods(path)
             if allowed:
                 raise MethodNotAllowed(f"method {method} is not served on {path}; use {' or '.join(allowed)}",
@@ -244,7 +248,7 @@ class PushHandler:
     def _frame(self, req: Request, route: Route) -> list[tuple[Frames, list[Subscription]]]:
         """Decode and frame for every group before anything is sent: one bad decoding refuses the whole body."""
         framed: list[tuple[Frames, list[Subscription]]] = []
-        meta_cache: dict[tuple[str, ...], bytes | None] = {}
+        meta_cache: dict[MetaSpec | None, bytes | None] = {}
         for group in route.groups:
             records = group.decoder.decode_request(req.body, req.content_type)
             if len(records) > self.max_records:
@@ -366,14 +370,19 @@ def _send_when_attached(sub: Subscription, frames: Frames) -> Delivery:
     return delivery
 
 
-def _meta(fields: tuple[str, ...], req: Request) -> bytes | None:
-    if not fields:
+def _meta(spec: MetaSpec | None, req: Request) -> bytes | None:
+    if spec is None:
         return None
-    values = {"method": req.method, "path": req.path, "remoteAddr": req.remote,
-              "contentType": clip(req.content_type)}
-    if req.user is not None:  # absent without auth
-        values["user"] = clip(req.user)
-    return orjson.dumps({name: values[name] for name in fields if name in values})
+    meta: dict[str, Any] = {}
+    if spec.template is not None:  # the template's variables: client text, clipped like the rest
+        meta.update((name, clip(value)) for name, value in spec.template.params(req.path).items())
+    if spec.fields:
+        values = {"method": req.method, "path": req.path, "remoteAddr": req.remote,
+                  "contentType": clip(req.content_type)}
+        if req.user is not None:  # absent without auth
+            values["user"] = clip(req.user)
+        meta.update((name, values[name]) for name in spec.fields if name in values)
+    return orjson.dumps(meta)
 
 
 _libc_name = ctypes.util.find_library("c")

@@ -1,4 +1,8 @@
-"""The endpoint table: (path, method) → the source instances subscribed to it (fan-out).
+"""The endpoint table: (path or path template, method) → the source instances subscribed to it (fan-out).
+
+A literal path is one dict lookup. A path template (``/devices/{id}/telemetry``, each ``{name}`` one whole, non-empty
+segment) is tried only when no literal route matches; no two templates that can match the same path are admitted, so
+at most one template matches any path and the order they were added in never matters.
 
 Only the event-loop thread reads or changes the table, so it needs no lock. Each route keeps its subscriptions
 grouped by what they receive — equal decoders (``Decoder.key``) and equal ``meta`` fields — so the handler decodes
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -18,6 +23,60 @@ from .config import ConfigError, EndpointConfig
 from .decoders import Decoder
 
 _ids = itertools.count(1)
+_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A DATASOURCE with ``{name}`` segments. Example: ``Template.parse("/devices/{id}/telemetry")`` matches
+    ``/devices/42/telemetry`` with ``params(...) == {"id": "42"}``."""
+
+    path: str
+    #: per segment of ``path.split("/")``: ``(literal text, False)`` or ``(variable name, True)``
+    parts: tuple[tuple[str, bool], ...]
+
+    @classmethod
+    def parse(cls, path: str) -> Template:
+        parts: list[tuple[str, bool]] = []
+        for segment in path.split("/"):
+            variable = _VARIABLE.fullmatch(segment)
+            if variable is not None:
+                parts.append((variable.group(1), True))
+            elif "{" in segment or "}" in segment:
+                raise ConfigError(f"DATASOURCE is {path!r}; segment {segment!r} is not a template variable: a "
+                                  "variable is {name} (letters, digits, _) filling a whole segment, e.g. "
+                                  "'/devices/{id}/telemetry'")
+            else:
+                parts.append((segment, False))
+        names = [text for text, variable in parts if variable]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"DATASOURCE is {path!r}; a template variable name may appear once")
+        return cls(path, tuple(parts))
+
+    def matches(self, segments: list[str]) -> bool:
+        """``segments``: a request path split on ``/``. A variable matches any one non-empty segment."""
+        if len(segments) != len(self.parts):
+            return False
+        for (text, variable), segment in zip(self.parts, segments, strict=True):
+            if (not segment) if variable else segment != text:
+                return False
+        return True
+
+    def params(self, path: str) -> dict[str, str]:
+        """The variables' values in ``path``, which :meth:`matches`."""
+        segments = path.split("/")
+        return {text: segment for (text, variable), segment in zip(self.parts, segments, strict=True) if variable}
+
+    def overlaps(self, other: Template) -> str | None:
+        """A path both templates match (e.g. ``/devices/x/telemetry``), or ``None`` when there is none."""
+        if len(self.parts) != len(other.parts):
+            return None
+        example: list[str] = []
+        for (text, variable), (other_text, other_variable) in zip(self.parts, other.parts, strict=True):
+            if not variable and not other_variable and text != other_text:
+                return None
+            example.append(text if not variable else other_text if not other_variable else "x")
+        return "/".join(example)
 
 
 @dataclass(eq=False)
@@ -51,12 +110,27 @@ class Subscription:
         self.ready.set()
 
 
+@dataclass(frozen=True)
+class MetaSpec:
+    """What the records of one group carry in ``meta``: the configured request facts, and a template's variables."""
+
+    fields: tuple[str, ...]
+    template: Template | None = None
+
+
+def meta_spec(endpoint: EndpointConfig, template: Template | None) -> MetaSpec | None:
+    """``None`` when records carry no meta (the default: no work per request)."""
+    if not endpoint.meta and template is None:
+        return None
+    return MetaSpec(endpoint.meta, template)
+
+
 @dataclass
 class Group:
-    """Subscriptions of one route that get the same frames: equal decoders and equal meta fields."""
+    """Subscriptions of one route that get the same frames: equal decoders and equal meta."""
 
     decoder: Decoder
-    meta: tuple[str, ...]
+    meta: MetaSpec | None
     subscriptions: list[Subscription]
 
 
@@ -67,13 +141,16 @@ class Route:
     auth: Authenticator | None = None
     #: rebuilt on every change
     groups: list[Group] = field(default_factory=list)
+    #: set when the route's path is a template
+    template: Template | None = None
 
     def regroup(self) -> None:
         grouped: dict[Hashable, Group] = {}
         for sub in self.subscriptions:
-            key = (sub.decoder.key, sub.endpoint.meta)
+            spec = meta_spec(sub.endpoint, self.template)
+            key = (sub.decoder.key, spec)
             if key not in grouped:
-                grouped[key] = Group(sub.decoder, sub.endpoint.meta, [])
+                grouped[key] = Group(sub.decoder, spec, [])
             grouped[key].subscriptions.append(sub)
         self.groups = list(grouped.values())
 
@@ -81,6 +158,8 @@ class Route:
 class EndpointTable:
     def __init__(self) -> None:
         self._routes: dict[tuple[str, str], Route] = {}
+        #: template path → its template, while some route uses it
+        self._templates: dict[str, Template] = {}
 
     def __len__(self) -> int:
         return sum(len(route.subscriptions) for route in self._routes.values())
@@ -89,10 +168,13 @@ class EndpointTable:
         """Register ``sub``; returns the subscriptions it replaces (same source instance, started again).
 
         Raises :class:`ConfigError` (nothing changed) when the route's other subscriptions have another ``auth``:
-        one request is either admitted for all of them or for none."""
+        one request is either admitted for all of them or for none; or when its path template can match a path
+        that another template matches too."""
         replaced = [old for route in self._routes.values() for old in route.subscriptions
                     if sub.instance is not None and old.instance == sub.instance]
-        key = (sub.endpoint.path, sub.endpoint.method)
+        path = sub.endpoint.path
+        template = self._template(sub, path, replaced) if "{" in path or "}" in path else None
+        key = (path, sub.endpoint.method)
         route = self._routes.get(key)
         others = [old for old in route.subscriptions if old not in replaced] if route is not None else []
         if others and others[0].endpoint.auth != sub.endpoint.auth:
@@ -104,10 +186,27 @@ class EndpointTable:
             self.remove(old)
         route = self._routes.get(key)
         if route is None:
-            route = self._routes[key] = Route(auth=sub.endpoint.auth)
+            route = self._routes[key] = Route(auth=sub.endpoint.auth, template=template)
+            if template is not None:
+                self._templates[path] = template
         route.subscriptions.append(sub)
         route.regroup()
         return replaced
+
+    def _template(self, sub: Subscription, path: str, replaced: list[Subscription]) -> Template:
+        template = self._templates.get(path) or Template.parse(path)
+        for other in self._templates.values():
+            example = other.overlaps(template) if other.path != path else None
+            if example is None:
+                continue
+            subs = [old for (p, _), route in self._routes.items() if p == other.path
+                    for old in route.subscriptions if old not in replaced]
+            if subs:
+                raise ConfigError(
+                    f"{sub.label} serves the path template {path} and {subs[0].label} serves {other.path}: both "
+                    f"would match e.g. {example}; two templates may not match the same path (make one literal, or "
+                    "change a literal segment)")
+        return template
 
     def remove(self, sub: Subscription) -> None:
         key = (sub.endpoint.path, sub.endpoint.method)
@@ -118,10 +217,26 @@ class EndpointTable:
         route.regroup()  # an emptied route has no groups: a request already routed to it is refused, not answered
         if not route.subscriptions:
             del self._routes[key]
+            if route.template is not None and not any(p == key[0] for p, _ in self._routes):
+                self._templates.pop(key[0], None)
 
     def lookup(self, path: str, method: str) -> Route | None:
+        """The literal route: one dict lookup. :meth:`match` tries the templates."""
         return self._routes.get((path, method))
 
+    def match(self, path: str, method: str) -> Route | None:
+        """The route of the template ``path`` matches, for ``method``; call when :meth:`lookup` found none."""
+        template = self._matching(path)
+        return self._routes.get((template.path, method)) if template is not None else None
+
+    def _matching(self, path: str) -> Template | None:
+        if not self._templates:
+            return None
+        segments = path.split("/")
+        return next((t for t in self._templates.values() if t.matches(segments)), None)
+
     def methods(self, path: str) -> list[str]:
-        """The methods served on ``path`` (for 405's ``Allow``); empty when the path is unknown."""
-        return sorted(method for (p, method) in self._routes if p == path)
+        """The methods served on ``path``, literally or by a template (for 405's ``Allow``); empty when none."""
+        template = self._matching(path)
+        paths = {path, template.path} if template is not None else {path}
+        return sorted({method for (p, method) in self._routes if p in paths})
