@@ -28,6 +28,7 @@ import httptools
 
 from .budget import Budget
 from .config import ServerConfig
+from .encoding import Inflater, inflater_for
 from .handler import (
     Answer,
     BadRequest,
@@ -142,6 +143,9 @@ class HttpConnection(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._body_size = 0
+        self._encoding = ""  # Content-Encoding
+        self._inflater: Inflater | None = None
+        self._wire_size = 0  # bytes of a compressed body as received
         self._error: HttpError | None = None
         self._route: Route | None = None
         self._user: str | None = None
@@ -218,6 +222,9 @@ class HttpConnection(asyncio.Protocol):
         self._headers = []
         self._body = []
         self._body_size = 0
+        self._encoding = ""
+        self._inflater = None
+        self._wire_size = 0
         self._error = None
         self._route = None
         self._user = None
@@ -240,6 +247,9 @@ class HttpConnection(asyncio.Protocol):
             self._content_length = int(value)  # llhttp has checked the digits
         elif size == 6 and name.lower() == b"expect":
             self._expect = value.lower() == b"100-continue"
+        elif size == 16 and name.lower() == b"content-encoding":
+            coding = value.decode("latin-1")
+            self._encoding = f"{self._encoding}, {coding}" if self._encoding else coding
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -259,6 +269,11 @@ class HttpConnection(asyncio.Protocol):
         except HttpError as exc:
             self._error = exc
         limit = self.config.max_body_size
+        if self._encoding and self._error is None:
+            try:  # inflated as it arrives, in on_body: bounded by the limit after inflation
+                self._inflater = inflater_for(self._encoding, limit)
+            except HttpError as exc:
+                self._error = exc
         if self._content_length > limit and self._error is None:
             raise TooLarge(f"body is {self._content_length} bytes; the limit is {limit} bytes (httpServerMaxBodySize)")
         if isinstance(self._error, Unauthorized) and self._busy is None and not self._queue and self._has_body():
@@ -279,6 +294,14 @@ class HttpConnection(asyncio.Protocol):
     def on_body(self, chunk: bytes) -> None:
         if self._error is not None:
             return  # read and dropped: the answer is already decided
+        if self._inflater is not None:
+            self._wire_size += len(chunk)  # the compressed bytes count too
+            if self._wire_size > self.config.max_body_size:
+                raise TooLarge(f"body is over {self.config.max_body_size} bytes compressed, the limit "
+                               "(httpServerMaxBodySize)")
+            chunk = self._inflater.feed(chunk, self._body_size)
+            if not chunk:
+                return
         size = len(chunk)
         self._body_size += size
         if self._body_size > self.config.max_body_size:
@@ -290,6 +313,8 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(chunk)
 
     def on_message_complete(self) -> None:
+        if self._inflater is not None and self._error is None:
+            self._inflater.finish()  # a truncated stream: 400
         self.phase = BUSY
         self.deadline = _INF
         keep_alive = self.parser.should_keep_alive()

@@ -1,19 +1,26 @@
 """How a body holds its records: NDJSON / JSON Lines framing (property ``framing: lines`` or a request's
-``Content-Type: application/x-ndjson``), checked in-process and over real HTTP against the installed plugin
-(emulated host)."""
+``Content-Type: application/x-ndjson``), and compressed bodies (``Content-Encoding: gzip``, ``deflate``), checked
+in-process and over real HTTP against the installed plugin (emulated host), a 10 GB gzip bomb included."""
 
 from __future__ import annotations
 
+import gzip
 import re
-from collections.abc import Callable
+import time
+import zlib
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from harness.procstat import peak_rss_mb, reset_peak_rss, rss_mb
 from httppush_plugin.config import ConfigError, EndpointConfig
 from httppush_plugin.decoders import DecodeError, JsonDecoder
 from httppush_plugin.decoders.json import decode_lines
+from httppush_plugin.encoding import inflater_for
+from httppush_plugin.handler import HttpError
 from tests.conftest import push
 from tests.hostemu import PluginHost, assert_next_is_sentinel
+from tests.test_http_protocol import RawClient
 
 NDJSON = b'{"id": 1, "t": 20.5}\n{"id": 2, "t": 21}\n{"id": 3, "t": 19.25}\n'
 NDJSON_RECORDS = [{"id": 1, "t": 20.5}, {"id": 2, "t": 21}, {"id": 3, "t": 19.25}]
@@ -21,6 +28,17 @@ NDJSON_RECORDS = [{"id": 1, "t": 20.5}, {"id": 2, "t": 21}, {"id": 3, "t": 19.25
 NDJSON_MESSY = b'{"id": 1, "t": 20.5}\r\n\r\n   \n{"id": 2, "t": 21}\r\n\n{"id": 3, "t": 19.25}'
 NDJSON_TYPES = ("application/x-ndjson", "application/jsonl", "application/json-lines",
                 "Application/X-NDJSON; charset=utf-8")
+
+BODY = b'[{"id": 1, "t": 20.5}, {"id": 2, "t": 21}, {"id": 3, "t": 19.25}]'
+RAW_DEFLATE = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+#: the same body in each Content-Encoding the server takes; "deflate" both as zlib (RFC 9110) and raw, as some send it
+ENCODED = {"gzip": gzip.compress(BODY), "deflate": zlib.compress(BODY),
+           "deflate (raw)": RAW_DEFLATE.compress(BODY) + RAW_DEFLATE.flush()}
+#: The bomb: 10 GiB of zeros, gzip'd piece by piece on the client as it is sent (about 10 MB on the wire in all).
+BOMB_SIZE = 10 * 1024**3
+BOMB_PIECE = 1024 * 1024
+#: What the plugin process may reach while it refuses the bomb (its default httpServerMaxBodySize is 10 MiB).
+BOMB_PEAK_RSS_MB = 200
 
 
 # -- in-process ----------------------------------------------------------------------------------------------------
@@ -116,3 +134,109 @@ def test_ndjson_max_records(make_host: Callable[..., PluginHost], server_port: i
     reply = push(server_port, "/nd", NDJSON + b'{"id": 4}\n')
     assert reply.status == 413 and "httpServerMaxRecords" in reply.body["error"], reply.body
     assert_next_is_sentinel(_sender(server_port, "/nd"), ch)
+
+
+# -- Content-Encoding ------------------------------------------------------------------------------------------------
+
+def _inflate(encoding: str, data: bytes, limit: int = 1 << 20, step: int = 1) -> bytes:
+    inflater = inflater_for(encoding, limit)
+    assert inflater is not None
+    out = b""
+    for start in range(0, len(data), step):
+        out += inflater.feed(data[start:start + step], len(out))
+    inflater.finish()
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 5, 1 << 20])
+def test_inflater_any_piece_sizes(step: int) -> None:
+    for name, data in ENCODED.items():
+        assert _inflate(name.split()[0], data, step=step) == BODY, name
+    two_members = gzip.compress(BODY[:10]) + gzip.compress(BODY[10:])  # RFC 1952 §2.2: members back to back
+    assert _inflate("x-gzip", two_members, step=step) == BODY
+    assert inflater_for("identity", 1) is None and inflater_for("", 1) is None
+
+
+@pytest.mark.parametrize("encoding, data, status, needle", [
+    ("gzip", ENCODED["gzip"][:-4], 400, "the gzip body ends before its compressed stream does"),
+    ("gzip", BODY, 400, "the body is not valid gzip (Content-Encoding)"),
+    ("deflate", ENCODED["deflate"] + b"!", 400, "the deflate body goes on after its compressed stream ends"),
+    ("gzip", gzip.compress(b" " * 101), 413, "body inflates to over 100 bytes, the limit (httpServerMaxBodySize"),
+    ("br", b"", 415, "Content-Encoding 'br' is not supported; send the body as is (identity) or encoded with one "
+                     "of: gzip, deflate"),
+    ("gzip, gzip", b"", 415, "Content-Encoding 'gzip, gzip' is not supported"),
+])
+def test_inflater_refusals(encoding: str, data: bytes, status: int, needle: str) -> None:
+    with pytest.raises(HttpError, match=re.escape(needle)) as caught:
+        _inflate(encoding, data, limit=100, step=7)
+    assert caught.value.status == status
+
+
+@pytest.mark.parametrize("name", list(ENCODED))
+def test_compressed_bodies_decode(host: PluginHost, server_port: int, name: str) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/z"})
+    reply = push(server_port, "/z", ENCODED[name], headers={"Content-Encoding": name.split()[0].upper()})
+    assert (reply.status, reply.body) == (200, {"accepted": 3, "sources": 1})
+    assert ch.messages(3) == NDJSON_RECORDS
+    ndjson = push(server_port, "/z", gzip.compress(NDJSON), headers={"Content-Encoding": "gzip",
+                                                                      "Content-Type": "application/x-ndjson"})
+    assert ndjson.body == {"accepted": 3, "sources": 1}
+    assert ch.messages(3) == NDJSON_RECORDS
+    assert push(server_port, "/z", BODY, headers={"Content-Encoding": "identity"}).status == 200
+    assert ch.messages(3) == NDJSON_RECORDS
+    assert_next_is_sentinel(_sender(server_port, "/z", {"Content-Encoding": "gzip"}), ch,
+                            body=gzip.compress(b'{"sentinel": "gz"}'), record={"sentinel": "gz"})
+
+
+def test_compressed_body_refusals(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/z"})
+    unknown = push(server_port, "/z", b"\x28\xb5\x2f\xfd", headers={"Content-Encoding": "zstd"})
+    assert unknown.status == 415
+    assert unknown.body["error"] == ("Content-Encoding 'zstd' is not supported; send the body as is (identity) or "
+                                     "encoded with one of: gzip, deflate")
+    assert push(server_port, "/z", ENCODED["gzip"], headers={"Content-Encoding": "gzip, gzip"}).status == 415
+    corrupt = bytearray(ENCODED["gzip"])
+    corrupt[12] ^= 0xFF
+    reply = push(server_port, "/z", bytes(corrupt), headers={"Content-Encoding": "gzip"})
+    assert reply.status == 400 and "gzip" in reply.body["error"], reply.body
+    truncated = push(server_port, "/z", ENCODED["gzip"][:-8], headers={"Content-Encoding": "gzip"})
+    assert (truncated.status, truncated.body) == (
+        400, {"error": "the gzip body ends before its compressed stream does (Content-Encoding)"})
+    assert_next_is_sentinel(_sender(server_port, "/z"), ch)  # nothing of any refused body was emitted
+
+
+def _bomb() -> Iterator[bytes]:
+    """``BOMB_SIZE`` zeros as one gzip stream, piece by piece: memory stays small on the client too."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = bytes(BOMB_PIECE)
+    for _ in range(BOMB_SIZE // BOMB_PIECE):
+        piece = packer.compress(zeros)
+        if piece:
+            yield piece
+    yield packer.flush()
+
+
+def test_gzip_bomb_refused_with_bounded_memory(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/z"})
+    pid = host.process.pid
+    reset_peak_rss(pid)
+    before = rss_mb(pid)
+    sent = 0
+    with RawClient(server_port, timeout=30) as conn:
+        conn.send(b"POST /z HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: gzip\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+        started = time.monotonic()
+        for piece in _bomb():  # until the server answers (or stops reading)
+            if not conn.try_send(b"%X\r\n%s\r\n" % (len(piece), piece)):
+                break
+            sent += len(piece)
+            if conn.has_data():
+                break
+        answer = conn.read_response(timeout=30)
+    peak = peak_rss_mb(pid)
+    print(f"\ngzip bomb: {sent} compressed bytes sent in {time.monotonic() - started:.2f} s; plugin RSS "
+          f"{before:.1f} MB before, peak {peak:.1f} MB")
+    assert answer.status == 413, answer
+    assert "inflates to over 10485760 bytes" in answer.json()["error"]
+    assert peak < BOMB_PEAK_RSS_MB, f"the plugin's peak RSS reached {peak:.1f} MB refusing the bomb"
+    assert_next_is_sentinel(_sender(server_port, "/z"), ch)

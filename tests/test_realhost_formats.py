@@ -5,10 +5,12 @@ read back through a ``rest`` sink (:class:`harness.realhost.RecordSink`)."""
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 
 import pytest
 
+from tests.conftest import push
 from tests.realhost_support import PLUGIN, Ctx, by_tag, epoch_ms, metric, uid
 
 pytestmark = pytest.mark.realhost
@@ -245,3 +247,44 @@ def test_custom_decoder_through_shipped_kv_group(ctx: Ctx) -> None:
     ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 3)
     token = uid("end")
     ctx.assert_next_is_sentinel(path, 3, body=f"sentinel={token}", expect={"sentinel": token})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# How a body holds its records: NDJSON, compressed bodies
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_ndjson_one_row_per_line(ctx: Ctx) -> None:
+    """NDJSON by the property ``framing: lines`` (a conf key stored through REST) and, on a plain json stream, by the
+    request's ``Content-Type: application/x-ndjson``: the rule gets one row per line; a bad line refuses the body."""
+    key = uid("lines")
+    ctx.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{key}", {"framing": "lines"})
+    lines, path = ctx.stream(f'FORMAT="json", CONF_KEY="{key}"')
+    plain, plain_path = ctx.stream('FORMAT="json"')
+    r_lines = ctx.rule(f'SELECT *, "lines" AS mode FROM {lines}')
+    r_plain = ctx.rule(f'SELECT *, "plain" AS mode FROM {plain}')
+
+    body = b'{"n": 1}\r\n\n{"n": 2}\n{"n": 3}\n'
+    assert push(ctx.port, path, body).body == {"accepted": 3, "sources": 1}
+    by_type = push(ctx.port, plain_path, body, headers={"Content-Type": "application/x-ndjson"})
+    assert by_type.body == {"accepted": 3, "sources": 1}
+    bad = push(ctx.port, path, b'{"n": 4}\n[5]\n')
+    assert (bad.status, bad.body) == (400, {"error": "NDJSON line 2 is an array; every line must be an object"})
+
+    records = by_tag(ctx.sink.wait_for(6))
+    assert records["lines"] == records["plain"] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    ctx.host.wait_rule_metric(r_lines, f"source_{lines}_0_records_in_total", 3)
+    ctx.host.wait_rule_metric(r_plain, f"source_{plain}_0_records_in_total", 3)
+    ctx.assert_next_is_sentinel(path, 6)  # nothing of the refused body reached the rule
+
+
+def test_gzip_body_reaches_the_rule(ctx: Ctx) -> None:
+    """``Content-Encoding: gzip``: the plugin inflates the body; the rule sees its records."""
+    s, path = ctx.stream('FORMAT="json"')
+    r = ctx.rule(f"SELECT * FROM {s}")
+    reply = push(ctx.port, path, gzip.compress(b'[{"z": 1}, {"z": 2}]'), headers={"Content-Encoding": "gzip"})
+    assert (reply.status, reply.body) == (200, {"accepted": 2, "sources": 1})
+    assert push(ctx.port, path, b"{}", headers={"Content-Encoding": "br"}).status == 415
+    assert ctx.sink.wait_for(2) == [{"z": 1}, {"z": 2}]
+    ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 2)
+    ctx.assert_next_is_sentinel(path, 2)
