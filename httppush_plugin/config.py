@@ -7,6 +7,7 @@ allowed, because that message is what eKuiper shows as the rule's start error.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,10 +49,16 @@ DEFAULT_MAX_BUFFERED = 128 * 1024 * 1024
 #: What a record's envelope may carry in ``meta`` (readable with ``meta(<name>)`` in SQL), and what it carries unless
 #: the config group's ``meta`` property says otherwise. ``user`` is the authenticated principal (``auth``), absent
 #: from records of an endpoint without authentication.
-META_FIELDS = ("method", "path", "remoteAddr", "contentType", "user")
+#: ``remoteAddr`` follows ``X-Forwarded-For`` / ``Forwarded`` when the peer is in ``trustedProxies``; ``requestId`` is
+#: the client's ``X-Request-Id`` or a generated one, echoed in the answer.
+META_FIELDS = ("method", "path", "remoteAddr", "contentType", "user", "requestId")
 #: None by default: eKuiper decodes every record's meta again, and all four request facts cost it 8% of its records/s
 #: for single records and 20% for 100-record bodies (bench/README.md, --meta-variants); only what is asked for is sent.
 DEFAULT_META: tuple[str, ...] = ()
+#: Property ``successStatus``: what a request whose records were all delivered is answered (204 has no body).
+SUCCESS_STATUSES = (200, 201, 202, 204)
+#: Property ``cors``: the request headers a preflight allows when the group does not list its own.
+DEFAULT_CORS_HEADERS = ("Content-Type",)
 #: ``httpServerTls.clientAuth``: whether the TLS handshake asks for a client certificate signed by ``cafile``.
 CLIENT_AUTH = ("none", "optional", "required")
 
@@ -301,6 +308,21 @@ def _tls_setting(tls: dict[str, Any]) -> TlsConfig | None:
 
 
 @dataclass(frozen=True)
+class CorsConfig:
+    """Property ``cors``: which browser origins may push, and what a preflight allows them.
+
+    Example: ``{origins: ["https://app.example.com"], headers: [Content-Type, Authorization], maxAge: 600}``."""
+
+    origins: tuple[str, ...]
+    headers: tuple[str, ...] = DEFAULT_CORS_HEADERS
+    #: seconds a browser may cache a preflight's answer; 0: ``Access-Control-Max-Age`` is not sent
+    max_age: int = 0
+
+    def allows(self, origin: str) -> bool:
+        return origin in self.origins or "*" in self.origins
+
+
+@dataclass(frozen=True)
 class EndpointConfig:
     """One source instance: where it listens and how it decodes.
 
@@ -320,6 +342,16 @@ class EndpointConfig:
     framing: Framing = DEFAULT_FRAMING
     #: who may push (property ``auth``); ``None``: anyone
     auth: Authenticator | None = None
+    #: the status of a request whose records were all delivered (property ``successStatus``)
+    success_status: int = 200
+    #: browser origins allowed to push (property ``cors``); ``None``: no CORS, ``OPTIONS`` gets 405
+    cors: CorsConfig | None = None
+    #: request headers copied into meta, lower-cased ``*`` globs (property ``metaHeaders``)
+    meta_headers: tuple[str, ...] = ()
+    #: query parameters copied into meta (property ``metaQuery``): ``True`` for all, or their names
+    meta_query: bool | tuple[str, ...] = ()
+    #: peers whose ``X-Forwarded-For`` / ``Forwarded`` name the client (property ``trustedProxies``)
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def from_props(cls, props: Mapping[str, Any], datasource: str = "") -> EndpointConfig:
@@ -363,6 +395,12 @@ class EndpointConfig:
             meta=_meta_setting(props["meta"]) if "meta" in props else DEFAULT_META,
             framing=framing,  # type: ignore[arg-type]
             auth=parse_auth(props.get("auth")),
+            success_status=_success_status_setting(props.get("successStatus")),
+            cors=_cors_setting(props.get("cors")),
+            meta_headers=tuple(dict.fromkeys(name.lower() for name in _string_list(
+                "metaHeaders", props.get("metaHeaders") or []))),
+            meta_query=_meta_query_setting(props.get("metaQuery")),
+            trusted_proxies=_trusted_proxies_setting(props.get("trustedProxies")),
         )
 
 
@@ -406,3 +444,68 @@ def _meta_setting(value: Any) -> tuple[str, ...]:
     if unknown:
         raise ConfigError(f"property 'meta' has {unknown[0]!r}; allowed names are {', '.join(META_FIELDS)}")
     return tuple(dict.fromkeys(items))
+
+
+def _success_status_setting(value: Any) -> int:
+    if value in (None, ""):
+        return 200
+    try:
+        status = int(value)
+    except (TypeError, ValueError):
+        status = -1
+    if status not in SUCCESS_STATUSES or isinstance(value, bool):
+        raise ConfigError(f"property 'successStatus' is {value!r}; must be one of "
+                          f"{', '.join(map(str, SUCCESS_STATUSES))}")
+    return status
+
+
+def _string_list(key: str, value: Any) -> list[str]:
+    items = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
+    if not isinstance(items, list) or not all(isinstance(item, str) and item for item in items):
+        raise ConfigError(f"property '{key}' is {value!r}; must be a list of non-empty strings")
+    return items
+
+
+def _cors_setting(value: Any) -> CorsConfig | None:
+    """Property ``cors``; ``{}`` or null: off. eKuiper lowercases the nested keys of its yaml files (``maxage``)."""
+    if value in (None, "", {}):
+        return None
+    if not isinstance(value, dict):
+        raise ConfigError(f"property 'cors' is {value!r}; must be a mapping, e.g. "
+                          "{origins: [\"https://app.example.com\"], headers: [Content-Type], maxAge: 600}")
+    known = {"origins": "origins", "headers": "headers", "maxage": "maxAge"}
+    for key in value:
+        if str(key).lower() not in known:
+            raise ConfigError(f"property 'cors' has key {key!r}; allowed keys are origins, headers and maxAge")
+    settings = {str(key).lower(): item for key, item in value.items()}
+    origins = _string_list("cors.origins", settings.get("origins") or [])
+    if not origins:
+        raise ConfigError(f"property 'cors' is {value!r}; it needs 'origins', the allowed browser origins "
+                          "(e.g. [\"https://app.example.com\"], or [\"*\"] for any)")
+    headers = settings.get("headers")
+    max_age = settings.get("maxage") or 0
+    if isinstance(max_age, bool) or not isinstance(max_age, int | str) or not str(max_age).isdigit():
+        raise ConfigError(f"property 'cors.maxAge' is {max_age!r}; must be a whole number of seconds")
+    return CorsConfig(origins=tuple(o.rstrip("/") for o in origins),
+                      headers=DEFAULT_CORS_HEADERS if headers is None else tuple(_string_list("cors.headers", headers)),
+                      max_age=int(max_age))
+
+
+def _meta_query_setting(value: Any) -> bool | tuple[str, ...]:
+    """Property ``metaQuery``: ``true`` (every query parameter), ``false``/``[]`` (none) or a list of names."""
+    if value is True or (isinstance(value, str) and value.lower() == "true"):
+        return True
+    if value in (None, False, "", []) or (isinstance(value, str) and value.lower() == "false"):
+        return ()
+    return tuple(dict.fromkeys(_string_list("metaQuery", value)))
+
+
+def _trusted_proxies_setting(value: Any) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    networks = []
+    for item in _string_list("trustedProxies", value or []):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"property 'trustedProxies' has {item!r}; must be IP addresses or CIDR networks, "
+                              "e.g. [10.0.0.0/8, \"::1\"]") from None
+    return tuple(networks)

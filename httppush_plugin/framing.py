@@ -30,6 +30,9 @@ _PREFIX = b'{"message":'
 #: Longest text copied from a request header into ``meta`` (per value, per record): client text repeated per record
 #: must stay small whatever the client sends.
 MAX_META_TEXT = 256
+#: Largest ``meta`` of one record, as JSON: a request whose configured metadata (``metaHeaders``, ``metaQuery``) is
+#: larger is refused with 431, not cut, so that a rule never sees part of what it was configured to get.
+MAX_META_BYTES = 4096
 
 
 class Frames:

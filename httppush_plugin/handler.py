@@ -13,10 +13,13 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import ipaddress
 import logging
 import time
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -24,7 +27,7 @@ from .auth import Authenticator, AuthError
 from .channel import Delivery, DeliveryError
 from .config import ServerConfig
 from .decoders import CustomDecoderFault, DecodeError
-from .framing import Frames, clip, frame_records
+from .framing import MAX_META_BYTES, Frames, clip, frame_records
 from .routing import EndpointTable, MetaSpec, Route, Subscription
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,17 @@ class MethodNotAllowed(HttpError):
         super().__init__(message, {"Allow": ", ".join(allowed)})
 
 
+class Forbidden(HttpError):
+    status = 403
+
+
+class Preflight(HttpError):
+    """Not an error: the answer to an allowed CORS preflight, ``204`` with ``Access-Control-Allow-*`` headers. It
+    is raised where 404 and 405 are, because like them it is decided by the path and method alone."""
+
+    status = 204
+
+
 class RequestTimeout(HttpError):
     status = 408
 
@@ -113,7 +127,7 @@ class Request:
     """
 
     __slots__ = ("method", "path", "route", "content_type", "remote", "body", "target", "headers", "peercert",
-                 "user")
+                 "user", "request_id")
 
     def __init__(self, method: str, path: str, route: Route | None, content_type: str, remote: str, body: bytes,
                  target: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None,
@@ -128,6 +142,7 @@ class Request:
         self.headers = headers if headers is not None else []
         self.peercert = peercert
         self.user = user
+        self.request_id: str | None = None  # see request_id(): set the first time meta or the answer needs it
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower-case bytes, e.g. ``b"authorization"``), or ``None``."""
@@ -139,6 +154,8 @@ class Request:
 
 def error_answer(exc: BaseException) -> Answer:
     """The one place that turns an exception into an HTTP answer: status + ``{"error": "..."}``."""
+    if isinstance(exc, Preflight):
+        return Answer(204, b"", exc.headers)
     if isinstance(exc, HttpError):
         return Answer(exc.status, orjson.dumps({"error": str(exc), **exc.extra}), exc.headers)
     if isinstance(exc, DecodeError):
@@ -176,20 +193,63 @@ class PushHandler:
         self.reject_log = RateLimitedLog()
         self._large = asyncio.Lock()
 
-    def route(self, method: str, path: str) -> Route:
+    def route(self, method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> Route:
         """The route for ``method path``; raises :class:`NotFound` or :class:`MethodNotAllowed`. A literal path
-        wins over a template; templates are tried only when no literal route matches."""
+        wins over a template; templates are tried only when no literal route matches. An ``OPTIONS`` on a path
+        served with ``cors`` raises :class:`Preflight` (allowed: 204) or :class:`Forbidden` (not allowed: 403)."""
         route = self.table.lookup(path, method)
         if route is None:
             route = self.table.match(path, method)
             if route is not None:
                 return route
+            if method == "OPTIONS":
+                self._preflight(path, headers or [])
             allowed = self.table.methods(path)
             if allowed:
                 raise MethodNotAllowed(f"method {method} is not served on {path}; use {' or '.join(allowed)}",
                                        allowed)
             raise NotFound(f"no source listens on {path}")
         return route
+
+    def _preflight(self, path: str, headers: list[tuple[bytes, bytes]]) -> None:
+        """Raise the answer to a CORS preflight when some method on ``path`` has ``cors``; return otherwise."""
+        corsed = {method: route.cors for method, route in self.table.served(path).items() if route.cors is not None}
+        if not corsed:
+            return  # no CORS here: 405 as for any other method
+        probe = Request("OPTIONS", path, None, "", "", b"", headers=headers)
+        origin = (probe.header(b"origin") or b"").decode("latin-1")
+        wanted = (probe.header(b"access-control-request-method") or b"").decode("latin-1").strip()
+        cors = corsed.get(wanted) or next(iter(corsed.values()))
+        if not origin or not cors.allows(origin):
+            raise Forbidden(f"origin {origin!r} may not push to {path} (cors.origins)" if origin else
+                            "a CORS preflight needs an 'Origin' header")
+        if wanted and wanted not in corsed:
+            raise Forbidden(f"method {wanted} is not served to browsers on {path}; use {' or '.join(sorted(corsed))}")
+        allow = {"Access-Control-Allow-Origin": origin, "Vary": "Origin",
+                 "Access-Control-Allow-Methods": ", ".join(sorted(corsed))}
+        if cors.headers:
+            allow["Access-Control-Allow-Headers"] = ", ".join(cors.headers)
+        if cors.max_age:
+            allow["Access-Control-Max-Age"] = str(cors.max_age)
+        raise Preflight("preflight", allow)
+
+    def decorate(self, req: Request, answer: Answer) -> Answer:
+        """Headers of a route with ``cors`` (``Access-Control-Allow-Origin`` for an allowed ``Origin``) or
+        ``requestId`` (``X-Request-Id``)."""
+        route = req.route
+        headers = dict(answer.headers) if answer.headers else {}
+        cors = route.cors if route is not None else None
+        if cors is not None:
+            origin = req.header(b"origin")
+            if origin is not None and cors.allows(origin.decode("latin-1")):
+                headers["Access-Control-Allow-Origin"] = origin.decode("latin-1")
+                headers["Vary"] = "Origin"
+                if route.request_id:
+                    headers["Access-Control-Expose-Headers"] = "X-Request-Id"
+        if route is not None and route.request_id:
+            headers["X-Request-Id"] = request_id(req)
+        answer.headers = headers or None
+        return answer
 
     def authenticate(self, auth: Authenticator, headers: list[tuple[bytes, bytes]], peercert: dict[str, Any] | None,
                      body: bytes = b"") -> str:
@@ -201,7 +261,7 @@ class PushHandler:
             raise Unauthorized(str(exc), auth.challenge) from None
 
     def reject(self, request_line: str, exc: BaseException) -> Answer:
-        if isinstance(exc, HttpError | DecodeError):
+        if isinstance(exc, HttpError | DecodeError) and not isinstance(exc, Preflight):
             self.reject_log.warn(request_line, exc)
         return error_answer(exc)
 
@@ -209,13 +269,14 @@ class PushHandler:
         try:
             return self._handle(req)
         except Exception as exc:  # every failure becomes an answer: never a dropped connection
-            return self.reject(f"{req.method} {req.path} from {req.remote}", exc)
+            answer = self.reject(f"{req.method} {req.path} from {req.remote}", exc)
+            return self.decorate(req, answer) if req.route is not None and req.route.custom else answer
 
     def _handle(self, req: Request) -> Answer | PendingAnswer | Coroutine[Any, Any, Answer]:
         route = req.route
         rerouted = route is None or not route.groups
         if rerouted:  # its sources went away while the body was arriving: the new route's auth was not checked
-            route = self.route(req.method, req.path)
+            req.route = route = self.route(req.method, req.path)
         check = route.auth is not None and (rerouted or route.auth.needs_body)
         if len(req.body) >= LARGE_BODY:
             return self._handle_large(req, route, check)
@@ -281,7 +342,8 @@ class PushHandler:
         if pending:
             return PendingAnswer(self, req, outcomes, accepted, pending)
         if all(outcome is None for _, _, outcome in outcomes):
-            return _accepted(accepted, len(outcomes))
+            return _accepted(accepted, len(outcomes)) if not req.route.custom else self._custom(req, accepted,
+                                                                                               len(outcomes))
         return self.conclude(req, outcomes, accepted)
 
     def conclude(self, req: Request, outcomes: list[tuple[Subscription, Frames, Delivery | DeliveryError | None]],
@@ -297,10 +359,21 @@ class PushHandler:
                 delivered[sub.label] = error.delivered
                 reasons.append(str(error))
         if reasons:
-            return self.reject(f"{req.method} {req.path} from {req.remote}",
-                               Unavailable(f"records were not all delivered: {'; '.join(reasons)}",
-                                           delivered=delivered))
-        return _accepted(accepted, len(outcomes))
+            answer = self.reject(f"{req.method} {req.path} from {req.remote}",
+                                 Unavailable(f"records were not all delivered: {'; '.join(reasons)}",
+                                             delivered=delivered))
+            return self.decorate(req, answer) if req.route.custom else answer
+        return _accepted(accepted, len(outcomes)) if not req.route.custom else self._custom(req, accepted,
+                                                                                           len(outcomes))
+
+    def _custom(self, req: Request, accepted: int, sources: int) -> Answer:
+        """The success answer of a route with ``successStatus`` or ``cors``."""
+        status = req.route.success_status
+        answer = _accepted(accepted, sources)
+        answer.status = status
+        if status == 204:
+            answer.body = b""
+        return self.decorate(req, answer)
 
 
 class PendingAnswer:
@@ -370,10 +443,92 @@ def _send_when_attached(sub: Subscription, frames: Frames) -> Delivery:
     return delivery
 
 
+def request_id(req: Request) -> str:
+    """The request's id: its ``X-Request-Id`` when that is visible ASCII (clipped), else a new random one."""
+    if req.request_id is None:
+        given = req.header(b"x-request-id")
+        text = given.decode("latin-1") if given else ""
+        req.request_id = clip(text) if text and text.isascii() and text.isprintable() else uuid.uuid4().hex
+    return req.request_id
+
+
+def _query(req: Request, wanted: bool | tuple[str, ...]) -> dict[str, Any]:
+    """``metaQuery``: parameters of the request target's query, clipped; a repeated one becomes a list."""
+    target = req.target
+    start = target.find(b"?")
+    if start < 0:
+        return {}
+    params: dict[str, Any] = {}
+    for name, value in parse_qsl(target[start + 1:].decode("latin-1"), keep_blank_values=True):
+        if wanted is not True and name not in wanted:
+            continue
+        name, value = clip(name), clip(value)
+        if name not in params:
+            params[name] = value
+        elif isinstance(params[name], list):
+            params[name].append(value)
+        else:
+            params[name] = [params[name], value]
+    return params
+
+
+def _client_address(req: Request, proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> str:
+    """The client's address: the peer, or — when the peer is a trusted proxy — the last address in ``Forwarded``
+    (else ``X-Forwarded-For``) that is not a trusted proxy, walking from the nearest hop back."""
+    address = req.remote
+    if not proxies or not _trusted(address, proxies):
+        return address
+    forwarded = req.header(b"forwarded")
+    if forwarded is not None:
+        hops = [_forwarded_for(element) for element in forwarded.decode("latin-1").split(",")]
+    else:
+        xff = req.header(b"x-forwarded-for")
+        hops = [hop.strip() for hop in xff.decode("latin-1").split(",")] if xff is not None else []
+    for hop in reversed(hops):
+        try:
+            hop = str(ipaddress.ip_address(hop or ""))
+        except ValueError:
+            break  # "unknown", an obfuscated name, garbage: the last trusted hop is all we know
+        address = hop
+        if not _trusted(hop, proxies):
+            break
+    return address
+
+
+def _forwarded_for(element: str) -> str:
+    """The address of one ``Forwarded`` element's ``for=`` (RFC 7239): quotes, brackets and port removed."""
+    for pair in element.split(";"):
+        key, _, value = pair.strip().partition("=")
+        if key.lower() == "for":
+            value = value.strip().strip('"')
+            if value.startswith("["):
+                return value[1:value.find("]")] if "]" in value else ""
+            return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    return ""
+
+
+def _trusted(address: str, proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
 def _meta(spec: MetaSpec | None, req: Request) -> bytes | None:
     if spec is None:
         return None
     meta: dict[str, Any] = {}
+    if spec.query:  # lowest precedence: headers, template variables and request facts win over a parameter's name
+        meta.update(_query(req, spec.query))
+    if spec.headers is not None:
+        copied: set[str] = set()
+        for raw_name, raw_value in req.headers:
+            name = raw_name.decode("latin-1").lower()
+            if spec.headers.match(name):
+                value = raw_value.decode("latin-1")
+                meta[name] = clip(f"{meta[name]}, {value}" if name in copied else value)  # repeated: joined
+                copied.add(name)
     if spec.template is not None:  # the template's variables: client text, clipped like the rest
         meta.update((name, clip(value)) for name, value in spec.template.params(req.path).items())
     if spec.fields:
@@ -381,8 +536,16 @@ def _meta(spec: MetaSpec | None, req: Request) -> bytes | None:
                   "contentType": clip(req.content_type)}
         if req.user is not None:  # absent without auth
             values["user"] = clip(req.user)
+        if spec.proxies:
+            values["remoteAddr"] = _client_address(req, spec.proxies)
+        if "requestId" in spec.fields:
+            values["requestId"] = request_id(req)
         meta.update((name, values[name]) for name in spec.fields if name in values)
-    return orjson.dumps(meta)
+    data = orjson.dumps(meta)
+    if len(data) > MAX_META_BYTES:
+        raise HeadersTooLarge(f"the request's metadata for each record is {len(data)} bytes of JSON; the limit is "
+                              f"{MAX_META_BYTES} (metaHeaders, metaQuery): send fewer or shorter headers or parameters")
+    return data
 
 
 _libc_name = ctypes.util.find_library("c")

@@ -58,13 +58,15 @@ _now = time.monotonic
 # Phases of a connection (what its deadline means).
 IDLE, HEAD, BODY, BUSY, LINGER, CLOSING = range(6)
 
-_REASONS = {100: "Continue", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+_REASONS = {100: "Continue", 200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+            403: "Forbidden", 404: "Not Found",
             405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 415: "Unsupported Media Type",
             422: "Unprocessable Content", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n" % (code, reason.encode())
                  for code, reason in _REASONS.items()}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_NO_CONTENT = b"HTTP/1.1 204 No Content\r\n"
 _CLOSE = b"Connection: close\r\n"
 _KEEP_ALIVE = b"Connection: keep-alive\r\n"
 
@@ -263,7 +265,7 @@ class HttpConnection(asyncio.Protocol):
         self._method = method = parser.get_method().decode("ascii")
         self._path = path = _path(self._url)
         try:
-            self._route = route = self.handler.route(method, path)
+            self._route = route = self.handler.route(method, path, self._headers)
             if route.auth is not None and not route.auth.needs_body:  # basic, bearer, clientcert: before the body
                 self._user = self.handler.authenticate(route.auth, self._headers, self.peercert)
         except HttpError as exc:
@@ -386,9 +388,12 @@ class HttpConnection(asyncio.Protocol):
             extra += _CLOSE
         elif self._http10:
             extra += _KEEP_ALIVE
-        transport.write(b"%sContent-Length: %d\r\n%s%s\r\n%s" % (
-            _STATUS_LINES.get(answer.status) or _STATUS_LINES[500], len(body), self.shared.date, extra,
-            b"" if head_only else body))
+        if answer.status == 204:  # successStatus 204 or a CORS preflight: no body, no Content-Length (RFC 9110 8.6)
+            transport.write(b"%s%s%s\r\n" % (_NO_CONTENT, self.shared.date, extra))
+        else:
+            transport.write(b"%sContent-Length: %d\r\n%s%s\r\n%s" % (
+                _STATUS_LINES.get(answer.status) or _STATUS_LINES[500], len(body), self.shared.date, extra,
+                b"" if head_only else body))
         if close:
             self._close(linger=self._discarding)
         elif self.phase == BUSY and self._busy is None and not self._queue:

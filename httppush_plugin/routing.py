@@ -12,6 +12,8 @@ and frames a body once per group, however many sources subscribe.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import ipaddress
 import itertools
 import re
 from collections.abc import Hashable
@@ -19,7 +21,7 @@ from dataclasses import dataclass, field
 
 from .auth import Authenticator, describe
 from .channel import ChannelSender
-from .config import ConfigError, EndpointConfig
+from .config import ConfigError, CorsConfig, EndpointConfig
 from .decoders import Decoder
 
 _ids = itertools.count(1)
@@ -116,13 +118,20 @@ class MetaSpec:
 
     fields: tuple[str, ...]
     template: Template | None = None
+    #: ``metaHeaders`` as one pattern over lower-cased header names
+    headers: re.Pattern[str] | None = None
+    #: ``metaQuery``: ``True`` for every parameter, or the names
+    query: bool | tuple[str, ...] = ()
+    proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
 
 def meta_spec(endpoint: EndpointConfig, template: Template | None) -> MetaSpec | None:
     """``None`` when records carry no meta (the default: no work per request)."""
-    if not endpoint.meta and template is None:
+    if not endpoint.meta and template is None and not endpoint.meta_headers and not endpoint.meta_query:
         return None
-    return MetaSpec(endpoint.meta, template)
+    headers = re.compile("|".join(fnmatch.translate(glob) for glob in endpoint.meta_headers)) \
+        if endpoint.meta_headers else None
+    return MetaSpec(endpoint.meta, template, headers, endpoint.meta_query, endpoint.trusted_proxies)
 
 
 @dataclass
@@ -143,6 +152,13 @@ class Route:
     groups: list[Group] = field(default_factory=list)
     #: set when the route's path is a template
     template: Template | None = None
+    #: how the route answers (``successStatus``, ``cors``): every subscription agrees, like on ``auth``
+    success_status: int = 200
+    cors: CorsConfig | None = None
+    #: whether answers echo ``X-Request-Id`` (some subscription has ``requestId`` in ``meta``)
+    request_id: bool = False
+    #: whether answers need more than the default 200 (checked once per request)
+    custom: bool = False
 
     def regroup(self) -> None:
         grouped: dict[Hashable, Group] = {}
@@ -153,6 +169,8 @@ class Route:
                 grouped[key] = Group(sub.decoder, spec, [])
             grouped[key].subscriptions.append(sub)
         self.groups = list(grouped.values())
+        self.request_id = any("requestId" in sub.endpoint.meta for sub in self.subscriptions)
+        self.custom = self.success_status != 200 or self.cors is not None or self.request_id
 
 
 class EndpointTable:
@@ -182,11 +200,19 @@ class EndpointTable:
                 f"{sub.label} and {others[0].label} both serve {sub.endpoint.method} {sub.endpoint.path}, with "
                 f"different 'auth' ({describe(sub.endpoint.auth)} and {describe(others[0].endpoint.auth)}); "
                 "sources on one path and method must use the same auth settings (e.g. one config group)")
+        for name, attr in (("successStatus", "success_status"), ("cors", "cors")):
+            if others and getattr(others[0].endpoint, attr) != getattr(sub.endpoint, attr):
+                raise ConfigError(
+                    f"{sub.label} and {others[0].label} both serve {sub.endpoint.method} {sub.endpoint.path}, with "
+                    f"different '{name}' ({getattr(sub.endpoint, attr)!r} and {getattr(others[0].endpoint, attr)!r})"
+                    "; one request gets one answer: use one config group for them")
         for old in replaced:
             self.remove(old)
         route = self._routes.get(key)
         if route is None:
-            route = self._routes[key] = Route(auth=sub.endpoint.auth, template=template)
+            endpoint = sub.endpoint
+            route = self._routes[key] = Route(auth=endpoint.auth, template=template,
+                                              success_status=endpoint.success_status, cors=endpoint.cors)
             if template is not None:
                 self._templates[path] = template
         route.subscriptions.append(sub)
@@ -234,6 +260,14 @@ class EndpointTable:
             return None
         segments = path.split("/")
         return next((t for t in self._templates.values() if t.matches(segments)), None)
+
+    def served(self, path: str) -> dict[str, Route]:
+        """method → route for every method served on ``path``, literally or (when not literally) by a template."""
+        template = self._matching(path)
+        routes = {method: route for (p, method), route in self._routes.items()
+                  if template is not None and p == template.path}
+        routes.update((method, route) for (p, method), route in self._routes.items() if p == path)
+        return routes
 
     def methods(self, path: str) -> list[str]:
         """The methods served on ``path``, literally or by a template (for 405's ``Allow``); empty when none."""

@@ -84,3 +84,163 @@ def test_template_malformed_is_refused(host: PluginHost) -> None:
     for path in ("/d/{}", "/d/x{id}", "/d/{a}/{a}"):
         answer = host.start_source("r1", "s1", {"datasource": path}, expect_ok=False)
         assert isinstance(answer, str) and "DATASOURCE" in answer, (path, answer)
+
+
+# -- answers: successStatus and cors -------------------------------------------------------------------------------
+
+ORIGIN = "https://app.example.com"
+CORS = {"origins": [ORIGIN], "headers": ["Content-Type", "Authorization"], "maxage": 600}  # as eKuiper's yaml sends it
+
+
+def test_success_status_201_and_202_keep_the_body(host: PluginHost, server_port: int) -> None:
+    for status in (201, 202):
+        ch = host.start_source(f"r{status}", "s1", {"datasource": f"/s{status}", "successStatus": status})
+        answer = push(server_port, f"/s{status}", "{}")
+        assert (answer.status, answer.body) == (status, {"accepted": 1, "sources": 1})
+        assert isinstance(ch, DataChannel) and ch.messages(1) == [{}]
+
+
+def test_success_status_204_has_no_body_and_keeps_the_connection(host: PluginHost, server_port: int) -> None:
+    from tests.test_http_protocol import RawClient, request
+
+    ch = host.start_source("r1", "s1", {"datasource": "/quiet", "successStatus": 204})
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/quiet", body='{"a": 1}') + request(path="/quiet", body='{"a": 2}'))
+        for _ in range(2):
+            answer = conn.read_response()
+            assert answer.status == 204 and answer.body == b"", answer
+            assert answer.header("Content-Length") is None and answer.header("Content-Type") is None, answer
+        # errors still carry their JSON body
+        conn.send(request(path="/quiet", body="[1]"))
+        error = conn.read_response()
+        assert error.status == 400 and "error" in error.json()
+    assert isinstance(ch, DataChannel) and ch.messages(2) == [{"a": 1}, {"a": 2}]
+    assert_next_is_sentinel(lambda body: 200 if push(server_port, "/quiet", body).status == 204 else 0, ch)
+
+
+def test_success_status_bad_value_refused(host: PluginHost) -> None:
+    answer = host.start_source("r1", "s1", {"datasource": "/a", "successStatus": 302}, expect_ok=False)
+    assert isinstance(answer, str) and "successStatus" in answer and "200, 201, 202, 204" in answer, answer
+
+
+def test_cors_preflight_allowed(host: PluginHost, server_port: int) -> None:
+    host.start_source("r1", "s1", {"datasource": "/web", "cors": CORS})
+    answer = push(server_port, "/web", b"", method="OPTIONS",
+                  headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+                           "Access-Control-Request-Headers": "content-type"})
+    assert answer.status == 204 and answer.body == "", answer
+    assert answer.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert answer.headers["Access-Control-Allow-Methods"] == "POST"
+    assert answer.headers["Access-Control-Allow-Headers"] == "Content-Type, Authorization"
+    assert answer.headers["Access-Control-Max-Age"] == "600" and answer.headers["Vary"] == "Origin"
+
+
+def test_cors_preflight_denied_403(host: PluginHost, server_port: int) -> None:
+    host.start_source("r1", "s1", {"datasource": "/web", "cors": CORS})
+    for headers in ({"Origin": "https://evil.example"}, {},
+                    {"Origin": ORIGIN, "Access-Control-Request-Method": "PUT"}):
+        answer = push(server_port, "/web", b"", method="OPTIONS", headers=headers)
+        assert answer.status == 403 and "error" in answer.body, (headers, answer)
+        assert not any(name.startswith("Access-Control-") for name in answer.headers), answer
+
+
+def test_cors_headers_on_answers_for_allowed_origins_only(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/web", "cors": CORS})
+    allowed = push(server_port, "/web", '{"a": 1}', headers={"Origin": ORIGIN})
+    assert allowed.body == {"accepted": 1, "sources": 1}
+    assert allowed.headers["Access-Control-Allow-Origin"] == ORIGIN and allowed.headers["Vary"] == "Origin"
+    refused = push(server_port, "/web", "[1]", headers={"Origin": ORIGIN})  # errors too, so a page can read them
+    assert refused.status == 400 and refused.headers["Access-Control-Allow-Origin"] == ORIGIN
+    other = push(server_port, "/web", '{"a": 2}', headers={"Origin": "https://evil.example"})
+    assert other.status == 200 and "Access-Control-Allow-Origin" not in other.headers
+    assert isinstance(ch, DataChannel) and ch.messages(2) == [{"a": 1}, {"a": 2}]
+    assert_next_is_sentinel(sender(server_port, "/web"), ch)
+
+
+def test_cors_off_options_is_still_405(host: PluginHost, server_port: int) -> None:
+    host.start_source("r1", "s1", {"datasource": "/plain"})
+    answer = push(server_port, "/plain", b"", method="OPTIONS", headers={"Origin": ORIGIN})
+    assert answer.status == 405 and answer.headers["Allow"] == "POST"
+    assert "Access-Control-Allow-Origin" not in answer.headers
+    assert "Access-Control-Allow-Origin" not in push(server_port, "/plain", "{}", headers={"Origin": ORIGIN}).headers
+
+
+def test_cors_on_a_template_and_disagreement_refused(host: PluginHost, server_port: int) -> None:
+    host.start_source("r1", "s1", {"datasource": TEMPLATE, "cors": {"origins": ["*"]}})
+    answer = push(server_port, "/devices/3/telemetry", b"", method="OPTIONS", headers={"Origin": ORIGIN})
+    assert answer.status == 204 and answer.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert answer.headers["Access-Control-Allow-Headers"] == "Content-Type"
+    refused = host.start_source("r2", "s2", {"datasource": TEMPLATE}, expect_ok=False)
+    assert isinstance(refused, str) and "different 'cors'" in refused and "stream s1" in refused, refused
+
+
+# -- request metadata: metaHeaders, metaQuery, trustedProxies, requestId -------------------------------------------
+
+
+def test_meta_headers_globs_case_insensitive(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/h", "metaHeaders": ["X-Device-*", "user-agent"]})
+    headers = {"X-Device-Id": "d1", "x-device-FW": "2.1", "User-Agent": "probe/1", "X-Other": "no"}
+    assert push(server_port, "/h", "{}", headers=headers).status == 200
+    assert ch.take(1)[0]["meta"] == {"x-device-id": "d1", "x-device-fw": "2.1", "user-agent": "probe/1"}
+    assert push(server_port, "/h", "{}", headers={"X-Device-Note": "n" * 300}).status == 200
+    assert ch.take(1)[0]["meta"]["x-device-note"] == "n" * 256  # clipped like other client text
+
+
+def test_meta_query_all_or_listed(host: PluginHost, server_port: int) -> None:
+    every = host.start_source("r1", "s1", {"datasource": "/q", "metaQuery": True})
+    listed = host.start_source("r2", "s2", {"datasource": "/q", "metaQuery": ["site"]})
+    assert push(server_port, "/q?site=north&tag=a&tag=b&empty=", "{}").body == {"accepted": 1, "sources": 2}
+    assert isinstance(every, DataChannel) and isinstance(listed, DataChannel)
+    assert every.take(1)[0]["meta"] == {"site": "north", "tag": ["a", "b"], "empty": ""}
+    assert listed.take(1)[0]["meta"] == {"site": "north"}
+    assert push(server_port, "/q", "{}").status == 200  # no query: an empty meta object
+    assert listed.take(1)[0]["meta"] == {}
+
+
+def test_meta_trusted_proxy_forwarded_for_honoured(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/p", "meta": ["remoteAddr"],
+                                        "trustedProxies": ["127.0.0.0/8", "10.0.0.0/8"]})
+    cases = [({"X-Forwarded-For": "203.0.113.7, 10.1.2.3"}, "203.0.113.7"),
+             ({"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}, "203.0.113.7"),  # the nearest untrusted hop
+             ({"Forwarded": 'for="[2001:db8::1]:4711";proto=https, for=10.0.0.9'}, "2001:db8::1"),
+             ({"X-Forwarded-For": "unknown"}, "127.0.0.1"),
+             ({}, "127.0.0.1")]
+    for headers, expected in cases:
+        assert push(server_port, "/p", "{}", headers=headers).status == 200
+        assert ch.take(1)[0]["meta"] == {"remoteAddr": expected}, headers
+
+
+def test_meta_untrusted_peer_forwarded_for_ignored(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/p", "meta": ["remoteAddr"], "trustedProxies": ["10.0.0.0/8"]})
+    assert push(server_port, "/p", "{}", headers={"X-Forwarded-For": "203.0.113.7"}).status == 200
+    assert ch.take(1)[0]["meta"] == {"remoteAddr": "127.0.0.1"}
+    bad = host.start_source("r2", "s2", {"datasource": "/x", "trustedProxies": ["nope"]}, expect_ok=False)
+    assert isinstance(bad, str) and "trustedProxies" in bad, bad
+
+
+def test_meta_request_id_echoed_or_generated(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/id", "meta": ["requestId"]})
+    given = push(server_port, "/id", "{}", headers={"X-Request-Id": "abc-123"})
+    assert given.headers["X-Request-Id"] == "abc-123"
+    assert ch.take(1)[0]["meta"] == {"requestId": "abc-123"}
+    for headers in ({}, {"X-Request-Id": "caf\u00e9".encode().decode("latin-1")}):
+        made = push(server_port, "/id", "{}", headers=headers)
+        generated = made.headers["X-Request-Id"]
+        assert len(generated) == 32 and generated != "abc-123"
+        assert ch.take(1)[0]["meta"] == {"requestId": generated}
+    refused = push(server_port, "/id", "[1]", headers={"X-Request-Id": "bad-body"})
+    assert refused.status == 400 and refused.headers["X-Request-Id"] == "bad-body"
+    assert_next_is_sentinel(sender(server_port, "/id"), ch)
+
+
+def test_meta_request_id_not_echoed_unless_configured(host: PluginHost, server_port: int) -> None:
+    host.start_source("r1", "s1", {"datasource": "/plain"})
+    assert "X-Request-Id" not in push(server_port, "/plain", "{}", headers={"X-Request-Id": "abc"}).headers
+
+
+def test_meta_size_cap_431_and_nothing_delivered(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/big", "metaHeaders": ["x-*"]})
+    headers = {f"X-H{i}": "v" * 250 for i in range(20)}  # 20 × ~260 bytes of meta: over 4 KiB
+    answer = push(server_port, "/big", "{}", headers=headers)
+    assert answer.status == 431 and "4096" in answer.body["error"], answer
+    assert_next_is_sentinel(sender(server_port, "/big"), ch)

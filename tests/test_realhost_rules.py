@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.conftest import push
 from tests.realhost_support import PLUGIN, Ctx, by_tag, epoch_ms, uid
 
 pytestmark = pytest.mark.realhost
@@ -156,3 +157,31 @@ def test_conf_key_stored_through_rest_takes_effect(ctx: Ctx) -> None:
     assert ctx.push(path, "1,2", method="PUT").body == {"accepted": 1, "sources": 1}
     assert ctx.sink.wait_for(1) == [{"x": "1", "y": "2"}]
     ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 1)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Path templates and request metadata
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_path_template_segment_is_meta_id(ctx: Ctx) -> None:
+    """DATASOURCE="/<name>/{id}/telemetry": every device's path reaches the one stream, the segment as meta(id)."""
+    name = uid("tpl")
+    s, path = ctx.stream('FORMAT="json"', path=f"/{name}/{{id}}/telemetry", name=name)
+    ctx.rule(f"SELECT meta(id) AS id, * FROM {s}")
+    for device, value in (("42", 1), ("gw-7", 2)):
+        assert ctx.push(f"/{name}/{device}/telemetry", json.dumps({"v": value})).body == {"accepted": 1, "sources": 1}
+    assert ctx.sink.wait_for(2) == [{"id": "42", "v": 1}, {"id": "gw-7", "v": 2}]
+    assert ctx.push(f"/{name}/42/other", "{}").status == 404
+    ctx.assert_next_is_sentinel(f"/{name}/9/telemetry", 2)
+
+
+def test_meta_headers_readable_with_meta(ctx: Ctx) -> None:
+    """metaHeaders (a REST-stored group): the copied header is meta(<lower-cased name>) in SQL."""
+    key = uid("hdrs")
+    ctx.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{key}", {"metaHeaders": ["Sensor*"]})
+    s, path = ctx.stream(f'FORMAT="json", CONF_KEY="{key}"')
+    ctx.rule(f"SELECT meta(sensorid) AS sensor, * FROM {s}")
+    reply = push(ctx.port, path, '{"v": 1}', headers={"SensorId": "boiler-3", "Other": "x"})
+    assert reply.body == {"accepted": 1, "sources": 1}
+    assert ctx.sink.wait_for(1) == [{"sensor": "boiler-3", "v": 1}]
