@@ -26,7 +26,7 @@ import orjson
 from .auth import Authenticator, AuthError
 from .channel import Delivery, DeliveryError
 from .config import ServerConfig
-from .decoders import CustomDecoderFault, DecodeError
+from .decoders import CustomDecoderFault, DecodeError, TooManyRecords
 from .framing import MAX_META_BYTES, Frames, clip, frame_records
 from .routing import EndpointTable, MetaSpec, Route, Subscription
 
@@ -159,7 +159,7 @@ def error_answer(exc: BaseException) -> Answer:
     if isinstance(exc, HttpError):
         return Answer(exc.status, orjson.dumps({"error": str(exc), **exc.extra}), exc.headers)
     if isinstance(exc, DecodeError):
-        return Answer(400, orjson.dumps({"error": str(exc)}))
+        return Answer(413 if isinstance(exc, TooManyRecords) else 400, orjson.dumps({"error": str(exc)}))
     if isinstance(exc, CustomDecoderFault):
         return Answer(500, orjson.dumps({"error": str(exc)}))
     log.exception("unexpected error while handling a request")
@@ -311,7 +311,7 @@ class PushHandler:
         framed: list[tuple[Frames, list[Subscription]]] = []
         meta_cache: dict[MetaSpec | None, bytes | None] = {}
         for group in route.groups:
-            records = group.decoder.decode_request(req.body, req.content_type)
+            records = group.decoder.decode_request(req.body, req.content_type, self.max_records)
             if len(records) > self.max_records:
                 raise TooLarge(f"body has {len(records)} records; the limit is {self.max_records} "
                                "(httpServerMaxRecords)")

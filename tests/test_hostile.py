@@ -110,10 +110,6 @@ def test_ten_mib_of_empty_objects_413_bounded_memory(plugin: Callable[..., Plugi
     sentinel(server_port, "/api", ch)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "httpServerMaxRecords does not bound a delimited body's memory: DelimitedDecoder.decode builds every record "
-    "(5,242,880 one-key dicts for 10 MiB of 'a\\n', ~1.4 GB peak RSS and ~5 s of CPU) before handler._frame counts "
-    "them and answers 413; the decoder would have to stop at the limit. JSON's worst case is ~345 MB"))
 def test_ten_mib_of_delimited_lines_413_bounded_memory(plugin: Callable[..., PluginHost], server_port: int) -> None:
     """FORMAT=delimited, 10 MiB of one-character lines: 5.2 million records → 413, within the same memory bound as
     the worst JSON body."""
@@ -483,17 +479,9 @@ message Two {
 
 
 @pytest.mark.parametrize("body", [
-    pytest.param(b"\x12\x04\x0a\x02\xff\xfe", id="map-key-not-utf8", marks=pytest.mark.xfail(strict=True, reason=(
-        "proto2 does not check UTF-8 while parsing: a map<string, …> key that is not UTF-8 parses, and "
-        "decoders/protobuf.py's _field_converter then raises UnicodeDecodeError from m.items() outside "
-        "ProtobufDecoder.decode's try: handler.error_answer answers 500 'internal error: UnicodeDecodeError' and "
-        "logs a traceback, for client input"))),
-    pytest.param(b"\x12\x06\x0a\x01k\x12\x01\xff", id="map-value-not-utf8", marks=pytest.mark.xfail(
-        strict=True, reason="as string-not-utf8, for a map value: 400 'Type is not JSON serializable: bytes'")),
-    pytest.param(b"\x0a\x02\xff\xfe", id="string-not-utf8", marks=pytest.mark.xfail(strict=True, reason=(
-        "proto2 gives a string field that is not UTF-8 as bytes; framing's orjson.dumps refuses them, so the "
-        "answer is 400, but its error 'record 0 cannot be passed to eKuiper: Type is not JSON serializable: bytes' "
-        "does not name the problem (field 's' is not UTF-8)"))),
+    pytest.param(b"\x12\x04\x0a\x02\xff\xfe", id="map-key-not-utf8"),
+    pytest.param(b"\x12\x06\x0a\x01k\x12\x01\xff", id="map-value-not-utf8"),
+    pytest.param(b"\x0a\x02\xff\xfe", id="string-not-utf8"),
 ])
 def test_protobuf2_text_that_is_not_utf8_400(make_host: Callable[..., PluginHost], server_port: int,
                                             installed: Any, body: bytes) -> None:

@@ -29,6 +29,14 @@ class DecodeError(ValueError):
     """The body cannot be turned into records; the message names the problem and goes to the client (HTTP 4xx)."""
 
 
+class TooManyRecords(DecodeError):
+    """The body holds more records than ``httpServerMaxRecords`` (HTTP 413). Decoders that build records one at a
+    time raise it as soon as they pass the limit, so that memory stays bounded by the limit, not the body."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"body has more than {limit} records; the limit is {limit} (httpServerMaxRecords)")
+
+
 class CustomDecoderFault(RuntimeError):
     """The user's decoder broke its contract: a server-side fault (HTTP 500), not the client's."""
 
@@ -46,9 +54,10 @@ class Decoder:
     def decode(self, body: bytes) -> list[Record]:
         raise NotImplementedError
 
-    def decode_request(self, body: bytes, content_type: str) -> list[Record]:
+    def decode_request(self, body: bytes, content_type: str, limit: int | None = None) -> list[Record]:
         """:meth:`decode`, told the request's ``Content-Type``: for formats that read a body by its media type
-        (``application/x-ndjson`` makes :class:`JsonDecoder` read one object per line)."""
+        (``application/x-ndjson`` makes :class:`JsonDecoder` read one object per line), and the record ``limit``,
+        which decoders that build records one by one enforce as they go (:class:`TooManyRecords`)."""
         return self.decode(body)
 
 

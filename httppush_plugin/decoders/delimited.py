@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
 
-from . import Decoder, Record, body_text
+from . import Decoder, Record, TooManyRecords, body_text
 
 
 class DelimitedDecoder(Decoder):
@@ -28,19 +28,41 @@ class DelimitedDecoder(Decoder):
     def key(self) -> Hashable:
         return (type(self), self.delimiter, self.fields)
 
-    def decode(self, body: bytes) -> list[Record]:
-        records = []
-        names = self.fields
-        lines = body_text(body, "delimited").split("\n")
-        last = len(lines) - 1
-        for index, line in enumerate(lines):
-            if index < last and line.endswith("\r"):  # "\r\n" ends the line; a "\r" at the very end is data
-                line = line[:-1]
-            if not line:
-                continue
-            values = line.split(self.delimiter)
-            if names:
-                records.append(dict(zip(names, values, strict=False)))
-            else:
-                records.append({f"col{i}": value for i, value in enumerate(values)})
+    def decode(self, body: bytes, limit: int | None = None) -> list[Record]:
+        records: list[Record] = []
+        text = body_text(body, "delimited")
+        # More lines than the limit: walk them one at a time and stop at the limit, never holding them all.
+        lines = text.split("\n") if limit is None or text.count("\n") < limit else _iter_lines(text)
+        pending: str | None = None  # one line behind, to tell the last line (whose "\r" is data) from the others
+        for line in lines:
+            if pending is not None:
+                self._add(records, pending[:-1] if pending.endswith("\r") else pending, limit)
+            pending = line
+        if pending is not None:
+            self._add(records, pending, limit)
         return records
+
+    def _add(self, records: list[Record], line: str, limit: int | None) -> None:
+        if not line:
+            return
+        if limit is not None and len(records) >= limit:
+            raise TooManyRecords(limit)
+        values = line.split(self.delimiter)
+        if self.fields:
+            records.append(dict(zip(self.fields, values, strict=False)))
+        else:
+            records.append({f"col{i}": value for i, value in enumerate(values)})
+
+    def decode_request(self, body: bytes, content_type: str, limit: int | None = None) -> list[Record]:
+        return self.decode(body, limit)
+
+
+def _iter_lines(text: str) -> Iterator[str]:
+    start = 0
+    while True:
+        end = text.find("\n", start)
+        if end < 0:
+            yield text[start:]
+            return
+        yield text[start:end]
+        start = end + 1

@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from . import DecodeError, Decoder, Record, body_text
+from . import DecodeError, Decoder, Record, TooManyRecords, body_text
 
 # The deepest nesting of arrays and objects orjson.loads accepts (measured with orjson 3.x: 1024 nested arrays parse,
 # 1025 raise "depth limit exceeded"; tests/test_decoders.py keeps this in step with the installed orjson).
@@ -43,9 +43,9 @@ class JsonDecoder(Decoder):
     def decode(self, body: bytes) -> list[Record]:
         return decode_lines(body) if self.lines else self._decode_whole(body)
 
-    def decode_request(self, body: bytes, content_type: str) -> list[Record]:
+    def decode_request(self, body: bytes, content_type: str, limit: int | None = None) -> list[Record]:
         if self.lines or (content_type and _media_type(content_type) in NDJSON_MEDIA_TYPES):
-            return decode_lines(body)
+            return decode_lines(body, limit)
         return self._decode_whole(body)
 
     def _decode_whole(self, body: bytes) -> list[Record]:
@@ -62,7 +62,7 @@ class JsonDecoder(Decoder):
         raise DecodeError(f"JSON body is {_json_kind(doc)}; must be an object or an array of objects")
 
 
-def decode_lines(body: bytes) -> list[Record]:
+def decode_lines(body: bytes, limit: int | None = None) -> list[Record]:
     """NDJSON / JSON Lines: one object per line, lines ending at ``\n`` or ``\r\n``; blank lines are skipped. One bad
     line refuses the whole body, naming the line. Example: ``decode_lines(b'{"a":1}\r\n\n{"a":2}\n')`` →
     ``[{"a": 1}, {"a": 2}]``; ``decode_lines(b'{"a":1}\n[2]')`` raises ``DecodeError("NDJSON line 2 is an array;
@@ -87,6 +87,8 @@ def decode_lines(body: bytes) -> list[Record]:
                 raise DecodeError(_explain_line(body, line, number, exc)) from None
         if type(record) is not dict:
             raise DecodeError(f"NDJSON line {number} is {_json_kind(record)}; every line must be an object")
+        if limit is not None and len(records) >= limit:
+            raise TooManyRecords(limit)
         append(record)
     return records
 

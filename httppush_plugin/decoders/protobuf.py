@@ -58,7 +58,28 @@ class ProtobufDecoder(Decoder):
         except (ProtoDecodeError, RuntimeError, ValueError) as exc:
             name = self.message_class.DESCRIPTOR.full_name
             raise DecodeError(f"body is not a valid protobuf {name}: {exc}") from None
-        return [self._to_record(message)]
+        try:
+            return [self._to_record(message)]
+        except _NotUtf8 as exc:  # proto2 parses text fields without checking them
+            name = self.message_class.DESCRIPTOR.full_name
+            raise DecodeError(f"protobuf {name} field {exc.field!r} holds text that is not UTF-8") from None
+
+
+class _NotUtf8(ValueError):
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+def _text(field_name: str) -> Callable[[Any], str]:
+    """A string field's value; proto2 hands over bytes (or fails to) when the wire text is not UTF-8."""
+
+    def convert(value: Any) -> str:
+        if type(value) is not str:
+            raise _NotUtf8(field_name)
+        return value
+
+    return convert
 
 
 _compile_lock = threading.Lock()
@@ -155,7 +176,17 @@ def _field_converter(field: Any) -> Callable[[Any], Any]:
     if field.type == FD.TYPE_MESSAGE and field.message_type.GetOptions().map_entry:
         value_field = field.message_type.fields_by_name["value"]
         value_fn = _single_converter(value_field)
-        return lambda m: {str(k): value_fn(v) for k, v in m.items()}
+        key_type = field.message_type.fields_by_name["key"].type
+        key_fn: Callable[[Any], str] = (_text(field.name) if key_type == FD.TYPE_STRING else
+                                        (lambda k: "true" if k else "false") if key_type == FD.TYPE_BOOL else str)
+
+        def convert_map(m: Any) -> dict[str, Any]:
+            try:
+                return {key_fn(k): value_fn(v) for k, v in m.items()}
+            except (UnicodeDecodeError, _NotUtf8):
+                raise _NotUtf8(field.name) from None
+
+        return convert_map
     single = _single_converter(field)
     if _is_repeated(field):
         return lambda values: [single(v) for v in values]
@@ -182,4 +213,6 @@ def _single_converter(field: Any) -> Callable[[Any], Any]:
             return nested[0](m)
 
         return convert_nested
-    return lambda v: v  # ints, enums (as numbers), bools, strings
+    if field.type == FD.TYPE_STRING:
+        return _text(field.name)
+    return lambda v: v  # ints, enums (as numbers), bools
