@@ -18,12 +18,13 @@ raw-HTTP fuzz sends hypothesis-built request bytes on fresh connections: the ser
 JSON answers or closes, within its (1 s) timeouts, never with a 5xx other than 505 for an unsupported version, and
 keeps serving.
 
-Run with ``-s`` to see the per-format case counts and times (they are also written to the terminal summary).
+The per-format case counts and times are printed when the module's plugin stops (with or without ``-s``).
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import selectors
 import socket
 import sys
 import time
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -99,10 +101,16 @@ ENDPOINTS: dict[str, dict[str, Any]] = {fmt: {**props, "meta": META} for fmt, pr
     "binary": {"datasource": "/f/binary", "format": "binary"},
     "protobuf": {"datasource": "/f/protobuf", "format": "protobuf", "schemaId": "fuzzsample.Sample"},
     "custom": {"datasource": "/f/custom", "decoder": "kv:decode"},
+    "ndjson": {"datasource": "/f/ndjson"},  # FORMAT=json; each request says NDJSON in its Content-Type
+    "compressed": {"datasource": "/f/compressed"},  # FORMAT=json; bodies with a Content-Encoding
     "raw": {"datasource": "/f/raw"},
 }.items()}
 #: Content-Type values sent in turn (a latin-1 byte, one over the 256 characters ``meta`` keeps, none at all).
 CONTENT_TYPES: list[bytes | None] = [b"application/json", None, b"text/plain; charset=\xe9", b"x/" + b"y" * 300, b""]
+#: The media types that make a body NDJSON, in the spellings a client may use.
+NDJSON_TYPES: list[bytes | None] = [b"application/x-ndjson", b"Application/JSONL; charset=utf-8",
+                                    b"application/json-lines", b"application/x-ndjson ;q=1"]
+FORMAT_CONTENT_TYPES = {"ndjson": NDJSON_TYPES}
 
 
 # -- what Go's encoding/json accepts --------------------------------------------------------------------------------
@@ -349,11 +357,21 @@ class Pipeline:
             sel.close()
 
 
-def http_request(path: str, body: bytes, content_type: bytes | None) -> bytes:
+def http_request(path: str, body: bytes, content_type: bytes | None, encoding: bytes | None = None) -> bytes:
     head = b"POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n" % (path.encode(), len(body))
     if content_type is not None:
         head += b"Content-Type: " + content_type + b"\r\n"
+    if encoding is not None:
+        head += b"Content-Encoding: " + encoding + b"\r\n"
     return head + b"\r\n" + body
+
+
+@dataclass(frozen=True)
+class Body:
+    """A body sent with a ``Content-Encoding`` header (``encoding``; None: no header)."""
+
+    data: bytes
+    encoding: bytes | None = None
 
 
 # -- oracles: the documented format rules, independently ------------------------------------------------------------
@@ -471,35 +489,125 @@ def _orjson_max_dump_depth() -> int:
 ORJSON_MAX_DUMP_DEPTH = _orjson_max_dump_depth()
 
 
-def oracle_json(body: bytes) -> Expect:
-    if len(body) > MAX_BODY:
-        return _too_large()
-    data = body[3:] if body.startswith(b"\xef\xbb\xbf") else body  # RFC 8259 §8.1: one UTF-8 BOM may be ignored
+class Refused(Exception):
+    """The oracle's verdict that a JSON text is refused: 400 with one of ``words`` in the error."""
+
+    def __init__(self, *words: str) -> None:
+        super().__init__(words)
+        self.words = words
+
+
+def parse_json_text(data: bytes) -> Any:
+    """One JSON text by the rules the host can live with (UTF-8, nesting at most 1024, no NaN/Infinity, finite
+    float64 numbers, no lone surrogate escapes); raises :class:`Refused`."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return Expect(400, words=JSON_WORDS)
+        raise Refused(*JSON_WORDS) from None
     if json_depth(text) > JSON_MAX_DEPTH:
-        return Expect(400, words=("nesting", "JSON"))
+        raise Refused("nesting", "JSON")
     try:
         with _recursion(JSON_MAX_DEPTH * 3):
             doc = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float, parse_int=_json_int)
     except (ValueError, OverflowError):
-        return Expect(400, words=JSON_WORDS)
+        raise Refused(*JSON_WORDS) from None
     if _has_lone_surrogate_escape(text):
-        return Expect(400, words=JSON_WORDS)
-    if isinstance(doc, dict):
-        records = [doc]
-    elif isinstance(doc, list) and all(isinstance(item, dict) for item in doc):
-        records = doc
-    else:
-        return Expect(400, words=("JSON",))
+        raise Refused(*JSON_WORDS)
+    return doc
+
+
+def _framed(records: list[dict[str, Any]]) -> Expect:
+    """After decoding: the record count limit (413), then what framing refuses (nesting orjson cannot write)."""
     too_many = _count_ok(records)
     if too_many:
         return too_many
     if any(_record_depth(record) > ORJSON_MAX_DUMP_DEPTH for record in records):
         return Expect(400, words=("eKuiper",))
     return Expect(200, records)
+
+
+def oracle_json(body: bytes) -> Expect:
+    if len(body) > MAX_BODY:
+        return _too_large()
+    data = body[3:] if body.startswith(b"\xef\xbb\xbf") else body  # RFC 8259 §8.1: one UTF-8 BOM may be ignored
+    try:
+        doc = parse_json_text(data)
+    except Refused as refused:
+        return Expect(400, words=refused.words)
+    if isinstance(doc, dict):
+        return _framed([doc])
+    if isinstance(doc, list) and all(isinstance(item, dict) for item in doc):
+        return _framed(doc)
+    return Expect(400, words=("JSON",))
+
+
+NDJSON_WORDS = ("NDJSON", *JSON_WORDS)
+
+
+def oracle_ndjson(body: bytes) -> Expect:
+    """README: one object per line (``\\n`` or ``\\r\\n``), blank lines skipped, a bad line refuses the body."""
+    if len(body) > MAX_BODY:
+        return _too_large()
+    records = []
+    for number, line in enumerate(body.split(b"\n"), 1):
+        if not line.strip():
+            continue
+        if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+            line = line[3:]
+        try:
+            doc = parse_json_text(line)
+        except Refused:
+            return Expect(400, words=NDJSON_WORDS)
+        if not isinstance(doc, dict):
+            return Expect(400, words=("NDJSON",))
+        records.append(doc)
+    return _framed(records)
+
+
+ENCODING_WORDS = ("gzip", "deflate", "Content-Encoding")
+
+
+def inflate(wire: bytes, name: str) -> bytes | Expect:
+    """README: gzip (members back to back are one body) or deflate (a zlib stream, or raw deflate), bounded by
+    httpServerMaxBodySize once inflated; corrupt or truncated → 400."""
+    if name == "deflate":
+        if len(wire) < 2:
+            return Expect(400, words=ENCODING_WORDS) if wire else b""
+        zlib_header = wire[0] & 0x0F == 8 and ((wire[0] << 8) | wire[1]) % 31 == 0
+        wbits = zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS
+    else:
+        wbits = 16 + zlib.MAX_WBITS
+    stream = zlib.decompressobj(wbits)
+    out = bytearray()
+    data = wire
+    while data:
+        if stream.eof:
+            if name == "deflate":
+                return Expect(400, words=ENCODING_WORDS)
+            stream = zlib.decompressobj(wbits)
+        try:
+            piece = stream.decompress(data, MAX_BODY - len(out) + 1)
+        except zlib.error:
+            return Expect(400, words=ENCODING_WORDS)
+        out += piece
+        if len(out) > MAX_BODY:
+            return Expect(413, words=("httpServerMaxBodySize",))
+        data = stream.unconsumed_tail or stream.unused_data
+    if not stream.eof:
+        return Expect(400, words=ENCODING_WORDS)
+    return bytes(out)
+
+
+def oracle_compressed(body: bytes, encoding: bytes | None = None) -> Expect:
+    name = (encoding or b"").decode("latin-1").strip().lower()
+    if name in ("", "identity"):
+        return oracle_json(body)
+    if name not in ("gzip", "x-gzip", "deflate"):
+        return Expect(415, words=("Content-Encoding",))
+    if len(body) > MAX_BODY:
+        return _too_large()
+    inflated = inflate(body, "deflate" if name == "deflate" else "gzip")
+    return inflated if isinstance(inflated, Expect) else oracle_json(inflated)
 
 
 def oracle_delimited(body: bytes) -> Expect:
@@ -643,26 +751,30 @@ class Fuzz:
     host: PluginHost
     port: int
     channels: dict[str, StrictChannel]
-    oracles: dict[str, Callable[[bytes], Expect]]
+    oracles: dict[str, Callable[..., Expect]]
     pipes: dict[str, Pipeline] = field(default_factory=dict)
     tallies: dict[str, Tally] = field(default_factory=dict)
 
-    def run(self, fmt: str, bodies: list[bytes]) -> None:
-        """Pipeline ``bodies`` to ``fmt``'s endpoint; check every answer against the oracle and the records that
+    def run(self, fmt: str, items: list[bytes | Body]) -> None:
+        """Pipeline ``items`` to ``fmt``'s endpoint; check every answer against the oracle and the records that
         arrive against the 200s."""
         path = ENDPOINTS[fmt]["datasource"]
-        types = [CONTENT_TYPES[i % len(CONTENT_TYPES)] for i in range(len(bodies))]
+        cases = [item if isinstance(item, Body) else Body(item) for item in items]
+        type_list = FORMAT_CONTENT_TYPES.get(fmt, CONTENT_TYPES)
+        types = [type_list[i % len(type_list)] for i in range(len(cases))]
         pipe = self.pipes.setdefault(fmt, Pipeline(self.port))
-        answers = pipe.exchange([http_request(path, body, ct) for body, ct in zip(bodies, types, strict=True)])
+        answers = pipe.exchange([http_request(path, case.data, ct, case.encoding)
+                                 for case, ct in zip(cases, types, strict=True)])
         tally = self.tallies.setdefault(fmt, Tally())
-        tally.cases += len(bodies)
+        tally.cases += len(cases)
         channel = self.channels[fmt]
         expected: list[tuple[dict[str, Any], bytes | None]] = []
         try:
-            for body, content_type, answer in zip(bodies, types, answers, strict=True):
+            for case, content_type, answer in zip(cases, types, answers, strict=True):
                 tally.statuses[answer.status] = tally.statuses.get(answer.status, 0) + 1
-                expect = self.oracles[fmt](body)
-                check_answer(fmt, body, answer, expect)
+                oracle = self.oracles[fmt]
+                expect = oracle(case.data) if case.encoding is None else oracle(case.data, case.encoding)
+                check_answer(fmt, case, answer, expect)
                 expected.extend((record, content_type) for record in expect.records if answer.status == 200)
             self.check_records(fmt, channel, path, expected)
             tally.records += len(expected)
@@ -688,11 +800,13 @@ class Fuzz:
         assert not channel.dropped, f"{fmt}: non-object messages arrived: {channel.dropped[:3]}"
 
 
-ALLOWED = {fmt: {200, 400, 413} for fmt in ENDPOINTS} | {"custom": {200, 400, 413, 500}}
+#: 415 is the answer to a Content-Encoding the server does not speak (README's table)
+ALLOWED = {fmt: {200, 400, 413} for fmt in ENDPOINTS} | {"custom": {200, 400, 413, 500},
+                                                          "compressed": {200, 400, 413, 415}}
 
 
-def check_answer(fmt: str, body: bytes, answer: Response, expect: Expect) -> None:
-    shown = body[:200]
+def check_answer(fmt: str, case: Body, answer: Response, expect: Expect) -> None:
+    shown: Any = case.data[:200] if case.encoding is None else (case.encoding, case.data[:200])
     assert answer.status in ALLOWED[fmt], f"{fmt}: {answer.status} for {shown!r}: {answer.body[:300]!r}"
     assert answer.headers.get("content-type") == "application/json", f"{fmt}: {answer}"
     doc = answer.json()
@@ -720,10 +834,11 @@ def fuzz(installed: Path, host_python: str, request: pytest.FixtureRequest) -> I
                       env={"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port), **SERVER_ENV})
     try:
         channels = {fmt: start_strict(host, f"fuzz{fmt}", f"s{fmt}", props) for fmt, props in ENDPOINTS.items()}
-        oracles: dict[str, Callable[[bytes], Expect]] = {
+        oracles: dict[str, Callable[..., Expect]] = {
             "json": oracle_json, "delimited": oracle_delimited, "urlencoded": oracle_urlencoded,
             "binary": oracle_binary, "protobuf": ProtobufOracle(proto),
             "custom": KvOracle(installed / "decoders" / "kv.py"),
+            "ndjson": oracle_ndjson, "compressed": oracle_compressed,
         }
         state = Fuzz(host, port, channels, oracles)
         yield state
@@ -741,16 +856,15 @@ def _summary(request: pytest.FixtureRequest, state: Fuzz) -> None:
     lines = ["fuzz summary (cases per format over real HTTP, wall time, statuses, records delivered):"]
     for fmt, tally in state.tallies.items():
         statuses = ", ".join(f"{code}: {n}" for code, n in sorted(tally.statuses.items()))
-        lines.append(f"  {fmt:<11} {tally.cases:>6} cases in {tally.seconds:6.1f} s "
+        lines.append(f"  {fmt:<13} {tally.cases:>6} cases in {tally.seconds:6.1f} s "
                      f"({tally.seconds / max(tally.cases, 1) * 1000:.2f} ms/case)  statuses {{{statuses}}}  "
                      f"records {tally.records}")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if capture is None:
         print("\n" + "\n".join(lines))
         return
-    reporter.write_line("")
-    for line in lines:
-        reporter.write_line(line)
+    with capture.global_and_fixture_disabled():  # shown with or without -s
+        print("\n" + "\n".join(lines))
 
 
 SENTINELS: dict[str, tuple[bytes, dict[str, Any]]] = {
@@ -759,6 +873,8 @@ SENTINELS: dict[str, tuple[bytes, dict[str, Any]]] = {
     "urlencoded": (b"sentinel=end", {"sentinel": "end"}),
     "binary": (b"end", {"self": "ZW5k"}),
     "custom": (b"sentinel=end", {"sentinel": "end"}),
+    "ndjson": (b'{"sentinel": "end-of-fuzz"}', {"sentinel": "end-of-fuzz"}),
+    "compressed": (b'{"sentinel": "end-of-fuzz"}', {"sentinel": "end-of-fuzz"}),
 }
 
 
@@ -778,14 +894,18 @@ def assert_sentinel_next(state: Fuzz, fmt: str) -> None:
     assert not channel.invalid and not channel.dropped
 
 
-FUZZ_SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate, Phase.shrink],
-                         suppress_health_check=list(HealthCheck))
+#: Bodies per example where hypothesis would otherwise run out of room for a whole batch (NDJSON lines of documents).
+BATCHES = {"ndjson": 25}
 
 
-def run_format(state: Fuzz, fmt: str, bodies: st.SearchStrategy[bytes]) -> None:
-    @FUZZ_SETTINGS
-    @given(st.lists(bodies, min_size=BATCH, max_size=BATCH))
-    def batch(items: list[bytes]) -> None:
+def run_format(state: Fuzz, fmt: str, bodies: st.SearchStrategy[Any]) -> None:
+    size = BATCHES.get(fmt, BATCH)
+    cases = EXAMPLES * BATCH  # the same number of cases for every format
+
+    @settings(max_examples=-(-cases // size), deadline=None, database=None, phases=[Phase.generate, Phase.shrink],
+              suppress_health_check=list(HealthCheck))
+    @given(st.lists(bodies, min_size=size, max_size=size))
+    def batch(items: list[Any]) -> None:
         state.run(fmt, items)
 
     started = time.monotonic()
@@ -794,7 +914,7 @@ def run_format(state: Fuzz, fmt: str, bodies: st.SearchStrategy[bytes]) -> None:
     finally:
         state.tallies.setdefault(fmt, Tally()).seconds += time.monotonic() - started
     assert_sentinel_next(state, fmt)
-    assert state.tallies[fmt].cases >= EXAMPLES * BATCH, state.tallies[fmt]
+    assert state.tallies[fmt].cases >= cases, state.tallies[fmt]
 
 
 # -- generators ------------------------------------------------------------------------------------------------------
@@ -1086,8 +1206,83 @@ CUSTOM_BODIES = weighted(
     (1, too_large(b"a=1\n")),
 )
 
+# NDJSON: lines of objects (and of everything else), blank lines of every kind, CRLF, a BOM, many lines.
+NDJSON_LINES = weighted(
+    (10, st.tuples(st.dictionaries(st.text(max_size=5), CLEAN_VALUES, max_size=3), st.booleans()).map(
+        lambda t: json.dumps(t[0], ensure_ascii=t[1]).encode())),
+    (6, json_documents().map(lambda text: text.encode("utf-8", "surrogatepass"))),
+    (3, st.sampled_from([b"", b" ", b"\r", b"\t \r", b"\x0b", b"\x0c", b"\xc2\xa0", b"\xef\xbb\xbf", b"[]", b"{}",
+                         b"null", b"{", b"}"])),
+    (1, st.binary(max_size=20).map(lambda b: b.replace(b"\n", b""))),
+    (1, st.sampled_from([ORJSON_MAX_DUMP_DEPTH - 1, ORJSON_MAX_DUMP_DEPTH, 1023, 1024, 1025]).map(
+        lambda d: b'{"a":' + b"[" * d + b"]" * d + b"}")),
+)
+NDJSON_BODIES = weighted(
+    (30, st.tuples(st.lists(NDJSON_LINES, min_size=1, max_size=4), st.sampled_from([b"\n", b"\r\n", b"\n\n"]),
+                   st.booleans(), st.booleans()).map(
+        lambda t: (b"\xef\xbb\xbf" if t[3] else b"") + t[1].join(t[0]) + (t[1] if t[2] else b""))),
+    (5, mutated(st.lists(json_documents(), max_size=4).map("\n".join))),
+    (5, st.binary(max_size=100)),
+    (3, st.integers(MAX_RECORDS - 2, MAX_RECORDS + 3).map(
+        lambda n: b"\n".join(b'{"i":%d}' % i for i in range(n)))),
+    (1, too_large(b"{}\n")),
+)
+
+
+def _gzip(data: bytes) -> bytes:
+    return gzip.compress(data, mtime=0)
+
+
+def _zlib(data: bytes) -> bytes:
+    return zlib.compress(data)
+
+
+def _raw_deflate(data: bytes) -> bytes:
+    stream = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return stream.compress(data) + stream.flush()
+
+
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {"gzip": _gzip, "deflate": _zlib, "deflate-raw": _raw_deflate}
+#: Content-Encoding values sent, and how the body is compressed for each (None: sent as is).
+ENCODING_CHOICES: list[tuple[bytes | None, str | None]] = [
+    (b"gzip", "gzip"), (b"gzip", "gzip"), (b"x-gzip", "gzip"), (b"GZip", "gzip"), (b"deflate", "deflate"),
+    (b"deflate", "deflate-raw"), (b"identity", None), (None, None), (b"br", None), (b"zstd", "gzip"),
+    (b"gzip, gzip", "gzip"), (b"gzip, identity", "gzip"), (b"", None), (b"deflate", "gzip"), (b"gzip", "deflate"),
+]
+
+
+@st.composite
+def compressed_bodies(draw: st.DrawFn) -> Body:
+    """JSON (mostly valid) compressed as the header says, or not; sometimes cut, flipped, padded or in two gzip
+    members; now and then a small body that inflates past httpServerMaxBodySize."""
+    data = draw(weighted(
+        (12, CLEAN_JSON), (4, json_documents().map(lambda text: text.encode("utf-8", "surrogatepass"))),
+        (2, st.binary(max_size=60)),
+        (1, st.integers(MAX_BODY - 10, MAX_BODY + 10).map(lambda n: b'{"a":"' + b"x" * (n - 8) + b'"}')),
+        (1, st.just(b"[" + b" " * 1_000_000 + b"]")),
+    ))
+    header, how = draw(st.sampled_from(ENCODING_CHOICES))
+    if how is None:
+        return Body(data, header)
+    if how == "gzip" and len(data) > 1 and draw(st.booleans()):  # two members back to back
+        cut = draw(st.integers(1, len(data) - 1))
+        wire = _gzip(data[:cut]) + _gzip(data[cut:])
+    else:
+        wire = COMPRESSORS[how](data)
+    damage = draw(st.integers(0, 9))
+    if damage == 0:
+        wire = wire[:draw(st.integers(0, len(wire)))]
+    elif damage == 1 and wire:
+        at = draw(st.integers(0, len(wire) - 1))
+        wire = wire[:at] + bytes([wire[at] ^ draw(st.integers(1, 255))]) + wire[at + 1:]
+    elif damage == 2:
+        wire += draw(st.sampled_from([b"\x00", b"\x00" * 8, b"garbage", _gzip(b"")]))
+    return Body(wire, header)
+
+
 STRATEGIES = {"json": JSON_BODIES, "delimited": DELIMITED_BODIES, "urlencoded": URLENCODED_BODIES,
-              "binary": BINARY_BODIES, "protobuf": PROTOBUF_BODIES, "custom": CUSTOM_BODIES}
+              "binary": BINARY_BODIES, "protobuf": PROTOBUF_BODIES, "custom": CUSTOM_BODIES, "ndjson": NDJSON_BODIES,
+              "compressed": compressed_bodies()}
 
 
 @pytest.mark.parametrize("fmt", list(STRATEGIES))
@@ -1119,6 +1314,8 @@ RAW_HEADERS = st.one_of(
     st.sampled_from([b"close", b"keep-alive", b"upgrade", b"close, upgrade", b"Keep-Alive, x"]).map(
         lambda v: b"Connection: " + v),
     st.sampled_from([b"websocket", b"h2c", b""]).map(lambda v: b"Upgrade: " + v),
+    st.sampled_from([b"gzip", b"x-gzip", b"deflate", b"identity", b"br", b"gzip, gzip", b"", b"\xff"]).map(
+        lambda v: b"Content-Encoding: " + v),
     st.sampled_from([b"application/json", b"text/plain; charset=\xe9", b"\x01", b"a" * 300]).map(
         lambda v: b"Content-Type: " + v),
     st.sampled_from([b" folded continuation", b"\tfolded", b"NoColon", b" Leading: space", b"Name : x",
@@ -1144,7 +1341,8 @@ def chunked_body(draw: st.DrawFn) -> bytes:
 
 
 RAW_BODIES = st.one_of(st.just(b'{"raw": 1}'), st.just(b'[{"raw": 1}, {"raw": 2}]'), st.just(b"{bad"),
-                       st.binary(max_size=40))
+                       st.binary(max_size=40), st.just(gzip.compress(b'{"raw": 3}', mtime=0)),
+                       st.just(zlib.compress(b'[{"raw": 4}]')))
 
 
 @st.composite
@@ -1174,7 +1372,7 @@ RAW_CASES = st.one_of(
     st.tuples(raw_request(), st.binary(max_size=40)).map(b"".join),
 )
 #: Statuses a raw request may get: an answer named in the README's table; 505 only for an unsupported version.
-RAW_ALLOWED = {100, 200, 400, 404, 405, 408, 413, 431, 505}
+RAW_ALLOWED = {100, 200, 400, 404, 405, 408, 413, 415, 431, 505}
 
 
 @dataclass
