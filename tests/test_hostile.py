@@ -124,6 +124,32 @@ def test_ten_mib_of_delimited_lines_413_bounded_memory(plugin: Callable[..., Plu
     assert peak < PEAK_BOUND_MB, f"peak RSS {peak:.0f} MB"
 
 
+#: After a body of 1.4 million distinct urlencoded keys the resident set does not come back as close as after the JSON
+#: bodies: measured 31 MB before, ~95 MB after, creeping +2-4 MB per repeat (12 repeats: ~145 MB), while 150 x 2 MiB
+#: JSON bodies stay flat at ~48 MB. The allocator keeps part of what 1.4 million small strings used; this row bounds
+#: it rather than explaining it.
+URLENCODED_SETTLE_BOUND_MB = 100.0
+
+
+def test_ten_mib_urlencoded_of_distinct_keys_bounded_memory(plugin: Callable[..., PluginHost],
+                                                            server_port: int) -> None:
+    """FORMAT=urlencoded, ~10 MiB of 1.4 million distinct keys: one record (the record limit does not apply), so it
+    is accepted and delivered whole (one ~20 MB message); the plugin's peak stays within the bound (measured
+    ~450 MB) and most of it is returned after."""
+    host = plugin()
+    ch = host.start_source("r1", "s1", {"datasource": "/u", "format": "urlencoded"})
+    body = b"&".join(b"%d" % i for i in range(1_400_000))[:10 * 2**20]
+    keys = body.count(b"&") + 1
+    reply, before, peak, after = measured_push(host, server_port, "/u", body, f"urlencoded, {keys:,} distinct keys")
+    assert reply.status == 200 and reply.body == {"accepted": 1, "sources": 1}, reply
+    record = ch.messages(1, timeout=60)[0]
+    assert len(record) == keys and record["0"] == ""
+    del record
+    assert_next_is_sentinel(lambda b: push(server_port, "/u", b).status, ch, body=b"end=1", record={"end": "1"})
+    assert peak < PEAK_BOUND_MB, f"peak RSS {peak:.0f} MB"
+    assert after - before <= URLENCODED_SETTLE_BOUND_MB, f"RSS {before:.0f} MB before, {after:.0f} MB after"
+
+
 # -- bodies that are not JSON the host could read -----------------------------------------------------------------
 
 @pytest.mark.parametrize("body", [
