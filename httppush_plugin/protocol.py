@@ -134,6 +134,7 @@ class HttpConnection(asyncio.Protocol):
         self._held = 0  # bytes of this connection's bodies counted in the server's budget
         self._closing = False  # answer what is in flight, then close
         self._discarding = False  # input is no longer parsed (after a fatal error, while lingering)
+        self._shut = False  # our side is closed or closing: nothing more may be written
         self._paused = False
         self._write_paused = False
         # the request being parsed
@@ -371,14 +372,14 @@ class HttpConnection(asyncio.Protocol):
         self._busy = None
         self._release(held)
         self._write(answer, keep_alive, head_only)
-        while self._queue and self._busy is None and not self.transport.is_closing():
+        while self._queue and self._busy is None and not self._shut:
             self._process(*self._queue.popleft())
         if self._busy is None and not self._queue and not self._write_paused:
             self._resume()
 
     def _write(self, answer: Answer, keep_alive: bool, head_only: bool) -> None:
         transport = self.transport
-        if transport.is_closing():
+        if self._shut or transport.is_closing():  # answers owed after a "Connection: close" are dropped
             return
         close = not keep_alive or self.shared.stopping or (self._closing and not self._queue)
         body = answer.body
@@ -411,7 +412,7 @@ class HttpConnection(asyncio.Protocol):
         if self.phase == BODY:  # the partial body is dropped
             self._body = []
             self._release(self._body_size)
-        if self.transport.is_closing():
+        if self._shut or self.transport.is_closing():
             return
         answer = self.handler.reject(f"request from {self.remote}", exc)
         self._closing = True
@@ -427,8 +428,9 @@ class HttpConnection(asyncio.Protocol):
         self._discarding = True
         self._closing = True
         transport = self.transport
-        if transport.is_closing():
+        if self._shut or transport.is_closing():
             return
+        self._shut = True  # nothing more is written
         if linger and transport.can_write_eof():
             self._resume()
             transport.write_eof()

@@ -423,6 +423,23 @@ def test_pipelining_slow_first_request_answered_first(host: PluginHost, server_p
     assert fast.messages(2) == [{"req": 2, "k": 0}, {"req": 2, "k": 1}]
 
 
+def test_pipelining_after_connection_close_while_an_answer_is_owed(host: PluginHost, server_port: int) -> None:
+    """A request that must wait (a body over 1 MiB goes to the worker thread) says ``Connection: close``; bytes
+    sent after it are refused by the parser while the answer is still owed. The owed answer goes out, the
+    connection closes, and nothing is written after our side is shut (found by the raw-HTTP fuzz: uvloop raised
+    "Cannot call write() after write_eof()")."""
+    ch = host.start_source("r1", "s1", {"datasource": "/big"})
+    big = "[" + ",".join(['{"k": 1}'] * 90_000) + "]"  # ~0.8 MB of records, padded past 1 MiB: off the loop
+    big += " " * (1024 * 1024)
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/big", body=big, headers={"Connection": "close"}) + request(path="/big", body="{}"))
+        assert_ok(conn.read_response(timeout=10), 90_000)
+        assert conn.wait_closed(), "the connection stayed open after Connection: close"
+    assert len(ch.messages(90_000, timeout=20)) == 90_000
+    assert_next_is_sentinel(server_port, "/big", ch)
+    assert "Traceback" not in host.log_tail(200)
+
+
 # -- chunked request bodies ----------------------------------------------------------------------------------------
 
 def test_chunked_body_decoded_and_connection_reused(host: PluginHost, server_port: int) -> None:
