@@ -55,6 +55,9 @@ from tests.hostemu import DataChannel, HostError, PluginHost, source_config
 
 MAX_RECORDS = 50  # small, so that httpServerMaxRecords (413) is reached by generated bodies
 MAX_BODY = 64 * 1024  # small, so that httpServerMaxBodySize (413) is too
+#: The raw-HTTP fuzz keeps 40 connections open at a time (plus one per format): a server that frees each slot when
+#: its connection ends never comes near 200; one that holds closed connections does, and answers 503.
+MAX_CONNECTIONS = 200
 HEADER_TIMEOUT_S = 1.0
 BODY_TIMEOUT_S = 1.0
 IDLE_TIMEOUT_S = 2.0
@@ -65,6 +68,7 @@ SERVER_ENV = {
     "PYHTTPPUSH_SERVER_IDLE_TIMEOUT": str(IDLE_TIMEOUT_S),
     "PYHTTPPUSH_SERVER_MAX_RECORDS": str(MAX_RECORDS),
     "PYHTTPPUSH_SERVER_MAX_BODY_SIZE": str(MAX_BODY),
+    "PYHTTPPUSH_SERVER_MAX_CONNECTIONS": str(MAX_CONNECTIONS),
 }
 
 #: Cases per format: EXAMPLES hypothesis examples of BATCH bodies each.
@@ -1492,11 +1496,14 @@ def raw_fuzz(fuzz: Fuzz, name: str, examples: int, hold: bool) -> None:
         assert fuzz.host.alive(), fuzz.host.log_tail()
 
     started = time.monotonic()
+    channel = fuzz.channels["raw"]
     try:
         batch()
+    except BaseException:
+        channel.drain()  # what the 200s of the failing run delivered is not for the next test
+        raise
     finally:
         tally.seconds += time.monotonic() - started
-    channel = fuzz.channels["raw"]
     channel.take(delivered[0], timeout=20)  # every record a 200 accepted arrived (each checked by Go's rules)
     assert not channel.invalid and not channel.dropped
     reply = push(fuzz.port, "/f/raw", b'{"sentinel": "after-raw"}')  # the server still serves, nothing else came
@@ -1508,6 +1515,12 @@ def raw_fuzz(fuzz: Fuzz, name: str, examples: int, hold: bool) -> None:
           f"slowest close {slowest[0]:.2f} s")
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "since 3a050ad a connection answered mid-request (malformed HTTP 400, 413, 431, 505) lingers ~2-3 s after its "
+    "client has read the answer and closed (HttpConnection._close returns early once _shut is set, so "
+    "eof_received no longer closes it): the fuzz's closed connections pile up past httpServerMaxConnections and "
+    "later requests get 503 (see tests/test_hostile.py::"
+    "test_connections_closed_by_their_client_after_an_error_free_their_slot_at_once)"))
 def test_raw_http_fuzz(fuzz: Fuzz) -> None:
     """Hypothesis-built request bytes (request lines, header sets, chunked framings, garbage, pipelines), each on a
     fresh connection that we shut after sending, 40 at a time: the server answers with whole HTTP/1.1 JSON answers
