@@ -194,7 +194,11 @@ class HttpConnection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         # The client is done sending. Answers still owed go out, then the connection closes.
-        if self.phase == LINGER or (self._busy is None and not self._queue):
+        if self.phase == LINGER:  # it read our answer and closed: lingering is over
+            self.transport.close()
+            self.phase = CLOSING
+            self.deadline = _now() + LINGER_S
+        elif self._busy is None and not self._queue:
             self._close()
         else:
             self._closing = True

@@ -100,12 +100,16 @@ class DataChannel:
                 continue
             except pynng.NNGException:
                 return
-            envelope = json.loads(raw)
-            message = envelope.get("message")
-            if isinstance(message, dict):  # the host drops anything else (runtime/source.go)
-                self.records.put({"message": message, "meta": envelope.get("meta")})
-            else:
-                self.dropped.append(raw)
+            self.accept(raw)
+
+    def accept(self, raw: bytes) -> None:
+        """One message from the plugin, read as the host reads it."""
+        envelope = json.loads(raw)
+        message = envelope.get("message")
+        if isinstance(message, dict):  # the host drops anything else (runtime/source.go)
+            self.records.put({"message": message, "meta": envelope.get("meta")})
+        else:
+            self.dropped.append(raw)
 
     def take(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """The next ``n`` messages (``{"message", "meta"}``), waiting up to ``timeout`` seconds in all."""
