@@ -348,13 +348,6 @@ def test_max_connections_503_then_served_again(plugin: Callable[..., PluginHost]
     sentinel(server_port, "/api", ch)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "3a050ad made HttpConnection._close return early once self._shut is set, so eof_received's "
-    "'phase == LINGER -> self._close()' no longer closes: a connection that got an answer which closes it "
-    "mid-request (malformed HTTP 400, 408, 413, 431, 503) and whose client then read it and closed keeps its slot "
-    "until the LINGER_S deadline and the next sweep (measured: free between +2 and +3 s). Clients that get such "
-    "answers and retry fill httpServerMaxConnections: 503 for everyone (the raw-HTTP fuzz reaches 1,120 open "
-    "connections)"))
 def test_connections_closed_by_their_client_after_an_error_free_their_slot_at_once(
         plugin: Callable[..., PluginHost], server_port: int) -> None:
     """httpServerMaxConnections 5: five clients each send a malformed request, read the 400 to the end (the server
