@@ -10,7 +10,7 @@ Each message travels in an SP-over-IPC frame, ``01 <length:u64 BE> <body>`` (man
 
 Example::
 
-    frames = frame_records([{"t": 1}, {"t": 2}], meta_json({"path": "/a"}), custom=False)
+    frames = frame_records([{"t": 1}, {"t": 2}], b'{"path":"/a"}', custom=False)
     frames.data   # b'\\x01\\x00…\\x1d{"message":{"t":1},"meta":{"path":"/a"}}\\x01…'
     frames.count_within(40)   # → whole frames in the first 40 bytes
 """
@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -51,11 +51,6 @@ class Frames:
     def count_within(self, nbytes: int) -> int:
         """How many whole frames lie in the first ``nbytes`` bytes."""
         return bisect_right(self.ends, nbytes)
-
-
-def meta_json(meta: Mapping[str, Any] | None) -> bytes | None:
-    """``meta`` as JSON text, or ``None`` for an envelope without ``meta``."""
-    return orjson.dumps(meta) if meta else None
 
 
 def clip(text: str) -> str:

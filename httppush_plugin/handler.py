@@ -2,8 +2,9 @@
 
 Nothing is answered 2xx before every record is in the host channel of every subscribed source, and a body that any
 subscribed source cannot decode is refused before anything is sent. The common request — sources attached, channels
-writable — is handled synchronously inside the connection's parser callback; only a request that must wait (a channel
-backed up, a source whose channel is not attached yet) returns a coroutine, which the connection runs as a task.
+writable — is handled synchronously inside the connection's parser callback. A request whose records must wait for a
+channel returns a :class:`PendingAnswer`, completed by the channel's callbacks; only a body of at least
+:data:`LARGE_BODY` returns a coroutine (decoded in a worker thread), which the connection runs as a task.
 
 Example: ``handler.handle(request)`` → ``Answer(200, b'{"accepted":3,"sources":1}')``.
 """
@@ -312,9 +313,8 @@ class PushHandler:
         meta_cache: dict[MetaSpec | None, bytes | None] = {}
         for group in route.groups:
             records = group.decoder.decode_request(req.body, req.content_type, self.max_records)
-            if len(records) > self.max_records:
-                raise TooLarge(f"body has {len(records)} records; the limit is {self.max_records} "
-                               "(httpServerMaxRecords)")
+            if len(records) > self.max_records:  # decoders that build all records at once (a JSON array)
+                raise TooManyRecords(self.max_records)
             meta = meta_cache.get(group.meta, b"")
             if meta == b"":
                 meta = meta_cache[group.meta] = _meta(group.meta, req)
@@ -333,17 +333,13 @@ class PushHandler:
                         outcome = sender.send(frames) if sender is not None else _send_when_attached(sub, frames)
                     except DeliveryError as exc:
                         outcome = exc
-                if outcome is not None:
-                    pending += isinstance(outcome, Delivery)
-                    outcomes.append((sub, frames, outcome))
-                else:
-                    outcomes.append((sub, frames, None))
+                pending += isinstance(outcome, Delivery)
+                outcomes.append((sub, frames, outcome))
         accepted = max((len(frames) for frames, _ in framed), default=0)
         if pending:
             return PendingAnswer(self, req, outcomes, accepted, pending)
         if all(outcome is None for _, _, outcome in outcomes):
-            return _accepted(accepted, len(outcomes)) if not req.route.custom else self._custom(req, accepted,
-                                                                                               len(outcomes))
+            return self._success(req, accepted, len(outcomes))
         return self.conclude(req, outcomes, accepted)
 
     def conclude(self, req: Request, outcomes: list[tuple[Subscription, Frames, Delivery | DeliveryError | None]],
@@ -363,15 +359,16 @@ class PushHandler:
                                  Unavailable(f"records were not all delivered: {'; '.join(reasons)}",
                                              delivered=delivered))
             return self.decorate(req, answer) if req.route.custom else answer
-        return _accepted(accepted, len(outcomes)) if not req.route.custom else self._custom(req, accepted,
-                                                                                           len(outcomes))
+        return self._success(req, accepted, len(outcomes))
 
-    def _custom(self, req: Request, accepted: int, sources: int) -> Answer:
-        """The success answer of a route with ``successStatus`` or ``cors``."""
-        status = req.route.success_status
-        answer = _accepted(accepted, sources)
-        answer.status = status
-        if status == 204:
+    def _success(self, req: Request, accepted: int, sources: int) -> Answer:
+        """200 ``{"accepted", "sources"}``; on a route with ``successStatus``, ``cors`` or ``requestId``, its
+        status and headers."""
+        answer = Answer(200, b'{"accepted":%d,"sources":%d}' % (accepted, sources))
+        if not req.route.custom:
+            return answer
+        answer.status = req.route.success_status
+        if answer.status == 204:
             answer.body = b""
         return self.decorate(req, answer)
 
@@ -557,6 +554,3 @@ def _trim_heap() -> None:
     if _malloc_trim is not None:
         _malloc_trim(0)
 
-
-def _accepted(accepted: int, sources: int) -> Answer:
-    return Answer(200, b'{"accepted":%d,"sources":%d}' % (accepted, sources))

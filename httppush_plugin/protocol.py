@@ -491,10 +491,10 @@ class HttpConnection(asyncio.Protocol):
             self._closing = True
 
     def force_close(self, exc: HttpError) -> None:
-        if isinstance(self._busy, asyncio.Task):
-            self._busy.cancel()  # its _await answers 503 and closes
-        elif self._busy is not None:
-            pass  # records on their way: the channel answers within its send timeout, or is closed with its source
+        if self._busy is not None:
+            if isinstance(self._busy, asyncio.Task):
+                self._busy.cancel()  # its _await answers 503 and closes
+            # a PendingAnswer settles within its channel's send timeout, or when its source's channel closes
         elif self.phase in (HEAD, BODY):
             self._fatal(exc)
         elif not self.transport.is_closing():
