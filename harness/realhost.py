@@ -1,6 +1,7 @@
 """Harness to run a REAL eKuiper host (``kuiperd``) in tests.
 
-* :func:`kuiperd_path` obtains the binary through ``scripts/get-ekuiper.sh`` (cached build in ``<repo>/.cache``).
+* :func:`kuiperd_path` obtains the binary through ``scripts/get-ekuiper.sh`` (cached build in ``<repo>/.cache``);
+  given a version (``"v2.4.0"``), that release whatever ``EKUIPER_VERSION`` and ``KUIPERD`` say.
 * :func:`require_kuiperd` applies the test policy: skip when no kuiperd can be had, fail when ``CI=true``.
 * :func:`host_python` is a plain venv (standard library + pip only), the ``python`` a bare edge host would have.
 * :class:`EkuiperHost` runs one kuiperd in its own host root on free loopback ports, with REST helpers.
@@ -51,6 +52,7 @@ HOST_ROOT_DIRS = ("data", "log", "plugins/portable", "plugins/sources", "plugins
 GET_EKUIPER_TIMEOUT = 1800.0
 
 _kuiperd_path: str | None = None
+_kuiperd_paths: dict[str, str] = {}  # kuiperd_path(version): one build per explicitly requested version
 _host_python: str | None = None
 
 
@@ -59,19 +61,28 @@ _host_python: str | None = None
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def kuiperd_path() -> str:
+def kuiperd_path(version: str | None = None) -> str:
     """Return the absolute path of a ``kuiperd`` binary, building it on first use (cached in-process).
 
-    Runs ``scripts/get-ekuiper.sh`` (honours ``KUIPERD`` and ``EKUIPER_VERSION``). Raises :class:`RuntimeError`
-    carrying the script's stderr when it fails or prints no usable path.
+    Runs ``scripts/get-ekuiper.sh``. Without ``version`` the script honours ``KUIPERD`` and ``EKUIPER_VERSION`` (the
+    default host of every harness). With ``version`` (e.g. ``"v2.4.0"``) it gets exactly that eKuiper release:
+    ``EKUIPER_VERSION`` is set to it and ``KUIPERD`` is ignored (a binary of unknown version). Raises
+    :class:`RuntimeError` carrying the script's stderr when it fails or prints no usable path.
     """
     global _kuiperd_path
-    if _kuiperd_path is not None:
+    if version is None and _kuiperd_path is not None:
         return _kuiperd_path
+    if version is not None and version in _kuiperd_paths:
+        return _kuiperd_paths[version]
+    env = None
+    if version is not None:
+        env = {key: value for key, value in os.environ.items() if key != "KUIPERD"}
+        env["EKUIPER_VERSION"] = version
     try:
         proc = subprocess.run(
             ["bash", str(GET_EKUIPER_SCRIPT)],
             cwd=REPO_ROOT,
+            env=env,
             capture_output=True,
             text=True,
             timeout=GET_EKUIPER_TIMEOUT,
@@ -86,20 +97,23 @@ def kuiperd_path() -> str:
             f"{GET_EKUIPER_SCRIPT.name} failed (exit {proc.returncode}, stdout last line {path!r}):\n"
             f"{proc.stderr.strip()}"
         )
-    _kuiperd_path = path
+    if version is None:
+        _kuiperd_path = path
+    else:
+        _kuiperd_paths[version] = path
     return path
 
 
-def ekuiper_etc_dir() -> Path:
+def ekuiper_etc_dir(version: str | None = None) -> Path:
     """Return the eKuiper ``etc/`` folder that new host roots are copied from.
 
-    Order: env ``EKUIPER_ETC``; ``etc/`` next to the binary (the get-ekuiper.sh cache layout); ``../etc`` relative to
-    the binary (a release tarball's ``bin/kuiperd``).
+    Order: env ``EKUIPER_ETC`` (only without ``version``: it goes with ``KUIPERD``); ``etc/`` next to the binary (the
+    get-ekuiper.sh cache layout); ``../etc`` relative to the binary (a release tarball's ``bin/kuiperd``).
     """
     candidates: list[Path] = []
-    if os.environ.get("EKUIPER_ETC"):
+    if version is None and os.environ.get("EKUIPER_ETC"):
         candidates.append(Path(os.environ["EKUIPER_ETC"]))
-    binary = Path(kuiperd_path()).resolve()
+    binary = Path(kuiperd_path(version)).resolve()
     candidates += [binary.parent / "etc", binary.parent.parent / "etc"]
     for candidate in candidates:
         if (candidate / "kuiper.yaml").is_file():
@@ -110,13 +124,14 @@ def ekuiper_etc_dir() -> Path:
     )
 
 
-def require_kuiperd() -> str:
-    """Return :func:`kuiperd_path`, or skip the calling test when there is none — but fail when ``CI=true``.
+def require_kuiperd(version: str | None = None) -> str:
+    """Return :func:`kuiperd_path` (of ``version`` when given), or skip the calling test when there is none — but
+    fail when ``CI=true``.
 
     Real-host tests must not silently vanish in CI; on a developer machine without Go they are skipped.
     """
     try:
-        return kuiperd_path()
+        return kuiperd_path(version)
     except RuntimeError as exc:
         if os.environ.get("CI", "").lower() == "true":
             raise RuntimeError(f"CI=true and no real eKuiper host is available: {exc}") from exc
@@ -276,9 +291,13 @@ class EkuiperHost:
     #: Seconds to wait after SIGTERM before SIGKILL.
     STOP_TIMEOUT = 10.0
 
-    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None) -> None:
-        """Prepare (but do not start) a host rooted at ``workdir / "kuiper"``; ``extra_env`` overrides the env."""
+    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None, version: str | None = None) -> None:
+        """Prepare (but do not start) a host rooted at ``workdir / "kuiper"``; ``extra_env`` overrides the env.
+
+        ``version``: run that eKuiper release (``kuiperd_path(version)``) instead of the default binary.
+        """
         self.workdir = Path(workdir).resolve()
+        self.version = version
         self.root = self.workdir / "kuiper"
         self.extra_env: dict[str, str] = dict(extra_env or {})
         for key, value in self.extra_env.items():
@@ -320,7 +339,7 @@ class EkuiperHost:
         etc = self.root / "etc"
         if not (etc / "kuiper.yaml").is_file():
             self.root.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(ekuiper_etc_dir(), etc, dirs_exist_ok=True)
+            shutil.copytree(ekuiper_etc_dir(self.version), etc, dirs_exist_ok=True)
         for sub in HOST_ROOT_DIRS:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
@@ -353,7 +372,7 @@ class EkuiperHost:
         """Create the root if needed, start kuiperd and wait until ``GET /ping`` answers."""
         if self.process is not None:
             raise RuntimeError("EkuiperHost already started")
-        binary = kuiperd_path()
+        binary = kuiperd_path(self.version)
         HOST_LOCK.acquire()
         self._create_root()
         if not self.rest_port:

@@ -7,6 +7,10 @@
 # Cache: <repo>/.cache/ekuiper/<version>/{kuiperd,etc/}. `etc/` is the module's own config folder, needed to create
 # host roots. On a cache miss the module is fetched with `go mod download` (Go module proxy) and built with CGO off.
 # `go install …/cmd/kuiperd@…` does not work for eKuiper (its go.mod has replace directives), hence the download.
+# The version is stamped into the binary as eKuiper's release builds do (`-X …/cmd.Version`), so `GET /` on the REST
+# API reports it; binaries cached before that stamp was added report "unknown" (delete the folder to rebuild).
+# Of eKuiper, the Go module proxy serves only v2.4.0 and v2.4.2 (403 for v2.0-v2.3, v2.4.1, v2.5 and every 1.x, and
+# for the version list); both are tested (README, "Compatibility").
 set -euo pipefail
 
 EKUIPER_VERSION=${EKUIPER_VERSION:-v2.4.2}
@@ -73,7 +77,8 @@ build_start=$(date +%s)
 tmp_bin="$cache_dir/kuiperd.tmp.$$"
 trap 'rm -f "$tmp_bin"; rm -rf "$cache_dir/etc.tmp.$$"' EXIT
 # GOWORK=off is required: the module's go.work names a folder that is not part of the module zip.
-(cd "$src_dir" && GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false "$go_bin" build -o "$tmp_bin" ./cmd/kuiperd)
+(cd "$src_dir" && GOWORK=off CGO_ENABLED=0 GOFLAGS=-buildvcs=false "$go_bin" build \
+    -ldflags "-X $MODULE/cmd.Version=$EKUIPER_VERSION" -o "$tmp_bin" ./cmd/kuiperd)
 log "go build took $(( $(date +%s) - build_start ))s"
 
 # Copy etc/ first and move the binary last: the binary's presence is what marks the cache as complete.
