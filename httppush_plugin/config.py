@@ -59,6 +59,13 @@ DEFAULT_META: tuple[str, ...] = ()
 SUCCESS_STATUSES = (200, 201, 202, 204)
 #: Property ``cors``: the request headers a preflight allows when the group does not list its own.
 DEFAULT_CORS_HEADERS = ("Content-Type",)
+#: Property ``idempotency``: seconds a 2xx answer is remembered for its ``Idempotency-Key``, and how many keys an
+#: endpoint remembers at most (each costs about 400 bytes plus its answer, ~60 bytes for a default 200).
+DEFAULT_IDEMPOTENCY_WINDOW_S = 300
+DEFAULT_IDEMPOTENCY_MAX_KEYS = 10_000
+#: Paths of the shared server's health and metrics answers (GET); ``""`` switches one off.
+DEFAULT_HEALTH_PATH = "/healthz"
+DEFAULT_METRICS_PATH = "/metrics"
 #: ``httpServerTls.clientAuth``: whether the TLS handshake asks for a client certificate signed by ``cafile``.
 CLIENT_AUTH = ("none", "optional", "required")
 
@@ -95,6 +102,8 @@ class ServerConfig:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_source_backlog: int = DEFAULT_MAX_SOURCE_BACKLOG
     max_buffered: int = DEFAULT_MAX_BUFFERED
+    health_path: str = DEFAULT_HEALTH_PATH
+    metrics_path: str = DEFAULT_METRICS_PATH
 
     @property
     def scheme(self) -> str:
@@ -171,6 +180,8 @@ def load_server_config(
         ("httpServerMaxConnections", "SERVER_MAX_CONNECTIONS"),
         ("httpServerMaxSourceBacklog", "SERVER_MAX_SOURCE_BACKLOG"),
         ("httpServerMaxBuffered", "SERVER_MAX_BUFFERED"),
+        ("httpServerHealthPath", "SERVER_HEALTH_PATH"),
+        ("httpServerMetricsPath", "SERVER_METRICS_PATH"),
     )}
     if host_path is not None:
         _check_known(host_section, [*env_names, "httpServerTls"], host_path, f"source.{symbol}")
@@ -214,6 +225,9 @@ def _server_config(section: Mapping[str, Any], tls: dict[str, Any], symbol: str)
                                         section.get("httpServerMaxSourceBacklog", DEFAULT_MAX_SOURCE_BACKLOG), 1),
         max_buffered=_int_setting("httpServerMaxBuffered", section.get("httpServerMaxBuffered", DEFAULT_MAX_BUFFERED),
                                   1),
+        health_path=_path_setting("httpServerHealthPath", section.get("httpServerHealthPath", DEFAULT_HEALTH_PATH)),
+        metrics_path=_path_setting("httpServerMetricsPath",
+                                   section.get("httpServerMetricsPath", DEFAULT_METRICS_PATH)),
     )
 
 
@@ -263,6 +277,16 @@ def _with_origin(message: str, where: Mapping[str, str]) -> str:
     origins += [origin for name, origin in where.items() if name.startswith(key + ".")]
     origins = list(dict.fromkeys(origins))
     return f"{message} (from {'; '.join(origins)})" if origins else message
+
+
+def _path_setting(key: str, value: Any) -> str:
+    """A path the server answers GET on; ``""``, ``false`` or ``off``: not served."""
+    if value in (None, False, "") or (isinstance(value, str) and value.lower() in ("off", "false")):
+        return ""
+    if not isinstance(value, str) or not value.startswith("/") or "?" in value or "{" in value:
+        raise ConfigError(f"setting '{key}' is {value!r}; must be a URL path starting with '/' (e.g. '/healthz'), "
+                          "or \"\" to switch it off")
+    return value
 
 
 def _seconds_setting(key: str, value: Any) -> float:
@@ -323,6 +347,15 @@ class CorsConfig:
 
 
 @dataclass(frozen=True)
+class IdempotencyConfig:
+    """Property ``idempotency``. Example: ``{window: 600, maxKeys: 50000}``; ``true``: the defaults."""
+
+    #: seconds a 2xx answer is remembered for its key
+    window: float = DEFAULT_IDEMPOTENCY_WINDOW_S
+    max_keys: int = DEFAULT_IDEMPOTENCY_MAX_KEYS
+
+
+@dataclass(frozen=True)
 class EndpointConfig:
     """One source instance: where it listens and how it decodes.
 
@@ -352,6 +385,8 @@ class EndpointConfig:
     meta_query: bool | tuple[str, ...] = ()
     #: peers whose ``X-Forwarded-For`` / ``Forwarded`` name the client (property ``trustedProxies``)
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: ``Idempotency-Key`` handling (property ``idempotency``); ``None``: the header is ignored
+    idempotency: IdempotencyConfig | None = None
 
     @classmethod
     def from_props(cls, props: Mapping[str, Any], datasource: str = "") -> EndpointConfig:
@@ -401,6 +436,7 @@ class EndpointConfig:
                 "metaHeaders", props.get("metaHeaders") or []))),
             meta_query=_meta_query_setting(props.get("metaQuery")),
             trusted_proxies=_trusted_proxies_setting(props.get("trustedProxies")),
+            idempotency=_idempotency_setting(props.get("idempotency")),
         )
 
 
@@ -509,3 +545,26 @@ def _trusted_proxies_setting(value: Any) -> tuple[ipaddress.IPv4Network | ipaddr
             raise ConfigError(f"property 'trustedProxies' has {item!r}; must be IP addresses or CIDR networks, "
                               "e.g. [10.0.0.0/8, \"::1\"]") from None
     return tuple(networks)
+
+
+def _idempotency_setting(value: Any) -> IdempotencyConfig | None:
+    """Property ``idempotency``: ``true`` or a mapping ``{window, maxKeys}``; absent, ``false``, ``{}``: off. eKuiper
+    lowercases the nested keys of its yaml files (``maxkeys``)."""
+    if value in (None, False, "", {}) or (isinstance(value, str) and value.lower() == "false"):
+        return None
+    if value is True or (isinstance(value, str) and value.lower() == "true"):
+        return IdempotencyConfig()
+    if not isinstance(value, dict):
+        raise ConfigError(f"property 'idempotency' is {value!r}; must be true or a mapping, e.g. "
+                          "{window: 300, maxKeys: 10000}")
+    settings = {str(key).lower(): item for key, item in value.items()}
+    for key in value:
+        if str(key).lower() not in ("window", "maxkeys"):
+            raise ConfigError(f"property 'idempotency' has key {key!r}; allowed keys are window (seconds) and maxKeys")
+    try:
+        window = _seconds_setting("idempotency.window", settings.get("window", DEFAULT_IDEMPOTENCY_WINDOW_S))
+        max_keys = _int_setting("idempotency.maxKeys", settings.get("maxkeys", DEFAULT_IDEMPOTENCY_MAX_KEYS), 1,
+                                10_000_000)
+    except ConfigError as exc:  # the checks speak of server settings; this one is a config group's property
+        raise ConfigError(str(exc).replace("setting '", "property '", 1)) from None
+    return IdempotencyConfig(window=window, max_keys=max_keys)

@@ -29,6 +29,8 @@ from .channel import Delivery, DeliveryError
 from .config import ServerConfig
 from .decoders import CustomDecoderFault, DecodeError, TooManyRecords
 from .framing import MAX_META_BYTES, Frames, clip, frame_records
+from .idempotency import BadKey, Entry, KeyStore, fingerprint, parse_key
+from .metrics import render
 from .routing import EndpointTable, MetaSpec, Route, Subscription
 
 log = logging.getLogger(__name__)
@@ -79,11 +81,32 @@ class Forbidden(HttpError):
     status = 403
 
 
-class Preflight(HttpError):
-    """Not an error: the answer to an allowed CORS preflight, ``204`` with ``Access-Control-Allow-*`` headers. It
-    is raised where 404 and 405 are, because like them it is decided by the path and method alone."""
+class Conflict(HttpError):
+    status = 409
 
-    status = 204
+    def __init__(self, message: str) -> None:
+        super().__init__(message, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+class Unprocessable(HttpError):
+    status = 422
+
+
+class Direct(HttpError):
+    """Not an error: an answer decided by the path and method alone — a CORS preflight, health, metrics — raised
+    where 404 and 405 are, because like them it is known as soon as the request's head is."""
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None,
+                 content_type: str | None = None) -> None:
+        super().__init__("")
+        self.answer = Answer(status, body, headers, content_type)
+
+
+class Preflight(Direct):
+    """The answer to an allowed CORS preflight: ``204`` with ``Access-Control-Allow-*`` headers."""
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        super().__init__(204, b"", headers)
 
 
 class RequestTimeout(HttpError):
@@ -110,14 +133,16 @@ class VersionNotSupported(HttpError):
 
 
 class Answer:
-    """What the connection writes: status, JSON body, extra headers."""
+    """What the connection writes: status, body (JSON unless ``content_type`` says otherwise), extra headers."""
 
-    __slots__ = ("status", "body", "headers")
+    __slots__ = ("status", "body", "headers", "content_type")
 
-    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None,
+                 content_type: str | None = None) -> None:
         self.status = status
         self.body = body
         self.headers = headers
+        self.content_type = content_type
 
 
 class Request:
@@ -128,7 +153,7 @@ class Request:
     """
 
     __slots__ = ("method", "path", "route", "content_type", "remote", "body", "target", "headers", "peercert",
-                 "user", "request_id")
+                 "user", "request_id", "idempotency")
 
     def __init__(self, method: str, path: str, route: Route | None, content_type: str, remote: str, body: bytes,
                  target: bytes = b"", headers: list[tuple[bytes, bytes]] | None = None,
@@ -144,6 +169,8 @@ class Request:
         self.peercert = peercert
         self.user = user
         self.request_id: str | None = None  # see request_id(): set the first time meta or the answer needs it
+        #: (store, key, entry) while the request's ``Idempotency-Key`` is remembered as in flight
+        self.idempotency: tuple[KeyStore, bytes, Entry] | None = None
 
     def header(self, name: bytes) -> bytes | None:
         """The first value of header ``name`` (lower-case bytes, e.g. ``b"authorization"``), or ``None``."""
@@ -155,8 +182,8 @@ class Request:
 
 def error_answer(exc: BaseException) -> Answer:
     """The one place that turns an exception into an HTTP answer: status + ``{"error": "..."}``."""
-    if isinstance(exc, Preflight):
-        return Answer(204, b"", exc.headers)
+    if isinstance(exc, Direct):
+        return exc.answer
     if isinstance(exc, HttpError):
         return Answer(exc.status, orjson.dumps({"error": str(exc), **exc.extra}), exc.headers)
     if isinstance(exc, DecodeError):
@@ -190,9 +217,14 @@ class PushHandler:
 
     def __init__(self, table: EndpointTable, config: ServerConfig) -> None:
         self.table = table
+        self.metrics = table.metrics
         self.max_records = config.max_records
         self.reject_log = RateLimitedLog()
         self._large = asyncio.Lock()
+        self._health_path = config.health_path
+        self._metrics_path = config.metrics_path
+        #: name → (help, value) of the server-wide gauges in ``/metrics``; set by the server
+        self.gauges: Callable[[], dict[str, tuple[str, float]]] = dict
 
     def route(self, method: str, path: str, headers: list[tuple[bytes, bytes]] | None = None) -> Route:
         """The route for ``method path``; raises :class:`NotFound` or :class:`MethodNotAllowed`. A literal path
@@ -200,12 +232,16 @@ class PushHandler:
         served with ``cors`` raises :class:`Preflight` (allowed: 204) or :class:`Forbidden` (not allowed: 403)."""
         route = self.table.lookup(path, method)
         if route is None:
+            if method in ("GET", "HEAD") and path and path in (self._health_path, self._metrics_path):
+                raise self._health() if path == self._health_path else self._metrics(headers or [])
             route = self.table.match(path, method)
             if route is not None:
                 return route
             if method == "OPTIONS":
                 self._preflight(path, headers or [])
             allowed = self.table.methods(path)
+            if path and path in (self._health_path, self._metrics_path):
+                allowed = sorted({*allowed, "GET", "HEAD"})
             if allowed:
                 raise MethodNotAllowed(f"method {method} is not served on {path}; use {' or '.join(allowed)}",
                                        allowed)
@@ -232,7 +268,35 @@ class PushHandler:
             allow["Access-Control-Allow-Headers"] = ", ".join(cors.headers)
         if cors.max_age:
             allow["Access-Control-Max-Age"] = str(cors.max_age)
-        raise Preflight("preflight", allow)
+        raise Preflight(allow)
+
+    def _health(self) -> Direct:
+        """200 with every endpoint and whether its sources are attached; 503 when one is not (yet)."""
+        endpoints = []
+        ready = True
+        for route in self.table.routes():
+            sources = []
+            for sub in route.subscriptions:
+                attached = sub.sender is not None
+                ready = ready and attached
+                source: dict[str, Any] = {"source": sub.label, "attached": attached}
+                if sub.instance is not None:
+                    source.update(rule=sub.instance[0], stream=sub.instance[1], instance=sub.instance[2])
+                if sub.sender is not None:
+                    source["connected"] = sub.sender.connected
+                sources.append(source)
+            endpoints.append({"method": route.stats.method, "path": route.stats.path, "format": sorted(
+                {group.decoder.format for group in route.groups}), "sources": sources})
+        body = orjson.dumps({"status": "ok" if ready else "unavailable", "endpoints": endpoints})
+        return Direct(200 if ready else 503, body, {"Cache-Control": "no-store"})
+
+    def _metrics(self, headers: list[tuple[bytes, bytes]]) -> Direct:
+        accept = next((value.decode("latin-1") for name, value in headers if name.lower() == b"accept"), "")
+        endpoints = [(route.stats.method, route.stats.path, sum(sub.sender is not None for sub in route.subscriptions),
+                      len(route.subscriptions), len(route.idempotency) if route.idempotency is not None else 0)
+                     for route in self.table.routes()]
+        body, content_type = render(self.metrics, self.gauges(), endpoints, accept)
+        return Direct(200, body, {"Cache-Control": "no-store"}, content_type)
 
     def decorate(self, req: Request, answer: Answer) -> Answer:
         """Headers of a route with ``cors`` (``Access-Control-Allow-Origin`` for an allowed ``Origin``) or
@@ -262,9 +326,20 @@ class PushHandler:
             raise Unauthorized(str(exc), auth.challenge) from None
 
     def reject(self, request_line: str, exc: BaseException) -> Answer:
-        if isinstance(exc, HttpError | DecodeError) and not isinstance(exc, Preflight):
+        if isinstance(exc, HttpError | DecodeError) and not isinstance(exc, Direct):
             self.reject_log.warn(request_line, exc)
         return error_answer(exc)
+
+    def settle(self, req: Request, answer: Answer, body_bytes: int, started: float) -> None:
+        """The connection has ``req``'s final answer, ``started`` (monotonic) being when its body ended: count it, and
+        remember it for the request's ``Idempotency-Key``."""
+        route = req.route
+        stats = route.stats if route is not None else self.metrics.unrouted
+        stats.handled(answer.status, body_bytes, time.monotonic() - started)
+        if req.idempotency is not None:
+            store, key, entry = req.idempotency
+            req.idempotency = None
+            store.settle(key, req.user or "", entry, answer.status, answer.body)
 
     def handle(self, req: Request) -> Answer | PendingAnswer | Coroutine[Any, Any, Answer]:
         try:
@@ -283,23 +358,61 @@ class PushHandler:
             return self._handle_large(req, route, check)
         if check:
             self._admit(req, route)
+        if route.idempotency is not None:
+            known = self._remember(req, route.idempotency, None)
+            if known is not None:
+                return known
         return self._deliver(req, self._frame(req, route))
+
+    def _remember(self, req: Request, store: KeyStore, digest: bytes | None) -> Answer | None:
+        """``Idempotency-Key``: the stored answer (replayed), 409 or 422 when the key is known; else ``None``, the
+        key now remembered as in flight. ``digest``: the request's fingerprint, when already computed."""
+        raw = req.header(b"idempotency-key")
+        if raw is None:
+            return None
+        try:
+            key = parse_key(raw)
+        except BadKey as exc:
+            raise BadRequest(str(exc)) from None
+        if digest is None:
+            digest = fingerprint(req.method, req.path, req.content_type, req.body)
+        user = req.user or ""
+        known = store.begin(key, user, digest)
+        if isinstance(known, Entry):
+            req.idempotency = (store, key, known)
+            return None
+        kind, entry = known
+        shown = key.decode("ascii")
+        if kind == "replay":
+            store.stats.replays += 1
+            answer = Answer(entry.status, entry.body, {"Idempotent-Replayed": "true"})
+            return self.decorate(req, answer) if req.route.custom else answer
+        store.stats.key_conflicts += 1
+        if kind == "in flight":
+            raise Conflict(f"a request with Idempotency-Key {shown!r} is still being handled; retry when it has "
+                           "been answered")
+        raise Unprocessable(f"Idempotency-Key {shown!r} was used for a different request in the last "
+                            f"{store.config.window:g} s (the method, path, Content-Type and body must be the same); "
+                            "use a new key for a new request")
 
     def _admit(self, req: Request, route: Route) -> None:
         """Check ``route``'s auth with the whole request (hmac signs the body): before anything is decoded."""
         if route.auth is not None:
             req.user = self.authenticate(route.auth, req.headers, req.peercert, req.body)
 
-    def _admit_and_frame(self, req: Request, route: Route) -> list[tuple[Frames, list[Subscription]]]:
-        self._admit(req, route)
-        return self._frame(req, route)
-
     async def _handle_large(self, req: Request, route: Route, check: bool = False) -> Answer:
         loop = asyncio.get_running_loop()
         try:
             async with self._large:  # a large body's signature is computed in the worker thread too
-                framed = await loop.run_in_executor(None, self._admit_and_frame if check else self._frame, req,
-                                                    route)
+                if check:
+                    await loop.run_in_executor(None, self._admit, req, route)
+                if route.idempotency is not None and req.header(b"idempotency-key") is not None:
+                    digest = await loop.run_in_executor(None, fingerprint, req.method, req.path, req.content_type,
+                                                        req.body)
+                    known = self._remember(req, route.idempotency, digest)
+                    if known is not None:
+                        return known
+                framed = await loop.run_in_executor(None, self._frame, req, route)
             result = self._deliver(req, framed)
             del framed
             return result if isinstance(result, Answer) else await result.wait()
@@ -312,7 +425,13 @@ class PushHandler:
         framed: list[tuple[Frames, list[Subscription]]] = []
         meta_cache: dict[MetaSpec | None, bytes | None] = {}
         for group in route.groups:
-            records = group.decoder.decode_request(req.body, req.content_type, self.max_records)
+            try:
+                records = group.decoder.decode_request(req.body, req.content_type, self.max_records)
+            except TooManyRecords:
+                raise
+            except DecodeError:
+                route.stats.decode_failed(group.decoder.format)
+                raise
             if len(records) > self.max_records:  # decoders that build all records at once (a JSON array)
                 raise TooManyRecords(self.max_records)
             meta = meta_cache.get(group.meta, b"")
@@ -355,6 +474,7 @@ class PushHandler:
                 delivered[sub.label] = error.delivered
                 reasons.append(str(error))
         if reasons:
+            req.route.stats.delivery_failures += 1
             answer = self.reject(f"{req.method} {req.path} from {req.remote}",
                                  Unavailable(f"records were not all delivered: {'; '.join(reasons)}",
                                              delivered=delivered))
@@ -365,6 +485,7 @@ class PushHandler:
         """200 ``{"accepted", "sources"}``; on a route with ``successStatus``, ``cors`` or ``requestId``, its
         status and headers."""
         answer = Answer(200, b'{"accepted":%d,"sources":%d}' % (accepted, sources))
+        req.route.stats.records += accepted
         if not req.route.custom:
             return answer
         answer.status = req.route.success_status

@@ -44,6 +44,7 @@ from .handler import (
     VersionNotSupported,
     error_answer,
 )
+from .metrics import EndpointStats
 from .routing import Route
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,13 @@ _now = time.monotonic
 IDLE, HEAD, BODY, BUSY, LINGER, CLOSING = range(6)
 
 _REASONS = {100: "Continue", 200: "OK", 201: "Created", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
-            403: "Forbidden", 404: "Not Found",
+            403: "Forbidden", 404: "Not Found", 409: "Conflict",
             405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large", 415: "Unsupported Media Type",
             422: "Unprocessable Content", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 503: "Service Unavailable", 505: "HTTP Version Not Supported"}
 _STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n" % (code, reason.encode())
                  for code, reason in _REASONS.items()}
+_BARE_STATUS_LINES = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason.encode()) for code, reason in _REASONS.items()}
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _NO_CONTENT = b"HTTP/1.1 204 No Content\r\n"
 _CLOSE = b"Connection: close\r\n"
@@ -87,6 +89,15 @@ class ConnectionSet:
 
     def start(self) -> None:
         self._sweep()
+
+    def gauges(self) -> dict[str, tuple[str, float]]:
+        """The server-wide gauges of ``/metrics``, read now."""
+        return {
+            "httppush_open_connections": ("HTTP connections open now (limit: httpServerMaxConnections).",
+                                          len(self.connections)),
+            "httppush_buffered_bytes": ("Bytes held now for bodies being received or decoded and records waiting "
+                                        "for eKuiper (limit: httpServerMaxBuffered).", self.budget.used),
+        }
 
     def stop(self) -> None:
         if self._sweeper is not None:
@@ -130,7 +141,9 @@ class HttpConnection(asyncio.Protocol):
         self.phase = IDLE
         self.deadline = _INF
         self._busy: asyncio.Task[None] | PendingAnswer | None = None  # an answer we owe and are waiting for
-        self._queue: deque[tuple[Request | Answer, bool, bool, int]] = deque()
+        #: requests (or their early answers) parsed while an answer was owed: (item, keep_alive, head_only, body
+        #: bytes held, when the body ended)
+        self._queue: deque[tuple[Request | Answer, bool, bool, int, float]] = deque()
         self._held = 0  # bytes of this connection's bodies counted in the server's budget
         self._closing = False  # answer what is in flight, then close
         self._discarding = False  # input is no longer parsed (after a fatal error, while lingering)
@@ -324,12 +337,14 @@ class HttpConnection(asyncio.Protocol):
             self._inflater.finish()  # a truncated stream: 400
         self.phase = BUSY
         self.deadline = _INF
+        started = _now()
         keep_alive = self.parser.should_keep_alive()
         head_only = self._method == "HEAD"
         held = 0
         if self._error is not None:
             item: Request | Answer = self.handler.reject(f"{self._method} {self._path} from {self.remote}",
                                                           self._error)
+            self._stats(self._route).answered(item.status)
         else:
             body = self._body
             item = Request(self._method, self._path, self._route, self._content_type, self.remote,
@@ -338,43 +353,51 @@ class HttpConnection(asyncio.Protocol):
             self._body = []
             held = self._body_size
         if self._busy is not None or self._queue:
-            self._queue.append((item, keep_alive, head_only, held))
+            self._queue.append((item, keep_alive, head_only, held, started))
             self._pause()
         else:
-            self._process(item, keep_alive, head_only, held)
+            self._process(item, keep_alive, head_only, held, started)
+
+    def _stats(self, route: Route | None) -> EndpointStats:
+        """Where an answer given before the handler is counted: the request's endpoint, if it has one."""
+        return route.stats if route is not None else self.handler.metrics.unrouted
 
     # -- answering --------------------------------------------------------------------------------------------
 
-    def _process(self, item: Request | Answer, keep_alive: bool, head_only: bool, held: int) -> None:
+    def _process(self, item: Request | Answer, keep_alive: bool, head_only: bool, held: int, started: float) -> None:
         if isinstance(item, Answer):
             self._write(item, keep_alive, head_only)
             return
         result = self.handler.handle(item)
         if isinstance(result, Answer):
             self._release(held)
+            self.handler.settle(item, result, held, started)
             self._write(result, keep_alive, head_only)
             return
         self._pause()
         if isinstance(result, PendingAnswer):  # records on their way to the host: answered when they are there
             self._busy = result
-            result.then(lambda answer: self._answered(answer, keep_alive, head_only, held))
+            result.then(lambda answer: self._answered(item, answer, keep_alive, head_only, held, started))
         else:
-            self._busy = asyncio.get_running_loop().create_task(self._await(result, keep_alive, head_only, held))
+            self._busy = asyncio.get_running_loop().create_task(
+                self._await(item, result, keep_alive, head_only, held, started))
 
-    async def _await(self, pending: Coroutine[Any, Any, Answer], keep_alive: bool, head_only: bool,
-                     held: int) -> None:
+    async def _await(self, req: Request, pending: Coroutine[Any, Any, Answer], keep_alive: bool, head_only: bool,
+                     held: int, started: float) -> None:
         try:
             answer = await pending
         except asyncio.CancelledError:
             answer, keep_alive = error_answer(Unavailable("the server is stopping")), False
         except Exception as exc:
             answer = error_answer(exc)
-        self._answered(answer, keep_alive, head_only, held)
+        self._answered(req, answer, keep_alive, head_only, held, started)
 
-    def _answered(self, answer: Answer, keep_alive: bool, head_only: bool, held: int) -> None:
+    def _answered(self, req: Request, answer: Answer, keep_alive: bool, head_only: bool, held: int,
+                  started: float) -> None:
         """The answer we were waiting for: write it, then go on with what was queued behind it."""
         self._busy = None
         self._release(held)
+        self.handler.settle(req, answer, held, started)
         self._write(answer, keep_alive, head_only)
         while self._queue and self._busy is None and not self._shut:
             self._process(*self._queue.popleft())
@@ -395,6 +418,10 @@ class HttpConnection(asyncio.Protocol):
             extra += _KEEP_ALIVE
         if answer.status == 204:  # successStatus 204 or a CORS preflight: no body, no Content-Length (RFC 9110 8.6)
             transport.write(b"%s%s%s\r\n" % (_NO_CONTENT, self.shared.date, extra))
+        elif answer.content_type is not None:  # not JSON: /metrics
+            transport.write(b"%sContent-Type: %s\r\nContent-Length: %d\r\n%s%s\r\n%s" % (
+                _BARE_STATUS_LINES.get(answer.status) or _BARE_STATUS_LINES[500], answer.content_type.encode(),
+                len(body), self.shared.date, extra, b"" if head_only else body))
         else:
             transport.write(b"%sContent-Length: %d\r\n%s%s\r\n%s" % (
                 _STATUS_LINES.get(answer.status) or _STATUS_LINES[500], len(body), self.shared.date, extra,
@@ -419,9 +446,10 @@ class HttpConnection(asyncio.Protocol):
         if self._shut or self.transport.is_closing():
             return
         answer = self.handler.reject(f"request from {self.remote}", exc)
+        self._stats(self._route if self.phase in (HEAD, BODY) else None).answered(answer.status)
         self._closing = True
         if self._busy is not None or self._queue:
-            self._queue.append((answer, False, False, 0))
+            self._queue.append((answer, False, False, 0, 0.0))
             return
         self._write(answer, False, False)
 

@@ -23,6 +23,8 @@ from .auth import Authenticator, describe
 from .channel import ChannelSender
 from .config import ConfigError, CorsConfig, EndpointConfig
 from .decoders import Decoder
+from .idempotency import KeyStore
+from .metrics import EndpointStats, Metrics
 
 _ids = itertools.count(1)
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -159,6 +161,10 @@ class Route:
     request_id: bool = False
     #: whether answers need more than the default 200 (checked once per request)
     custom: bool = False
+    #: the endpoint's counters (kept by the table's :class:`Metrics` beyond the route's life)
+    stats: EndpointStats = field(default_factory=lambda: EndpointStats("", ""))
+    #: remembered ``Idempotency-Key``s (property ``idempotency``; kept beyond the route's life, like ``stats``)
+    idempotency: KeyStore | None = None
 
     def regroup(self) -> None:
         grouped: dict[Hashable, Group] = {}
@@ -174,10 +180,13 @@ class Route:
 
 
 class EndpointTable:
-    def __init__(self) -> None:
+    def __init__(self, metrics: Metrics | None = None) -> None:
         self._routes: dict[tuple[str, str], Route] = {}
         #: template path → its template, while some route uses it
         self._templates: dict[str, Template] = {}
+        self.metrics = metrics if metrics is not None else Metrics()
+        #: (path, method) → its idempotency keys: they outlive the route, so a rule restart keeps them
+        self._key_stores: dict[tuple[str, str], KeyStore] = {}
 
     def __len__(self) -> int:
         return sum(len(route.subscriptions) for route in self._routes.values())
@@ -200,7 +209,7 @@ class EndpointTable:
                 f"{sub.label} and {others[0].label} both serve {sub.endpoint.method} {sub.endpoint.path}, with "
                 f"different 'auth' ({describe(sub.endpoint.auth)} and {describe(others[0].endpoint.auth)}); "
                 "sources on one path and method must use the same auth settings (e.g. one config group)")
-        for name, attr in (("successStatus", "success_status"), ("cors", "cors")):
+        for name, attr in (("successStatus", "success_status"), ("cors", "cors"), ("idempotency", "idempotency")):
             if others and getattr(others[0].endpoint, attr) != getattr(sub.endpoint, attr):
                 raise ConfigError(
                     f"{sub.label} and {others[0].label} both serve {sub.endpoint.method} {sub.endpoint.path}, with "
@@ -212,12 +221,27 @@ class EndpointTable:
         if route is None:
             endpoint = sub.endpoint
             route = self._routes[key] = Route(auth=endpoint.auth, template=template,
-                                              success_status=endpoint.success_status, cors=endpoint.cors)
+                                              success_status=endpoint.success_status, cors=endpoint.cors,
+                                              stats=self.metrics.endpoint(endpoint.method, path),
+                                              idempotency=self._key_store(key, sub))
             if template is not None:
                 self._templates[path] = template
         route.subscriptions.append(sub)
         route.regroup()
         return replaced
+
+    def _key_store(self, key: tuple[str, str], sub: Subscription) -> KeyStore | None:
+        config = sub.endpoint.idempotency
+        if config is None:
+            return None
+        store = self._key_stores.get(key)
+        if store is None:
+            store = self._key_stores[key] = KeyStore(config, self.metrics.endpoint(sub.endpoint.method, key[0]))
+        store.config = config  # a restarted rule may have changed window or maxKeys: the keys stay
+        return store
+
+    def routes(self) -> list[Route]:
+        return list(self._routes.values())
 
     def _template(self, sub: Subscription, path: str, replaced: list[Subscription]) -> Template:
         template = self._templates.get(path) or Template.parse(path)

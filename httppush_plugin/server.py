@@ -123,7 +123,9 @@ class SharedServer:
     async def _start(self) -> None:
         cfg = self._load_config()
         ssl_context = _ssl_context(cfg)
-        connections = ConnectionSet(PushHandler(self.table, cfg), cfg, Budget(cfg.max_buffered))
+        handler = PushHandler(self.table, cfg)
+        connections = ConnectionSet(handler, cfg, Budget(cfg.max_buffered))
+        handler.gauges = connections.gauges
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(

@@ -1,0 +1,176 @@
+"""Idempotent retries (property ``idempotency``), over real HTTP against the installed plugin (emulated host)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tests.conftest import Reply, push
+from tests.hostemu import DataChannel, PluginHost, assert_next_is_sentinel
+from tests.test_observability import samples, value
+
+ON = {"window": 60, "maxKeys": 100}
+
+
+def keyed(port: int, path: str, body: str, key: str, **headers: str) -> Reply:
+    return push(port, path, body, headers={"Idempotency-Key": key, **headers})
+
+
+def sender(port: int, path: str) -> Callable[[bytes], int]:
+    return lambda body: push(port, path, body).status
+
+
+def start(host: PluginHost, props: dict[str, Any] | None = None, path: str = "/api") -> DataChannel:
+    ch = host.start_source("r1", "s1", {"datasource": path, "idempotency": ON, **(props or {})})
+    assert isinstance(ch, DataChannel)
+    return ch
+
+
+def test_a_retry_gets_the_stored_answer_and_is_not_delivered_again(host: PluginHost, server_port: int) -> None:
+    ch = start(host)
+    first = keyed(server_port, "/api", '[{"n": 1}, {"n": 2}]', "order-17")
+    assert first.status == 200 and first.body == {"accepted": 2, "sources": 1}
+    assert "Idempotent-Replayed" not in first.headers
+    again = keyed(server_port, "/api", '[{"n": 1}, {"n": 2}]', "order-17")
+    assert again.status == 200 and again.body == first.body and again.headers["Idempotent-Replayed"] == "true"
+    assert ch.messages(2) == [{"n": 1}, {"n": 2}]
+    assert_next_is_sentinel(sender(server_port, "/api"), ch)  # the retry's records never went out
+    found = samples(server_port)
+    assert value(found, "httppush_idempotent_replays_total", method="POST", path="/api") == 1
+    assert value(found, "httppush_idempotency_keys", method="POST", path="/api") == 1
+
+
+def test_the_same_key_for_another_body_is_422_and_delivers_nothing(host: PluginHost, server_port: int) -> None:
+    ch = start(host)
+    assert keyed(server_port, "/api", '{"n": 1}', "k1").status == 200
+    for body, extra in (('{"n": 2}', {}), ('{"n": 1}', {"Content-Type": "application/x-ndjson"})):
+        answer = keyed(server_port, "/api", body, "k1", **extra)
+        assert answer.status == 422, answer
+        assert "Idempotency-Key 'k1' was used for a different request" in answer.body["error"]
+    assert keyed(server_port, "/api", '{"n": 1}', '"k1"').headers.get("Idempotent-Replayed") == "true"  # sf-string
+    assert ch.messages(1) == [{"n": 1}]
+    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+
+
+def test_a_key_is_forgotten_after_an_answer_that_is_not_2xx(host: PluginHost, server_port: int) -> None:
+    ch = start(host)
+    assert keyed(server_port, "/api", '{"n": ', "k2").status == 400
+    assert keyed(server_port, "/api", '{"n": ', "k2").status == 400  # handled again, not replayed
+    fixed = keyed(server_port, "/api", '{"n": 2}', "k2")
+    assert fixed.status == 200 and "Idempotent-Replayed" not in fixed.headers
+    assert ch.messages(1) == [{"n": 2}]
+    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+
+
+def test_without_the_property_the_header_is_ignored(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/plain"})
+    assert isinstance(ch, DataChannel)
+    for _ in range(2):
+        answer = keyed(server_port, "/plain", '{"n": 1}', "k")
+        assert answer.status == 200 and "Idempotent-Replayed" not in answer.headers
+    assert ch.messages(2) == [{"n": 1}, {"n": 1}]
+    assert_next_is_sentinel(sender(server_port, "/plain"), ch)
+
+
+def test_unusable_keys_are_400(host: PluginHost, server_port: int) -> None:
+    ch = start(host)
+    for key in ("x" * 256, "a b", "caf\u00e9".encode().decode("latin-1"), '""'):
+        answer = keyed(server_port, "/api", '{"n": 1}', key)
+        assert answer.status == 400 and "Idempotency-Key must be 1 to 255 visible ASCII" in answer.body["error"], key
+    assert keyed(server_port, "/api", '{"n": 1}', "x" * 255).status == 200
+    assert ch.messages(1) == [{"n": 1}]
+    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+
+
+def test_a_key_in_flight_gets_409_then_the_answer(host: PluginHost, server_port: int) -> None:
+    """The host stops reading: the first request's records wait, its key is in flight; a retry then is 409."""
+    ch = start(host)
+    ch.pause()
+    filler = json.dumps([{"pad": "x" * 1000}] * 600)  # ~600 KB: more than the IPC socket buffers hold
+    results: dict[str, Reply] = {}
+    threads = [threading.Thread(target=lambda: results.update(filler=push(server_port, "/api", filler))),
+               threading.Thread(target=lambda: results.update(first=keyed(server_port, "/api", '{"n": 1}', "k3")))]
+    threads[0].start()
+    time.sleep(0.3)  # only orders the two pushes; what the test checks is polled below
+    threads[1].start()
+    deadline = time.monotonic() + 10
+    while value(samples(server_port), "httppush_idempotency_keys", method="POST", path="/api") < 1:
+        assert time.monotonic() < deadline, "the first keyed request never reached the plugin"
+        time.sleep(0.05)
+    busy = keyed(server_port, "/api", '{"n": 1}', "k3")
+    assert busy.status == 409 and busy.headers["Retry-After"] == "1", busy
+    assert "is still being handled" in busy.body["error"]
+    ch.resume()
+    for thread in threads:
+        thread.join(timeout=15)
+    assert results["filler"].status == 200 and results["first"].status == 200, results
+    assert len(ch.take(601, timeout=15)) == 601
+    replay = keyed(server_port, "/api", '{"n": 1}', "k3")
+    assert replay.status == 200 and replay.headers["Idempotent-Replayed"] == "true"
+    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+
+
+def test_keys_expire_after_the_window(host: PluginHost, server_port: int) -> None:
+    ch = start(host, {"idempotency": {"window": 1}})
+    assert keyed(server_port, "/api", '{"n": 1}', "k4").status == 200
+    assert keyed(server_port, "/api", '{"n": 1}', "k4").headers.get("Idempotent-Replayed") == "true"
+    time.sleep(1.2)  # the window itself is what is tested: after it, the same request is new
+    fresh = keyed(server_port, "/api", '{"n": 1}', "k4")
+    assert fresh.status == 200 and "Idempotent-Replayed" not in fresh.headers
+    assert ch.messages(2) == [{"n": 1}, {"n": 1}]
+    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+
+
+def test_max_keys_evicts_the_oldest(host: PluginHost, server_port: int) -> None:
+    ch = start(host, {"idempotency": {"window": 60, "maxKeys": 2}})
+    for key in ("a", "b", "c"):
+        assert keyed(server_port, "/api", json.dumps({"k": key}), key).status == 200
+    assert keyed(server_port, "/api", '{"k": "c"}', "c").headers.get("Idempotent-Replayed") == "true"
+    evicted = keyed(server_port, "/api", '{"k": "a"}', "a")  # "a" went when "c" came: delivered again
+    assert evicted.status == 200 and "Idempotent-Replayed" not in evicted.headers
+    assert ch.messages(4) == [{"k": "a"}, {"k": "b"}, {"k": "c"}, {"k": "a"}]
+    found = samples(server_port)
+    assert value(found, "httppush_idempotency_evictions_total", method="POST", path="/api") == 2  # a, then b
+    assert value(found, "httppush_idempotency_keys", method="POST", path="/api") == 2
+    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+
+
+def test_keys_survive_a_rule_restart(host: PluginHost, server_port: int) -> None:
+    """Stopping the only rule stops the shared server; the keys belong to the process and are still there."""
+    ch = start(host)
+    assert keyed(server_port, "/api", '{"n": 1}', "k5").status == 200
+    assert ch.messages(1) == [{"n": 1}]
+    assert host.stop_source(ch) == "ok"
+    ch = start(host)
+    replay = keyed(server_port, "/api", '{"n": 1}', "k5")
+    assert replay.status == 200 and replay.headers["Idempotent-Replayed"] == "true"
+    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+
+
+def test_keys_are_per_user_and_replays_keep_the_configured_answer(host: PluginHost, server_port: int) -> None:
+    users = {"type": "basic", "users": {"ann": "pw1", "bob": "pw2"}}
+    ch = start(host, {"auth": users, "successStatus": 201, "meta": ["requestId"]})
+    ann = {"Authorization": "Basic YW5uOnB3MQ=="}
+    bob = {"Authorization": "Basic Ym9iOnB3Mg=="}
+    first = keyed(server_port, "/api", '{"n": 1}', "shared", **ann, **{"X-Request-Id": "req-1"})
+    assert first.status == 201 and first.headers["X-Request-Id"] == "req-1"
+    replay = keyed(server_port, "/api", '{"n": 1}', "shared", **ann, **{"X-Request-Id": "req-2"})
+    assert replay.status == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.headers["X-Request-Id"] == "req-2"  # the retry's own id
+    assert keyed(server_port, "/api", '{"n": 1}', "shared", **bob).status == 201  # bob's key is his own
+    assert [r["message"] for r in ch.take(2)] == [{"n": 1}, {"n": 1}]
+
+    def as_ann(body: bytes) -> int:
+        status = push(server_port, "/api", body, headers=ann).status
+        return 200 if status == 201 else status  # successStatus 201 is this endpoint's "ok"
+
+    assert_next_is_sentinel(as_ann, ch)
+
+
+def test_fan_out_sources_must_agree_on_idempotency(host: PluginHost, server_port: int) -> None:
+    start(host)
+    answer = host.start_source("r2", "s2", {"datasource": "/api"}, expect_ok=False)
+    assert isinstance(answer, str) and "'idempotency'" in answer and "stream s1" in answer, answer
