@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 
 from tests.conftest import push
-from tests.realhost_support import PLUGIN, Ctx, by_tag, epoch_ms, uid
+from tests.realhost_support import PLUGIN, Ctx, by_tag, epoch_ms, uid, wait_until
+from tests.test_observability import samples
+from tests.test_observability import value as sample_value
 
 pytestmark = pytest.mark.realhost
 
@@ -185,3 +188,56 @@ def test_meta_headers_readable_with_meta(ctx: Ctx) -> None:
     reply = push(ctx.port, path, '{"v": 1}', headers={"SensorId": "boiler-3", "Other": "x"})
     assert reply.body == {"accepted": 1, "sources": 1}
     assert ctx.sink.wait_for(1) == [{"sensor": "boiler-3", "v": 1}]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Idempotent retries, health and metrics
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_idempotency_key_retry_reaches_the_rule_once_even_across_a_rule_restart(ctx: Ctx) -> None:
+    """idempotency (a REST-stored group): a retried request is answered from memory, its records reach the rule once;
+    the same key with another body is 422; the keys outlive a restart of the rule (which stops the shared server when
+    it is the only one)."""
+    key = uid("idem")
+    ctx.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{key}", {"idempotency": {"window": 120, "maxKeys": 1000}})
+    s, path = ctx.stream(f'FORMAT="json", CONF_KEY="{key}"')
+    r = ctx.rule(f"SELECT * FROM {s}")
+    body = '[{"order": 17, "qty": 2}, {"order": 17, "qty": 3}]'
+    first = push(ctx.port, path, body, headers={"Idempotency-Key": "order-17"})
+    assert first.status == 200 and first.body == {"accepted": 2, "sources": 1}
+    retry = push(ctx.port, path, body, headers={"Idempotency-Key": "order-17"})
+    assert retry.status == 200 and retry.body == first.body and retry.headers["Idempotent-Replayed"] == "true"
+    other = push(ctx.port, path, '{"order": 18}', headers={"Idempotency-Key": "order-17"})
+    assert other.status == 422 and "different request" in other.body["error"]
+    assert ctx.sink.wait_for(2) == [{"order": 17, "qty": 2}, {"order": 17, "qty": 3}]
+    ctx.assert_next_is_sentinel(path, 2)
+
+    ctx.host.stop_rule(r)
+    wait_until(lambda: r not in ctx.host.plugin_status(PLUGIN)["refCount"], 10.0, f"the plugin to stop {r}'s source")
+    ctx.host.start_rule(r)
+    ctx.wait_started(r)
+    after = push(ctx.port, path, body, headers={"Idempotency-Key": "order-17"})
+    assert after.status == 200 and after.headers["Idempotent-Replayed"] == "true", after
+    ctx.assert_next_is_sentinel(path, 3)
+
+
+def test_health_names_the_rule_and_metrics_count_what_it_got(ctx: Ctx) -> None:
+    """GET /healthz lists the endpoint with eKuiper's rule and stream; /metrics counts the records the rule saw."""
+    s, path = ctx.stream('FORMAT="json"')
+    r = ctx.rule(f"SELECT * FROM {s}")
+    assert ctx.push(path, '[{"v": 1}, {"v": 2}, {"v": 3}]').body == {"accepted": 3, "sources": 1}
+    assert ctx.push(path, '{"v": ').status == 400
+    ctx.sink.wait_for(3)
+
+    def ready() -> Any:
+        answer = push(ctx.port, "/healthz", b"", method="GET")
+        return answer if answer.status == 200 else None
+
+    health = wait_until(ready, 10.0, "health to be 200")
+    endpoint = next(e for e in health.body["endpoints"] if e["path"] == path)
+    assert [(src["rule"], src["stream"], src["attached"]) for src in endpoint["sources"]] == [(r, s, True)]
+    found = samples(ctx.port)
+    assert sample_value(found, "httppush_records_total", method="POST", path=path) == 3
+    assert sample_value(found, "httppush_decode_failures_total", method="POST", path=path, format="json") == 1
+    ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 3)
