@@ -44,7 +44,6 @@ from .handler import (
     VersionNotSupported,
     error_answer,
 )
-from .metrics import EndpointStats
 from .routing import Route
 
 log = logging.getLogger(__name__)
@@ -342,9 +341,8 @@ class HttpConnection(asyncio.Protocol):
         head_only = self._method == "HEAD"
         held = 0
         if self._error is not None:
-            item: Request | Answer = self.handler.reject(f"{self._method} {self._path} from {self.remote}",
-                                                          self._error)
-            self._stats(self._route).answered(item.status)
+            item: Request | Answer = self._early(self.handler.reject(
+                f"{self._method} {self._path} from {self.remote}", self._error), self._route)
         else:
             body = self._body
             item = Request(self._method, self._path, self._route, self._content_type, self.remote,
@@ -358,9 +356,17 @@ class HttpConnection(asyncio.Protocol):
         else:
             self._process(item, keep_alive, head_only, held, started)
 
-    def _stats(self, route: Route | None) -> EndpointStats:
-        """Where an answer given before the handler is counted: the request's endpoint, if it has one."""
-        return route.stats if route is not None else self.handler.metrics.unrouted
+    def _early(self, answer: Answer, route: Route | None) -> Answer:
+        """An answer given before the handler saw the request (401, 413, 408, …): counted for the request's endpoint
+        (if it has one), with the endpoint's CORS and X-Request-Id headers, so that a browser can read it."""
+        if route is None:
+            self.handler.metrics.unrouted.answered(answer.status)
+            return answer
+        route.stats.answered(answer.status)
+        if not route.custom:
+            return answer
+        return self.handler.decorate(Request(self._method, self._path, route, self._content_type, self.remote, b"",
+                                             self._url, self._headers), answer)
 
     # -- answering --------------------------------------------------------------------------------------------
 
@@ -445,8 +451,8 @@ class HttpConnection(asyncio.Protocol):
             self._release(self._body_size)
         if self._shut or self.transport.is_closing():
             return
-        answer = self.handler.reject(f"request from {self.remote}", exc)
-        self._stats(self._route if self.phase in (HEAD, BODY) else None).answered(answer.status)
+        answer = self._early(self.handler.reject(f"request from {self.remote}", exc),
+                             self._route if self.phase in (HEAD, BODY) else None)
         self._closing = True
         if self._busy is not None or self._queue:
             self._queue.append((answer, False, False, 0, 0.0))

@@ -157,6 +157,25 @@ def test_cors_headers_on_answers_for_allowed_origins_only(host: PluginHost, serv
     assert_next_is_sentinel(sender(server_port, "/web"), ch)
 
 
+def test_cors_and_request_id_on_answers_given_before_the_body(host: PluginHost, server_port: int) -> None:
+    """401 (auth checked on the headers) and 413 (Content-Length over the limit) are answered before the handler:
+    they carry the endpoint's CORS and X-Request-Id headers too, or a page could not read them."""
+    ch = host.start_source("r1", "s1", {"datasource": "/web", "cors": CORS, "meta": ["requestId"],
+                                        "auth": {"type": "bearer", "tokens": ["t0ken"]}})
+    ask = {"Origin": ORIGIN, "X-Request-Id": "early-1"}
+    denied = push(server_port, "/web", '{"a": 1}', headers=ask)
+    assert denied.status == 401 and denied.headers["Access-Control-Allow-Origin"] == ORIGIN, denied
+    assert denied.headers["X-Request-Id"] == "early-1" and denied.headers["WWW-Authenticate"].startswith("Bearer")
+    big = push(server_port, "/web", b"x" * (11 * 1024 * 1024), headers={**ask, "Authorization": "Bearer t0ken"})
+    assert big.status == 413 and big.headers["Access-Control-Allow-Origin"] == ORIGIN, big
+    assert big.headers["X-Request-Id"] == "early-1"
+    nowhere = push(server_port, "/elsewhere", "{}", headers=ask)
+    assert nowhere.status == 404 and "Access-Control-Allow-Origin" not in nowhere.headers  # no endpoint, no CORS
+    assert isinstance(ch, DataChannel)
+    assert_next_is_sentinel(lambda body: push(server_port, "/web", body, headers={"Authorization": "Bearer t0ken"})
+                            .status, ch)
+
+
 def test_cors_off_options_is_still_405(host: PluginHost, server_port: int) -> None:
     host.start_source("r1", "s1", {"datasource": "/plain"})
     answer = push(server_port, "/plain", b"", method="OPTIONS", headers={"Origin": ORIGIN})
