@@ -132,3 +132,19 @@ def test_plugin_status_shows_the_rule(v: Ctx) -> None:
     assert v.sink.wait_for(1) == [{"k": 1}]
     v.host.delete_rule(r)
     wait_until(lambda: r not in v.host.plugin_status(PLUGIN)["refCount"], 15.0, f"{r} to leave refCount")
+
+
+def test_idempotency_key_retry_reaches_the_rule_once(v: Ctx) -> None:
+    """A REST-stored group with ``idempotency``: the retry is replayed, its records reach the rule once; health
+    names the rule."""
+    key = uid("idem")
+    v.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{key}", {"idempotency": {"window": 60}})
+    s, path = v.stream(f'FORMAT="json", CONF_KEY="{key}"')
+    r = v.rule(f"SELECT * FROM {s}")
+    for replayed in (False, True):
+        reply = push(v.port, path, '{"order": 1}', headers={"Idempotency-Key": "k-1"})
+        assert reply.status == 200 and (reply.headers.get("Idempotent-Replayed") == "true") == replayed, reply
+    assert v.sink.wait_for(1) == [{"order": 1}]
+    v.assert_next_is_sentinel(path, 1)
+    health = push(v.port, "/healthz", b"", method="GET").body
+    assert any(src["rule"] == r and src["stream"] == s for e in health["endpoints"] for src in e["sources"]), health
