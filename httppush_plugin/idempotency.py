@@ -5,10 +5,12 @@ One :class:`KeyStore` per endpoint (method + DATASOURCE), kept for the life of t
 (which may stop and start the shared server) does not forget keys; a plugin restart does. A key is remembered from
 its request's arrival ("in flight": a second request with it gets 409) until its answer: a 2xx answer is stored for
 ``window`` seconds, any other answer forgets the key, so a retry after a 4xx or 503 is handled afresh. At most
-``max_keys`` keys are kept; more evict the oldest (counted in ``httppush_idempotency_evictions_total``).
+``max_keys`` keys are kept; more evict the oldest answered ones (counted in ``httppush_idempotency_evictions_total``);
+keys in flight are never evicted (there are at most as many as open connections).
 
-A request is "the same" when its method, path (with a template's values), Content-Type and body (after
-Content-Encoding is undone) are; keys are separate per authenticated user. Only the event-loop thread uses a store.
+A request is "the same" when its method, request target (path with a template's values, and query), Content-Type
+(case aside) and body (after Content-Encoding is undone) are; keys are separate per authenticated user. Only the
+event-loop thread uses a store.
 
 Example::
 
@@ -69,10 +71,23 @@ class KeyStore:
         entry = Entry(fingerprint, now + self.config.window)
         self._entries[slot] = entry
         self._entries.move_to_end(slot)
-        while len(self._entries) > self.config.max_keys:
-            self._entries.popitem(last=False)
-            self.stats.evictions += 1
+        if len(self._entries) > self.config.max_keys:
+            self._evict()
         return entry
+
+    def _evict(self) -> None:
+        """Forget the oldest answered keys until at most ``max_keys`` are left, or only keys in flight."""
+        entries = self._entries
+        excess = len(entries) - self.config.max_keys
+        victims = []
+        for slot, entry in entries.items():
+            if len(victims) == excess:
+                break
+            if entry.status:
+                victims.append(slot)
+        for slot in victims:
+            del entries[slot]
+        self.stats.evictions += len(victims)
 
     def settle(self, key: bytes, user: str, entry: Entry, status: int, body: bytes) -> None:
         """The answer to the request that began ``entry``: a 2xx is remembered for the window, the rest forgets."""
@@ -96,20 +111,47 @@ class KeyStore:
 
 
 def parse_key(raw: bytes) -> bytes:
-    """The key from an ``Idempotency-Key`` header: 1–255 visible ASCII characters, or an RFC 8941 string
-    (``"..."``, as the IETF draft writes it; the quotes are dropped). Raises :class:`BadKey`."""
+    """The key from an ``Idempotency-Key`` header: 1–255 visible ASCII characters, or an RFC 8941 string as the IETF
+    draft writes it (``"a b"``: quotes dropped, ``\\"`` and ``\\\\`` unescaped, spaces allowed). Raises
+    :class:`BadKey`."""
     key = raw.strip()
-    if len(key) >= 2 and key[:1] == b'"' and key[-1:] == b'"':
-        key = key[1:-1]
-    if not key or len(key) > MAX_KEY_LENGTH or not all(0x21 <= byte <= 0x7E for byte in key):
-        raise BadKey(f"header Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters")
+    quoted = len(key) >= 2 and key[:1] == b'"' and key[-1:] == b'"'
+    if quoted:
+        key = _unescape(key[1:-1])
+    low = 0x20 if quoted else 0x21
+    if not key or len(key) > MAX_KEY_LENGTH or not all(low <= byte <= 0x7E for byte in key):
+        raise BadKey(f"header Idempotency-Key must be 1 to {MAX_KEY_LENGTH} visible ASCII characters (or a quoted "
+                     "string of printable ASCII)")
     return key
 
 
-def fingerprint(method: str, path: str, content_type: str, body: bytes) -> bytes:
-    """What makes two requests with one key "the same request" (``body`` as decoded from its Content-Encoding)."""
+def _unescape(text: bytes) -> bytes:
+    """An RFC 8941 string's content: ``\\`` before ``"`` or ``\\`` escapes it; any other ``\\`` or a bare ``"``
+    is malformed (:class:`BadKey`)."""
+    out = bytearray()
+    escaped = False
+    for byte in text:
+        if escaped:
+            if byte not in b'"\\':
+                raise BadKey("header Idempotency-Key is a quoted string with a backslash before neither '\"' nor '\\'")
+            out.append(byte)
+            escaped = False
+        elif byte == 0x5C:
+            escaped = True
+        elif byte == 0x22:
+            raise BadKey("header Idempotency-Key is a quoted string with an unescaped '\"' inside")
+        else:
+            out.append(byte)
+    if escaped:
+        raise BadKey("header Idempotency-Key is a quoted string ending in a lone backslash")
+    return bytes(out)
+
+
+def fingerprint(method: str, target: bytes, content_type: str, body: bytes) -> bytes:
+    """What makes two requests with one key "the same request": ``target`` is the request target as sent (path and
+    query), ``body`` as decoded from its Content-Encoding."""
     digest = hashlib.blake2b(digest_size=16)
-    for part in (method.encode(), path.encode("utf-8", "surrogateescape"), content_type.encode("latin-1")):
+    for part in (method.encode(), target, content_type.strip().lower().encode("latin-1")):
         digest.update(len(part).to_bytes(4, "big"))
         digest.update(part)
     digest.update(body)

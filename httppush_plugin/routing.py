@@ -213,7 +213,8 @@ class EndpointTable:
             if others and getattr(others[0].endpoint, attr) != getattr(sub.endpoint, attr):
                 raise ConfigError(
                     f"{sub.label} and {others[0].label} both serve {sub.endpoint.method} {sub.endpoint.path}, with "
-                    f"different '{name}' ({getattr(sub.endpoint, attr)!r} and {getattr(others[0].endpoint, attr)!r})"
+                    f"different '{name}' ({_shown(getattr(sub.endpoint, attr))} and "
+                    f"{_shown(getattr(others[0].endpoint, attr))})"
                     "; one request gets one answer: use one config group for them")
         for old in replaced:
             self.remove(old)
@@ -298,3 +299,8 @@ class EndpointTable:
         template = self._matching(path)
         paths = {path, template.path} if template is not None else {path}
         return sorted({method for (p, method) in self._routes if p in paths})
+
+
+def _shown(setting: object) -> str:
+    """A route-wide setting as a start error shows it: ``off`` for an unset one."""
+    return "off" if setting is None else str(setting)

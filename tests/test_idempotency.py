@@ -55,6 +55,35 @@ def test_the_same_key_for_another_body_is_422_and_delivers_nothing(host: PluginH
     assert_next_is_sentinel(sender(server_port, "/api"), ch)
 
 
+def test_the_query_is_part_of_the_request_and_quoted_keys_are_unescaped(host: PluginHost, server_port: int) -> None:
+    ch = start(host)
+    assert keyed(server_port, "/api?site=a", '{"n": 1}', 'k"q').status == 200
+    assert keyed(server_port, "/api?site=b", '{"n": 1}', 'k"q').status == 422  # another query: another request
+    replay = keyed(server_port, "/api?site=a", '{"n": 1}', '"k\\"q"')  # RFC 8941 string for the key k"q
+    assert replay.status == 200 and replay.headers["Idempotent-Replayed"] == "true", replay
+    for malformed in ('"k\\x"', '"k"q"', '"k\\"'):
+        assert keyed(server_port, "/api", '{"n": 1}', malformed).status == 400, malformed
+    assert ch.messages(1) == [{"n": 1}]
+    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+
+
+def test_a_key_in_flight_is_never_evicted() -> None:
+    """The store itself: eviction skips keys whose request is still being handled."""
+    from httppush_plugin.config import IdempotencyConfig
+    from httppush_plugin.idempotency import Entry, KeyStore
+    from httppush_plugin.metrics import EndpointStats
+
+    store = KeyStore(IdempotencyConfig(window=60, max_keys=2), EndpointStats("POST", "/api"))
+    busy = store.begin(b"busy", "", b"f1")
+    done = store.begin(b"done", "", b"f2")
+    assert isinstance(busy, Entry) and isinstance(done, Entry)
+    store.settle(b"done", "", done, 200, b"{}")
+    assert isinstance(store.begin(b"new", "", b"f3"), Entry)  # over maxKeys: "done" goes, "busy" stays
+    assert store.begin(b"busy", "", b"f1") == ("in flight", busy)
+    assert isinstance(store.begin(b"done", "", b"f2"), Entry)  # forgotten: new again
+    assert store.stats.evictions == 1
+
+
 def test_a_key_is_forgotten_after_an_answer_that_is_not_2xx(host: PluginHost, server_port: int) -> None:
     ch = start(host)
     assert keyed(server_port, "/api", '{"n": ', "k2").status == 400
