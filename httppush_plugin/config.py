@@ -210,6 +210,16 @@ def _server_config(section: Mapping[str, Any], tls: dict[str, Any], symbol: str)
     ip = str(section.get("httpServerIp") or DEFAULT_IP)
     port = _int_setting("httpServerPort", section.get("httpServerPort", DEFAULT_PORTS.get(symbol, 10081)), 0, 65535)
     max_body = _int_setting("httpServerMaxBodySize", section.get("httpServerMaxBodySize", DEFAULT_MAX_BODY_SIZE), 1)
+    health = _path_setting("httpServerHealthPath", section.get("httpServerHealthPath", DEFAULT_HEALTH_PATH))
+    metrics = _path_setting("httpServerMetricsPath", section.get("httpServerMetricsPath", DEFAULT_METRICS_PATH))
+    if health and health == metrics:
+        raise ConfigError(f"setting 'httpServerMetricsPath' is {metrics!r}, the same as httpServerHealthPath; give "
+                          "them different paths (or switch one off with \"\")")
+    max_buffered = _int_setting("httpServerMaxBuffered", section.get("httpServerMaxBuffered", DEFAULT_MAX_BUFFERED), 1)
+    if max_buffered < max_body:
+        raise ConfigError(f"setting 'httpServerMaxBuffered' is {max_buffered}, less than httpServerMaxBodySize "
+                          f"({max_body}): a body of a size between the two could never be received; make it at least "
+                          "as large")
     return ServerConfig(
         ip=ip, port=port, tls=_tls_setting(tls), max_body_size=max_body,
         read_header_timeout=_seconds_setting("httpServerReadHeaderTimeout",
@@ -223,11 +233,9 @@ def _server_config(section: Mapping[str, Any], tls: dict[str, Any], symbol: str)
                                      section.get("httpServerMaxConnections", DEFAULT_MAX_CONNECTIONS), 1),
         max_source_backlog=_int_setting("httpServerMaxSourceBacklog",
                                         section.get("httpServerMaxSourceBacklog", DEFAULT_MAX_SOURCE_BACKLOG), 1),
-        max_buffered=_int_setting("httpServerMaxBuffered", section.get("httpServerMaxBuffered", DEFAULT_MAX_BUFFERED),
-                                  1),
-        health_path=_path_setting("httpServerHealthPath", section.get("httpServerHealthPath", DEFAULT_HEALTH_PATH)),
-        metrics_path=_path_setting("httpServerMetricsPath",
-                                   section.get("httpServerMetricsPath", DEFAULT_METRICS_PATH)),
+        max_buffered=max_buffered,
+        health_path=health,
+        metrics_path=metrics,
     )
 
 
@@ -342,6 +350,9 @@ class CorsConfig:
     #: seconds a browser may cache a preflight's answer; 0: ``Access-Control-Max-Age`` is not sent
     max_age: int = 0
 
+    def __str__(self) -> str:
+        return f"origins {list(self.origins)}, headers {list(self.headers)}, maxAge {self.max_age}"
+
     def allows(self, origin: str) -> bool:
         return origin in self.origins or "*" in self.origins
 
@@ -353,6 +364,9 @@ class IdempotencyConfig:
     #: seconds a 2xx answer is remembered for its key
     window: float = DEFAULT_IDEMPOTENCY_WINDOW_S
     max_keys: int = DEFAULT_IDEMPOTENCY_MAX_KEYS
+
+    def __str__(self) -> str:
+        return f"window {self.window:g} s, maxKeys {self.max_keys}"
 
 
 @dataclass(frozen=True)

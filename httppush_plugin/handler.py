@@ -345,8 +345,11 @@ class PushHandler:
         try:
             return self._handle(req)
         except Exception as exc:  # every failure becomes an answer: never a dropped connection
-            answer = self.reject(f"{req.method} {req.path} from {req.remote}", exc)
-            return self.decorate(req, answer) if req.route is not None and req.route.custom else answer
+            return self._refused(req, exc)
+
+    def _refused(self, req: Request, exc: Exception) -> Answer:
+        answer = self.reject(f"{req.method} {req.path} from {req.remote}", exc)
+        return self.decorate(req, answer) if req.route is not None and req.route.custom else answer
 
     def _handle(self, req: Request) -> Answer | PendingAnswer | Coroutine[Any, Any, Answer]:
         route = req.route
@@ -375,7 +378,7 @@ class PushHandler:
         except BadKey as exc:
             raise BadRequest(str(exc)) from None
         if digest is None:
-            digest = fingerprint(req.method, req.path, req.content_type, req.body)
+            digest = fingerprint(req.method, req.target, req.content_type, req.body)
         user = req.user or ""
         known = store.begin(key, user, digest)
         if isinstance(known, Entry):
@@ -392,8 +395,8 @@ class PushHandler:
             raise Conflict(f"a request with Idempotency-Key {shown!r} is still being handled; retry when it has "
                            "been answered")
         raise Unprocessable(f"Idempotency-Key {shown!r} was used for a different request in the last "
-                            f"{store.config.window:g} s (the method, path, Content-Type and body must be the same); "
-                            "use a new key for a new request")
+                            f"{store.config.window:g} s (the method, path and query, Content-Type and body must be "
+                            "the same); use a new key for a new request")
 
     def _admit(self, req: Request, route: Route) -> None:
         """Check ``route``'s auth with the whole request (hmac signs the body): before anything is decoded."""
@@ -407,7 +410,7 @@ class PushHandler:
                 if check:
                     await loop.run_in_executor(None, self._admit, req, route)
                 if route.idempotency is not None and req.header(b"idempotency-key") is not None:
-                    digest = await loop.run_in_executor(None, fingerprint, req.method, req.path, req.content_type,
+                    digest = await loop.run_in_executor(None, fingerprint, req.method, req.target, req.content_type,
                                                         req.body)
                     known = self._remember(req, route.idempotency, digest)
                     if known is not None:
@@ -416,6 +419,8 @@ class PushHandler:
             result = self._deliver(req, framed)
             del framed
             return result if isinstance(result, Answer) else await result.wait()
+        except Exception as exc:  # answered as a small body's would be: logged, with the endpoint's headers
+            return self._refused(req, exc)
         finally:
             req.body = b""
             await loop.run_in_executor(None, _trim_heap)

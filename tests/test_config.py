@@ -54,6 +54,9 @@ def test_server_yaml_then_environment(tmp_path: Path) -> None:
     ("source:\n  httpServerMaxBodySize: 0\n", "must be at least 1"),
     ("source:\n  httpServerTls: {certfile: /c}\n", "needs both 'certfile' and 'keyfile'"),
     ("source: [1\n", "cannot parse"),
+    ("source:\n  httpServerMaxBuffered: 1000\n", "'httpServerMaxBuffered' is 1000, less than httpServerMaxBodySize"),
+    ("source:\n  httpServerMetricsPath: /healthz\n", "'httpServerMetricsPath' is '/healthz', the same as httpServer"),
+    ("source:\n  httpServerHealthPath: health\n", "must be a URL path starting with '/'"),
     ("source: 3\n", "'source:' section"),
 ])
 def test_server_bad_settings(tmp_path: Path, text: str, needle: str) -> None:
@@ -294,3 +297,22 @@ def test_auth_examples_parse(monkeypatch: pytest.MonkeyPatch) -> None:
         assert kinds == set(AUTH_TYPES[1:]), f"{source}: auth examples cover {kinds}"
         for group in groups.values():
             EndpointConfig.from_props({"datasource": "/a", **group})
+
+
+def test_health_and_metrics_paths_and_idempotency_settings(tmp_path: Path) -> None:
+    write_server_yaml(tmp_path, "source:\n  httpServerHealthPath: /-/ready\n  httpServerMetricsPath: off\n")
+    cfg = load_server_config(tmp_path, "pyhttppush", {})
+    assert (cfg.health_path, cfg.metrics_path) == ("/-/ready", "")
+    env = {"PYHTTPPUSH_SERVER_METRICS_PATH": "/m", "PYHTTPPUSH_SERVER_HEALTH_PATH": "false"}
+    cfg = load_server_config(tmp_path, "pyhttppush", env)
+    assert (cfg.health_path, cfg.metrics_path) == ("", "/m")
+    on = EndpointConfig.from_props({"datasource": "/a", "idempotency": {"window": 30, "maxkeys": 5}})
+    assert on.idempotency is not None and (on.idempotency.window, on.idempotency.max_keys) == (30, 5)
+    assert EndpointConfig.from_props({"datasource": "/a", "idempotency": True}).idempotency is not None
+    for off in (None, False, {}, "false"):
+        assert EndpointConfig.from_props({"datasource": "/a", "idempotency": off}).idempotency is None
+    for bad, needle in (({"window": 0}, "property 'idempotency.window' is 0"),
+                        ({"maxKeys": -1}, "property 'idempotency.maxKeys' is -1"),
+                        ({"ttl": 5}, "has key 'ttl'"), ("sometimes", "must be true or a mapping")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            EndpointConfig.from_props({"datasource": "/a", "idempotency": bad})

@@ -176,6 +176,18 @@ def test_cors_and_request_id_on_answers_given_before_the_body(host: PluginHost, 
                             .status, ch)
 
 
+def test_large_bodies_refused_carry_the_endpoint_headers_too(host: PluginHost, server_port: int) -> None:
+    """A body of 1 MiB or more is decoded in a worker thread; its refusal is answered like a small body's."""
+    ch = host.start_source("r1", "s1", {"datasource": "/web", "cors": CORS, "meta": ["requestId"]})
+    big_bad = b"[" + b'{"a": 1},' * 200_000 + b"]"
+    assert len(big_bad) > 1024 * 1024
+    refused = push(server_port, "/web", big_bad, headers={"Origin": ORIGIN, "X-Request-Id": "large-1"})
+    assert refused.status == 400 and refused.headers["Access-Control-Allow-Origin"] == ORIGIN, refused
+    assert refused.headers["X-Request-Id"] == "large-1"
+    assert isinstance(ch, DataChannel)
+    assert_next_is_sentinel(sender(server_port, "/web"), ch)
+
+
 def test_cors_off_options_is_still_405(host: PluginHost, server_port: int) -> None:
     host.start_source("r1", "s1", {"datasource": "/plain"})
     answer = push(server_port, "/plain", b"", method="OPTIONS", headers={"Origin": ORIGIN})

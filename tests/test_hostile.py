@@ -380,10 +380,11 @@ def _post_raw(port: int, path: str, body: bytes, timeout: float = 30) -> tuple[i
 
 def test_max_buffered_503_with_retry_after_and_2xx_records_arrive(plugin: Callable[..., PluginHost],
                                                                   server_port: int) -> None:
-    """httpServerMaxBuffered 2 MiB; 12 clients push 1 MiB bodies at once: some are refused with 503 and Retry-After
-    naming the setting (nothing else 5xx). Each refused client retries once after Retry-After, one at a time, and
-    is served. Exactly the records of the 200s arrive — none of a refused attempt — each body's in order."""
-    host = plugin(PYHTTPPUSH_SERVER_MAX_BUFFERED=str(2 * 2**20))
+    """httpServerMaxBuffered 2 MiB (and httpServerMaxBodySize, which may not be larger); 12 clients push 1 MiB bodies
+    at once: some are refused with 503 and Retry-After naming the setting (nothing else 5xx). Each refused client
+    retries once after Retry-After, one at a time, and is served. Exactly the records of the 200s arrive — none of a
+    refused attempt — each body's in order."""
+    host = plugin(PYHTTPPUSH_SERVER_MAX_BUFFERED=str(2 * 2**20), PYHTTPPUSH_SERVER_MAX_BODY_SIZE=str(2 * 2**20))
     ch = host.start_source("r1", "s1", {"datasource": "/api"})
     pad = "y" * 1000
 
