@@ -312,6 +312,10 @@ def test_protobuf_schemaid_cannot_leave_the_schema_folders(tmp_path: Path) -> No
 def test_custom_decoder(paths: SearchPaths, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     decoder = CustomDecoder("kv:decode", paths)
     assert decoder.decode(b"a=1 b=x\n\nc=2.5") == [{"a": 1, "b": "x"}, {"c": 2.5}]
+    # numbers JSON can't carry stay text: never a 500 ("the decoder broke its contract") a client can trigger
+    edges = b"a=18446744073709551616 b=nan c=1e400 d=-inf e=18446744073709551615 f=-9223372036854775808"
+    assert decoder.decode(edges) == [{"a": "18446744073709551616", "b": "nan", "c": "1e400", "d": "-inf",
+                                      "e": 18446744073709551615, "f": -9223372036854775808}]
     with pytest.raises(DecodeError, match="rejected the body"):
         decoder.decode(b"nokey")
     with pytest.raises(DecodeError, match="rejected the body"):
