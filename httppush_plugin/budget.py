@@ -29,6 +29,10 @@ class Budget:
         self.used += nbytes
         return True
 
+    def fits(self, nbytes: int) -> bool:
+        """Whether ``nbytes`` more could be taken now (nothing is counted)."""
+        return self.used + nbytes <= self.limit
+
     def force(self, nbytes: int) -> None:
         """Count ``nbytes`` that are held already, limit or not (e.g. frames of a request that was let in)."""
         self.used += nbytes

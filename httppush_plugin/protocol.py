@@ -295,6 +295,9 @@ class HttpConnection(asyncio.Protocol):
                 self._error = exc
         if self._content_length > limit and self._error is None:
             raise TooLarge(f"body is {self._content_length} bytes; the limit is {limit} bytes (httpServerMaxBodySize)")
+        if self._content_length > 0 and self._error is None and not self.shared.budget.fits(self._content_length):
+            # decided before the body is sent (an Expect: 100-continue client gets no 100), not partway through it
+            raise self._over_budget()
         if isinstance(self._error, Unauthorized) and self._busy is None and not self._queue and self._has_body():
             # Answered now and closed, as 413: a client without credentials gets its 401 before sending the body,
             # and the body it may send anyway costs at most LINGER_S of reading, not a whole body's.
@@ -326,10 +329,13 @@ class HttpConnection(asyncio.Protocol):
         if self._body_size > self.config.max_body_size:
             raise TooLarge(f"body is over {self.config.max_body_size} bytes, the limit (httpServerMaxBodySize)")
         if not self.shared.budget.take(size):
-            raise Unavailable(f"the server holds {self.shared.budget.used} bytes for requests already, its limit "
-                              "(httpServerMaxBuffered); retry later")
+            raise self._over_budget()
         self._held += size
         self._body.append(chunk)
+
+    def _over_budget(self) -> Unavailable:
+        return Unavailable(f"the server holds {self.shared.budget.used} bytes for requests already, its limit "
+                           "(httpServerMaxBuffered); retry later")
 
     def on_message_complete(self) -> None:
         if self._inflater is not None and self._error is None:

@@ -507,6 +507,35 @@ def test_expect_continue_over_limit_413_without_100_and_close(limited_host: Plug
     assert_next_is_sentinel(server_port, "/e", ch)
 
 
+def test_expect_continue_503_without_100_when_the_server_holds_too_much(make_host: Callable[..., PluginHost],
+                                                                           server_port: int) -> None:
+    """httpServerMaxBuffered 1000: one client's half-sent body holds 600 bytes; another announcing 600 more with
+    Expect: 100-continue gets 503 at once, not a 100 and then a 503 partway through its body."""
+    host = make_host(server_port, PYHTTPPUSH_SERVER_MAX_BODY_SIZE="1000", PYHTTPPUSH_SERVER_MAX_BUFFERED="1000")
+    ch = host.start_source("r1", "s1", {"datasource": "/e"})
+    first = b'[' + b'{"a": 1},' * 99 + b'{"a": 1}]'
+    with RawClient(server_port) as holder, RawClient(server_port) as late:
+        holder.send(request(path="/e", headers={"Content-Length": str(len(first))}) + first[:600])
+        deadline = time.monotonic() + 5
+        while _gauge(server_port, "httppush_buffered_bytes") < 600:  # counted as they arrive
+            assert time.monotonic() < deadline, "the holder's bytes were never counted"
+            time.sleep(0.02)
+        late.send(request(path="/e", headers={"Content-Length": "600", "Expect": "100-continue"}))
+        answer = late.read_response(timeout=1.0, informational=True)
+        assert "httpServerMaxBuffered" in assert_error(answer, 503)
+        assert dict((name.lower(), value) for name, value in answer.headers)["retry-after"] == "1"
+        holder.send(first[600:])
+        assert_ok(holder.read_response(), 100)
+    assert len(ch.messages(100)) == 100
+    assert_next_is_sentinel(server_port, "/e", ch)
+
+
+def _gauge(port: int, name: str) -> float:
+    from tests.test_observability import samples
+
+    return next(value for (found, _), value in samples(port).items() if found == name)
+
+
 # -- size limits ---------------------------------------------------------------------------------------------------
 
 def test_size_limit_content_length_413_before_the_body(limited_host: PluginHost, server_port: int) -> None:
