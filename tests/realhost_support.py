@@ -346,3 +346,15 @@ class Ctx:
             raise AssertionError(
                 f"the plugin kept its port {self.port} open or the host kept this test's sources in refCount after "
                 f"the rules were deleted: plugin status {status}") from None
+
+
+def check_template_meta_id(ctx: Ctx) -> str:
+    """A stream on ``/<name>/{id}/telemetry`` and a rule ``SELECT meta(id) AS id, *``: two devices' pushes reach it
+    with their segment as ``id``. Shared by the suite and the other-release smoke; returns ``<name>``."""
+    name = uid("tpl")
+    s, _ = ctx.stream('FORMAT="json"', path=f"/{name}/{{id}}/telemetry", name=name)
+    ctx.rule(f"SELECT meta(id) AS id, * FROM {s}")
+    for device, value in (("42", 1), ("gw-7", 2)):
+        assert ctx.push(f"/{name}/{device}/telemetry", json.dumps({"v": value})).body == {"accepted": 1, "sources": 1}
+    assert ctx.sink.wait_for(2) == [{"id": "42", "v": 1}, {"id": "gw-7", "v": 2}]
+    return name

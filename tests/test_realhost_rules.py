@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import push
-from tests.realhost_support import PLUGIN, Ctx, by_tag, epoch_ms, uid, wait_until
+from tests.realhost_support import PLUGIN, Ctx, by_tag, check_template_meta_id, epoch_ms, uid, wait_until
 from tests.test_observability import samples
 from tests.test_observability import value as sample_value
 
@@ -169,12 +169,7 @@ def test_conf_key_stored_through_rest_takes_effect(ctx: Ctx) -> None:
 
 def test_path_template_segment_is_meta_id(ctx: Ctx) -> None:
     """DATASOURCE="/<name>/{id}/telemetry": every device's path reaches the one stream, the segment as meta(id)."""
-    name = uid("tpl")
-    s, path = ctx.stream('FORMAT="json"', path=f"/{name}/{{id}}/telemetry", name=name)
-    ctx.rule(f"SELECT meta(id) AS id, * FROM {s}")
-    for device, value in (("42", 1), ("gw-7", 2)):
-        assert ctx.push(f"/{name}/{device}/telemetry", json.dumps({"v": value})).body == {"accepted": 1, "sources": 1}
-    assert ctx.sink.wait_for(2) == [{"id": "42", "v": 1}, {"id": "gw-7", "v": 2}]
+    name = check_template_meta_id(ctx)
     assert ctx.push(f"/{name}/42/other", "{}").status == 404
     ctx.assert_next_is_sentinel(f"/{name}/9/telemetry", 2)
 

@@ -21,7 +21,6 @@ holds it only while its own host runs, so neither side can wait for the other fo
 from __future__ import annotations
 
 import gzip
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +31,7 @@ from harness.hostlock import HOST_LOCK
 from harness.net import free_port
 from harness.realhost import EkuiperHost, RecordSink, kuiperd_path, require_kuiperd
 from tests.conftest import push
-from tests.realhost_support import PLUGIN, Ctx, realhost_env, uid, wait_until
+from tests.realhost_support import PLUGIN, Ctx, check_template_meta_id, realhost_env, uid, wait_until
 
 pytestmark = pytest.mark.realhost
 
@@ -83,12 +82,7 @@ def test_json_object_and_array(v: Ctx) -> None:
 
 
 def test_path_template_and_meta_id(v: Ctx) -> None:
-    name = uid("tpl")
-    s, _ = v.stream('FORMAT="json"', path=f"/{name}/{{id}}/telemetry", name=name)
-    v.rule(f"SELECT meta(id) AS id, * FROM {s}")
-    for device, value in (("42", 1), ("gw-7", 2)):
-        assert v.push(f"/{name}/{device}/telemetry", json.dumps({"v": value})).body == {"accepted": 1, "sources": 1}
-    assert v.sink.wait_for(2) == [{"id": "42", "v": 1}, {"id": "gw-7", "v": 2}]
+    check_template_meta_id(v)
 
 
 def test_ndjson_body(v: Ctx) -> None:
