@@ -299,8 +299,8 @@ class PushHandler:
         return Direct(200, body, {"Cache-Control": "no-store"}, content_type)
 
     def decorate(self, req: Request, answer: Answer) -> Answer:
-        """Headers of a route with ``cors`` (``Access-Control-Allow-Origin`` for an allowed ``Origin``) or
-        ``requestId`` (``X-Request-Id``)."""
+        """Headers of a route with ``cors`` (``Access-Control-Allow-Origin`` for an allowed ``Origin``, and the
+        headers a page may read) or ``requestId`` (``X-Request-Id``)."""
         route = req.route
         headers = dict(answer.headers) if answer.headers else {}
         cors = route.cors if route is not None else None
@@ -309,8 +309,9 @@ class PushHandler:
             if origin is not None and cors.allows(origin.decode("latin-1")):
                 headers["Access-Control-Allow-Origin"] = origin.decode("latin-1")
                 headers["Vary"] = "Origin"
-                if route.request_id:
-                    headers["Access-Control-Expose-Headers"] = "X-Request-Id"
+                headers["Access-Control-Expose-Headers"] = ", ".join(
+                    ["Retry-After"] + ["X-Request-Id"] * route.request_id
+                    + ["Idempotent-Replayed"] * (route.idempotency is not None))
         if route is not None and route.request_id:
             headers["X-Request-Id"] = request_id(req)
         answer.headers = headers or None

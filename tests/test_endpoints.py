@@ -149,6 +149,7 @@ def test_cors_headers_on_answers_for_allowed_origins_only(host: PluginHost, serv
     allowed = push(server_port, "/web", '{"a": 1}', headers={"Origin": ORIGIN})
     assert allowed.body == {"accepted": 1, "sources": 1}
     assert allowed.headers["Access-Control-Allow-Origin"] == ORIGIN and allowed.headers["Vary"] == "Origin"
+    assert allowed.headers["Access-Control-Expose-Headers"] == "Retry-After"  # what a page may read of a 503
     refused = push(server_port, "/web", "[1]", headers={"Origin": ORIGIN})  # errors too, so a page can read them
     assert refused.status == 400 and refused.headers["Access-Control-Allow-Origin"] == ORIGIN
     other = push(server_port, "/web", '{"a": 2}', headers={"Origin": "https://evil.example"})

@@ -199,6 +199,22 @@ def test_keys_are_per_user_and_replays_keep_the_configured_answer(host: PluginHo
     assert_next_is_sentinel(as_ann, ch)
 
 
+def test_a_page_can_send_keys_and_read_the_replay_header(host: PluginHost, server_port: int) -> None:
+    origin = "https://app.example.com"
+    ch = start(host, {"cors": {"origins": [origin], "headers": ["Content-Type", "Idempotency-Key"]}})
+    preflight = push(server_port, "/api", b"", method="OPTIONS",
+                     headers={"Origin": origin, "Access-Control-Request-Method": "POST",
+                              "Access-Control-Request-Headers": "idempotency-key"})
+    assert preflight.status == 204 and "Idempotency-Key" in preflight.headers["Access-Control-Allow-Headers"]
+    for replayed in (False, True):
+        answer = keyed(server_port, "/api", '{"n": 1}', "web-1", Origin=origin)
+        assert answer.status == 200 and answer.headers["Access-Control-Allow-Origin"] == origin, answer
+        assert answer.headers["Access-Control-Expose-Headers"] == "Retry-After, Idempotent-Replayed"
+        assert (answer.headers.get("Idempotent-Replayed") == "true") == replayed
+    assert ch.messages(1) == [{"n": 1}]
+    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+
+
 def test_fan_out_sources_must_agree_on_idempotency(host: PluginHost, server_port: int) -> None:
     start(host)
     answer = host.start_source("r2", "s2", {"datasource": "/api"}, expect_ok=False)
