@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import Reply, push
 from tests.hostemu import DataChannel, PluginHost, assert_next_is_sentinel
@@ -219,3 +223,48 @@ def test_fan_out_sources_must_agree_on_idempotency(host: PluginHost, server_port
     start(host)
     answer = host.start_source("r2", "s2", {"datasource": "/api"}, expect_ok=False)
     assert isinstance(answer, str) and "'idempotency'" in answer and "stream s1" in answer, answer
+
+
+#: Bodies a fuzzed client sends: three good ones (one, one, two records) and one that is not JSON.
+BODIES = ('{"n": 0}', '{"n": 1}', '[{"n": 2}, {"n": 3}]', '{"n": ')
+#: One request: (key index or None for no key, body index).
+REQUESTS = st.lists(st.tuples(st.one_of(st.none(), st.integers(0, 3)), st.integers(0, len(BODIES) - 1)),
+                    min_size=1, max_size=15)
+
+
+def test_fuzz_sequences_of_keyed_requests_against_an_oracle(host: PluginHost, server_port: int) -> None:
+    """Random sequences of requests with keys from a small pool: every answer is the oracle's (deliver, replay, 422,
+    400), and exactly the records of the delivered requests arrive, in order, then the sentinel."""
+    ch = start(host)
+
+    @settings(max_examples=60, deadline=None, database=None, phases=[Phase.generate, Phase.shrink],
+              suppress_health_check=list(HealthCheck))
+    @given(REQUESTS)
+    def run(requests: list[tuple[int | None, int]]) -> None:
+        prefix = uuid.uuid4().hex[:8]  # keys stay in the plugin between examples: each example has its own
+        remembered: dict[str, int] = {}
+        expected: list[Any] = []
+        for key_index, body_index in requests:
+            body = BODIES[body_index]
+            key = None if key_index is None else f"{prefix}-{key_index}"
+            answer = keyed(server_port, "/api", body, key) if key else push(server_port, "/api", body)
+            good = body_index < 3
+            if key is not None and key in remembered:
+                if remembered[key] == body_index:
+                    assert answer.status == 200 and answer.headers.get("Idempotent-Replayed") == "true", answer
+                else:
+                    assert answer.status == 422, answer
+                continue
+            assert "Idempotent-Replayed" not in answer.headers, answer
+            if not good:
+                assert answer.status == 400, answer
+                continue
+            assert answer.status == 200, answer
+            records = json.loads(body)
+            expected.extend(records if isinstance(records, list) else [records])
+            if key is not None:
+                remembered[key] = body_index
+        assert ch.messages(len(expected)) == expected
+        assert_next_is_sentinel(sender(server_port, "/api"), ch)
+
+    run()
