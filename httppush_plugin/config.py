@@ -214,7 +214,7 @@ def _server_config(section: Mapping[str, Any], tls: dict[str, Any], symbol: str)
     metrics = _path_setting("httpServerMetricsPath", section.get("httpServerMetricsPath", DEFAULT_METRICS_PATH))
     if health and health == metrics:
         raise ConfigError(f"setting 'httpServerMetricsPath' is {metrics!r}, the same as httpServerHealthPath; give "
-                          "them different paths (or switch one off with \"\")")
+                          "them different paths (or switch one off: off)")
     max_buffered = _int_setting("httpServerMaxBuffered", section.get("httpServerMaxBuffered", DEFAULT_MAX_BUFFERED), 1)
     if max_buffered < max_body:
         raise ConfigError(f"setting 'httpServerMaxBuffered' is {max_buffered}, less than httpServerMaxBodySize "
@@ -293,7 +293,7 @@ def _path_setting(key: str, value: Any) -> str:
         return ""
     if not isinstance(value, str) or not value.startswith("/") or "?" in value or "{" in value:
         raise ConfigError(f"setting '{key}' is {value!r}; must be a URL path starting with '/' (e.g. '/healthz'), "
-                          "or \"\" to switch it off")
+                          "or off to switch it off")
     return value
 
 
