@@ -221,8 +221,9 @@ class PushHandler:
         self.max_records = config.max_records
         self.reject_log = RateLimitedLog()
         self._large = asyncio.Lock()
-        self._health_path = config.health_path
-        self._metrics_path = config.metrics_path
+        #: the paths answered for GET and HEAD by the server itself (health, metrics), those switched on
+        self._admin = {path: answer for path, answer in ((config.health_path, "health"),
+                                                          (config.metrics_path, "metrics")) if path}
         #: name → (help, value) of the server-wide gauges in ``/metrics``; set by the server
         self.gauges: Callable[[], dict[str, tuple[str, float]]] = dict
 
@@ -232,15 +233,16 @@ class PushHandler:
         served with ``cors`` raises :class:`Preflight` (allowed: 204) or :class:`Forbidden` (not allowed: 403)."""
         route = self.table.lookup(path, method)
         if route is None:
-            if method in ("GET", "HEAD") and path and path in (self._health_path, self._metrics_path):
-                raise self._health() if path == self._health_path else self._metrics(headers or [])
+            admin = self._admin.get(path)
+            if admin is not None and method in ("GET", "HEAD"):
+                raise self._health() if admin == "health" else self._metrics(headers or [])
             route = self.table.match(path, method)
             if route is not None:
                 return route
             if method == "OPTIONS":
                 self._preflight(path, headers or [])
             allowed = self.table.methods(path)
-            if path and path in (self._health_path, self._metrics_path):
+            if admin is not None:
                 allowed = sorted({*allowed, "GET", "HEAD"})
             if allowed:
                 raise MethodNotAllowed(f"method {method} is not served on {path}; use {' or '.join(allowed)}",

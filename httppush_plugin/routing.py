@@ -147,6 +147,8 @@ class Group:
 
 @dataclass
 class Route:
+    #: the endpoint's counters (kept by the table's :class:`Metrics` beyond the route's life)
+    stats: EndpointStats
     subscriptions: list[Subscription] = field(default_factory=list)
     #: who may push here: every subscription agrees (checked by :meth:`EndpointTable.add`), so it never changes
     auth: Authenticator | None = None
@@ -161,8 +163,6 @@ class Route:
     request_id: bool = False
     #: whether answers need more than the default 200 (checked once per request)
     custom: bool = False
-    #: the endpoint's counters (kept by the table's :class:`Metrics` beyond the route's life)
-    stats: EndpointStats = field(default_factory=lambda: EndpointStats("", ""))
     #: remembered ``Idempotency-Key``s (property ``idempotency``; kept beyond the route's life, like ``stats``)
     idempotency: KeyStore | None = None
 
