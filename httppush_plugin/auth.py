@@ -1,9 +1,9 @@
 """Who may push: one small authenticator per kind, a registry, and the parser of the config group's ``auth`` property.
 
 A route (path + method) has at most one authenticator: every source subscribed to it must agree
-(``routing.EndpointTable.add``). The header-only kinds (``basic``, ``bearer``, ``clientcert``) are checked as soon as a
-request's headers are in, so a client without the right credentials gets its 401 before sending the body; ``hmac``
-needs the whole body and is checked by the handler before decoding.
+(``routing.EndpointTable.add``). The application calls :meth:`Authenticator.admit`: for the header-only kinds
+(``basic``, ``bearer``, ``clientcert``) as soon as a request's head is in, so a client without the right credentials
+gets its 401 before sending the body; for ``hmac``, which needs the whole body, before decoding.
 
 Secrets are kept as SHA-256 digests (``basic``, ``bearer``) or bytes (``hmac``) that no ``repr``, log line or error
 message shows, and every comparison is :func:`hmac.compare_digest` over equal-length digests, against every
@@ -26,7 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .config import ConfigError
+from .answers import Unauthorized
+from .errors import ConfigError
+from .request import RequestHead
 
 #: The realm every challenge names (``WWW-Authenticate: Basic realm="httppush"``).
 REALM = "httppush"
@@ -58,6 +60,14 @@ class Authenticator:
 
     def authenticate(self, headers: Headers, peercert: dict[str, Any] | None, body: bytes = b"") -> str:
         raise NotImplementedError
+
+    def admit(self, head: RequestHead, body: bytes = b"") -> str:
+        """The principal this request is (``meta(user)``); raises :class:`~.answers.Unauthorized` (401, with the
+        challenge) otherwise. The header-only kinds are admitted from the head, ``hmac`` with the whole body."""
+        try:
+            return self.authenticate(head.headers, head.peercert, body)
+        except AuthError as exc:
+            raise Unauthorized(str(exc), self.challenge) from None
 
     @classmethod
     def from_props(cls, props: Mapping[str, Any]) -> Authenticator:

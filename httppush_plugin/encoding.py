@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 
-from .handler import BadRequest, HttpError, TooLarge
+from .answers import BadRequest, TooLarge, UnsupportedMediaType
 
 #: ``Content-Encoding`` values served, and the ``wbits`` each starts ``zlib`` with (``deflate`` is settled by the
 #: stream's first two bytes: see :meth:`Inflater._start_deflate`).
@@ -22,8 +22,8 @@ ENCODINGS: dict[str, int] = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MA
 IDENTITY = "identity"
 
 
-class UnsupportedEncoding(HttpError):
-    status = 415
+class UnsupportedEncoding(UnsupportedMediaType):
+    """415: a ``Content-Encoding`` the server does not speak."""
 
 
 def inflater_for(content_encoding: str, limit: int) -> Inflater | None:

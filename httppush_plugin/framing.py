@@ -27,12 +27,6 @@ from .decoders import CustomDecoderFault, DecodeError
 
 _TAG = b"\x01"
 _PREFIX = b'{"message":'
-#: Longest text copied from a request header into ``meta`` (per value, per record): client text repeated per record
-#: must stay small whatever the client sends.
-MAX_META_TEXT = 256
-#: Largest ``meta`` of one record, as JSON: a request whose configured metadata (``metaHeaders``, ``metaQuery``) is
-#: larger is refused with 431, not cut, so that a rule never sees part of what it was configured to get.
-MAX_META_BYTES = 4096
 
 
 class Frames:
@@ -53,16 +47,19 @@ class Frames:
         return bisect_right(self.ends, nbytes)
 
 
-def clip(text: str) -> str:
-    """Client-supplied text for ``meta``, cut to :data:`MAX_META_TEXT` characters."""
-    return text if len(text) <= MAX_META_TEXT else text[:MAX_META_TEXT]
-
-
 def frame_records(records: Sequence[Any], meta: bytes | None, custom: bool = False) -> Frames:
     """Serialise and frame ``records``; raises :class:`DecodeError` (or :class:`CustomDecoderFault` when
     ``custom``) naming the first record that is not representable as JSON for the host."""
     suffix = b',"meta":' + meta + b"}" if meta is not None else b"}"
     dumps = orjson.dumps
+    if len(records) == 1:  # the common body: one record, one frame
+        try:
+            record = dumps(records[0])
+        except orjson.JSONEncodeError:
+            pass  # explained below
+        else:
+            size = len(_PREFIX) + len(record) + len(suffix)
+            return Frames(b"".join((_TAG, size.to_bytes(8, "big"), _PREFIX, record, suffix)), [size + 9])
     parts: list[bytes] = []
     ends: list[int] = []
     end = 0

@@ -5,15 +5,13 @@ segment) is tried only when no literal route matches; no two templates that can 
 at most one template matches any path and the order they were added in never matters.
 
 Only the event-loop thread reads or changes the table, so it needs no lock. Each route keeps its subscriptions
-grouped by what they receive — equal decoders (``Decoder.key``) and equal ``meta`` fields — so the handler decodes
+grouped by what they receive — equal decoders (``Decoder.key``) and equal ``meta`` — so the application decodes
 and frames a body once per group, however many sources subscribe.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
-import ipaddress
 import itertools
 import re
 from collections.abc import Hashable
@@ -21,10 +19,13 @@ from dataclasses import dataclass, field
 
 from .auth import Authenticator, describe
 from .channel import ChannelSender
-from .config import ConfigError, CorsConfig, EndpointConfig
+from .cors import CorsConfig
 from .decoders import Decoder
-from .idempotency import KeyStore
+from .errors import ConfigError
+from .idempotency import KeyStore, KeyStores
+from .meta import MetaSpec, meta_spec
 from .metrics import EndpointStats, Metrics
+from .properties import EndpointConfig
 
 _ids = itertools.count(1)
 _VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -114,28 +115,6 @@ class Subscription:
         self.ready.set()
 
 
-@dataclass(frozen=True)
-class MetaSpec:
-    """What the records of one group carry in ``meta``: the configured request facts, and a template's variables."""
-
-    fields: tuple[str, ...]
-    template: Template | None = None
-    #: ``metaHeaders`` as one pattern over lower-cased header names
-    headers: re.Pattern[str] | None = None
-    #: ``metaQuery``: ``True`` for every parameter, or the names
-    query: bool | tuple[str, ...] = ()
-    proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
-
-
-def meta_spec(endpoint: EndpointConfig, template: Template | None) -> MetaSpec | None:
-    """``None`` when records carry no meta (the default: no work per request)."""
-    if not endpoint.meta and template is None and not endpoint.meta_headers and not endpoint.meta_query:
-        return None
-    headers = re.compile("|".join(fnmatch.translate(glob) for glob in endpoint.meta_headers)) \
-        if endpoint.meta_headers else None
-    return MetaSpec(endpoint.meta, template, headers, endpoint.meta_query, endpoint.trusted_proxies)
-
-
 @dataclass
 class Group:
     """Subscriptions of one route that get the same frames: equal decoders and equal meta."""
@@ -165,11 +144,16 @@ class Route:
     custom: bool = False
     #: remembered ``Idempotency-Key``s (property ``idempotency``; kept beyond the route's life, like ``stats``)
     idempotency: KeyStore | None = None
+    #: ``Access-Control-Expose-Headers`` of answers to an allowed origin (with ``cors``): what a page may read
+    exposed: str = ""
 
     def regroup(self) -> None:
         grouped: dict[Hashable, Group] = {}
+        variables = self.template.params if self.template is not None else None
         for sub in self.subscriptions:
-            spec = meta_spec(sub.endpoint, self.template)
+            endpoint = sub.endpoint
+            spec = meta_spec(endpoint.meta, endpoint.meta_headers, endpoint.meta_query, endpoint.trusted_proxies,
+                             variables)
             key = (sub.decoder.key, spec)
             if key not in grouped:
                 grouped[key] = Group(sub.decoder, spec, [])
@@ -177,16 +161,22 @@ class Route:
         self.groups = list(grouped.values())
         self.request_id = any("requestId" in sub.endpoint.meta for sub in self.subscriptions)
         self.custom = self.success_status != 200 or self.cors is not None or self.request_id
+        self.exposed = ", ".join(["Retry-After"] + ["X-Request-Id"] * self.request_id
+                                 + ["Idempotent-Replayed"] * (self.idempotency is not None))
 
 
 class EndpointTable:
-    def __init__(self, metrics: Metrics | None = None) -> None:
+    """Routes by (path, method). A new route takes its counters from ``metrics`` and its idempotency keys from
+    ``keys``: both registries outlive the route, so a rule restart keeps them."""
+
+    def __init__(self, metrics: Metrics | None = None, keys: KeyStores | None = None) -> None:
         self._routes: dict[tuple[str, str], Route] = {}
         #: template path → its template, while some route uses it
         self._templates: dict[str, Template] = {}
         self.metrics = metrics if metrics is not None else Metrics()
-        #: (path, method) → its idempotency keys: they outlive the route, so a rule restart keeps them
-        self._key_stores: dict[tuple[str, str], KeyStore] = {}
+        self.keys = keys if keys is not None else KeyStores()
+        #: ``find((path, method))``: the literal route, or None — the lookup every request makes, one dict get
+        self.find = self._routes.get
 
     def __len__(self) -> int:
         return sum(len(route.subscriptions) for route in self._routes.values())
@@ -221,25 +211,17 @@ class EndpointTable:
         route = self._routes.get(key)
         if route is None:
             endpoint = sub.endpoint
+            stats = self.metrics.endpoint(endpoint.method, path)
+            keys = self.keys.store(endpoint.method, path, endpoint.idempotency, stats) \
+                if endpoint.idempotency is not None else None
             route = self._routes[key] = Route(auth=endpoint.auth, template=template,
                                               success_status=endpoint.success_status, cors=endpoint.cors,
-                                              stats=self.metrics.endpoint(endpoint.method, path),
-                                              idempotency=self._key_store(key, sub))
+                                              stats=stats, idempotency=keys)
             if template is not None:
                 self._templates[path] = template
         route.subscriptions.append(sub)
         route.regroup()
         return replaced
-
-    def _key_store(self, key: tuple[str, str], sub: Subscription) -> KeyStore | None:
-        config = sub.endpoint.idempotency
-        if config is None:
-            return None
-        store = self._key_stores.get(key)
-        if store is None:
-            store = self._key_stores[key] = KeyStore(config, self.metrics.endpoint(sub.endpoint.method, key[0]))
-        store.config = config  # a restarted rule may have changed window or maxKeys: the keys stay
-        return store
 
     def routes(self) -> list[Route]:
         return list(self._routes.values())

@@ -16,13 +16,16 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+from .admin import Admin
+from .app import PushApp
 from .auth import ClientCertAuth
 from .budget import Budget
 from .channel import ChannelSender
-from .config import ConfigError, ServerConfig
-from .handler import PushHandler
-from .protocol import ConnectionSet, HttpConnection
+from .connections import ConnectionSet
+from .errors import ConfigError
+from .protocol import HttpConnection
 from .routing import EndpointTable, Subscription
+from .settings import ServerConfig
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class SharedServer:
 
     def __init__(self, load_config: Callable[[], ServerConfig]) -> None:
         self._load_config = load_config
+        #: routes come and go with the sources; their counters and idempotency keys live as long as this object
         self.table = EndpointTable()
         self.port: int | None = None  # the bound port (differs from config.port when that is 0)
         self._server: asyncio.AbstractServer | None = None
@@ -123,9 +127,9 @@ class SharedServer:
     async def _start(self) -> None:
         cfg = self._load_config()
         ssl_context = _ssl_context(cfg)
-        handler = PushHandler(self.table, cfg)
-        connections = ConnectionSet(handler, cfg, Budget(cfg.max_buffered))
-        handler.gauges = connections.gauges
+        admin = Admin(self.table, cfg.health_path, cfg.metrics_path)
+        connections = ConnectionSet(PushApp(self.table, cfg, admin), cfg, Budget(cfg.max_buffered))
+        admin.gauges = connections.gauges
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(

@@ -28,10 +28,16 @@ from ekuiper.runtime import reg as sdk_reg
 from ekuiper.runtime.connection import PairChannel
 
 from .channel import ChannelSender, channel_url
-from .config import DEFAULT_SEND_TIMEOUT_MS, EndpointConfig, load_server_config
-from .decoders import SearchPaths, build_decoder
+from .decoders import build_decoder
+from .layout import SearchPaths
+from .properties import EndpointConfig
 from .routing import Subscription
 from .server import SharedServer
+from .settings import load_server_config
+
+#: How long a send to the host's channel may make no progress, when eKuiper's start command does not say
+#: (``python main.py '{"sendTimeout":1000}'``).
+DEFAULT_SEND_TIMEOUT_MS = 1000
 
 log = logging.getLogger(__name__)
 

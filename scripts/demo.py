@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from harness.hostlock import LOCK_PATH  # noqa: E402
 from harness.realhost import EkuiperHost, RecordSink, kuiperd_path  # noqa: E402
-from httppush_plugin.config import DEFAULT_PORTS  # noqa: E402
+from httppush_plugin.settings import DEFAULT_PORTS  # noqa: E402
 
 PORT = int(os.environ.get("PYHTTPPUSH_SERVER_PORT", DEFAULT_PORTS["pyhttppush"]))
 BASE = f"http://127.0.0.1:{PORT}"

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from httppush_plugin.config import DEFAULT_PORTS  # noqa: E402
+from httppush_plugin.settings import DEFAULT_PORTS  # noqa: E402
 
 VARIANTS = tuple(DEFAULT_PORTS)
 # Files of the plugin folder: (source in the repo, name in the zip)

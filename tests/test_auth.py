@@ -27,7 +27,9 @@ import pytest
 from harness.net import free_port, wait_port_closed
 from httppush_plugin import auth as auth_module
 from httppush_plugin.auth import AuthError, BasicAuth, BearerAuth, ClientCertAuth, HmacAuth, parse_auth
-from httppush_plugin.config import ConfigError, EndpointConfig, ServerConfig, TlsConfig, load_server_config
+from httppush_plugin.errors import ConfigError
+from httppush_plugin.properties import EndpointConfig
+from httppush_plugin.settings import ServerConfig, TlsConfig, load_server_config
 from httppush_plugin.decoders import JsonDecoder
 from httppush_plugin.routing import EndpointTable, Subscription
 from httppush_plugin.server import BindError, _ssl_context

@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from harness.procstat import peak_rss_mb, reset_peak_rss, rss_mb
-from httppush_plugin.config import ConfigError, EndpointConfig
+from httppush_plugin.answers import HttpError
+from httppush_plugin.errors import ConfigError
+from httppush_plugin.properties import EndpointConfig
 from httppush_plugin.decoders import DecodeError, JsonDecoder
 from httppush_plugin.decoders.json import decode_lines
 from httppush_plugin.encoding import inflater_for
-from httppush_plugin.handler import HttpError
 from tests.conftest import push
 from tests.hostemu import PluginHost, assert_next_is_sentinel
 from tests.test_http_protocol import RawClient

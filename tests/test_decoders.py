@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from httppush_plugin.config import ConfigError, EndpointConfig
+from httppush_plugin.errors import ConfigError
+from httppush_plugin.properties import EndpointConfig
 from httppush_plugin.decoders import (
     MAX_JSON_DEPTH,
     BinaryDecoder,

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -73,18 +74,23 @@ def test_the_query_is_part_of_the_request_and_quoted_keys_are_unescaped(host: Pl
 
 def test_a_key_in_flight_is_never_evicted() -> None:
     """The store itself: eviction skips keys whose request is still being handled."""
-    from httppush_plugin.config import IdempotencyConfig
-    from httppush_plugin.idempotency import Entry, KeyStore
+    from httppush_plugin.answers import Answer, Conflict
+    from httppush_plugin.idempotency import IdempotencyConfig, KeyStore, Ticket
     from httppush_plugin.metrics import EndpointStats
+    from httppush_plugin.request import RequestHead
+
+    def head(key: str) -> RequestHead:
+        return RequestHead("POST", "/api", b"/api", [(b"Idempotency-Key", key.encode())], "", "127.0.0.1")
 
     store = KeyStore(IdempotencyConfig(window=60, max_keys=2), EndpointStats("POST", "/api"))
-    busy = store.begin(b"busy", "", b"f1")
-    done = store.begin(b"done", "", b"f2")
-    assert isinstance(busy, Entry) and isinstance(done, Entry)
-    store.settle(b"done", "", done, 200, b"{}")
-    assert isinstance(store.begin(b"new", "", b"f3"), Entry)  # over maxKeys: "done" goes, "busy" stays
-    assert store.begin(b"busy", "", b"f1") == ("in flight", busy)
-    assert isinstance(store.begin(b"done", "", b"f2"), Entry)  # forgotten: new again
+    busy = store.admit(head("busy"), None, b"f1")
+    done = store.admit(head("done"), None, b"f2")
+    assert isinstance(busy, Ticket) and isinstance(done, Ticket)
+    done.settle(Answer(200, b"{}"))
+    assert isinstance(store.admit(head("new"), None, b"f3"), Ticket)  # over maxKeys: "done" goes, "busy" stays
+    with pytest.raises(Conflict):
+        store.admit(head("busy"), None, b"f1")
+    assert isinstance(store.admit(head("done"), None, b"f2"), Ticket)  # forgotten: new again
     assert store.stats.evictions == 1
 
 

@@ -103,7 +103,8 @@ def test_health_and_metrics_paths_can_be_moved_and_switched_off(make_host: Calla
 def test_health_is_503_while_a_source_is_not_attached(tmp_path: Path) -> None:
     """In-process: the configure()→open() gap (subscribed, channel not dialled yet) held open on purpose."""
     from httppush_plugin.channel import ChannelSender
-    from httppush_plugin.config import EndpointConfig, ServerConfig
+    from httppush_plugin.properties import EndpointConfig
+    from httppush_plugin.settings import ServerConfig
     from httppush_plugin.decoders import build_decoder
     from httppush_plugin.routing import Subscription
     from httppush_plugin.server import SharedServer

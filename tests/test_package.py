@@ -12,7 +12,7 @@ import yaml
 
 from harness.net import free_port
 from httppush_plugin import __version__
-from httppush_plugin.config import DEFAULT_PORTS
+from httppush_plugin.settings import DEFAULT_PORTS
 from tests.conftest import push
 from tests.hostemu import PluginHost, install_zip
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from . import Decoder, Record
+from .base import Decoder, Record
 
 
 class BinaryDecoder(Decoder):

@@ -9,8 +9,9 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
-from . import CustomDecoderFault, DecodeError, Decoder, Record, SearchPaths, find_file
+from ..errors import ConfigError
+from ..layout import SearchPaths
+from .base import CustomDecoderFault, DecodeError, Decoder, Record, find_file
 
 # Modules are loaded under this prefix, never into sys.modules: a user's "json.py" can't shadow anything
 _MODULE_PREFIX = "httppush_decoders"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
 
-from . import Decoder, Record, TooManyRecords, body_text
+from .base import Decoder, Record, TooManyRecords, body_text
 
 
 class DelimitedDecoder(Decoder):

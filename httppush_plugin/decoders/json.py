@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from . import DecodeError, Decoder, Record, TooManyRecords, body_text
+from .base import DecodeError, Decoder, Record, TooManyRecords, body_text
 
 # The deepest nesting of arrays and objects orjson.loads accepts (measured with orjson 3.x: 1024 nested arrays parse,
 # 1025 raise "depth limit exceeded"; tests/test_decoders.py keeps this in step with the installed orjson).
@@ -44,13 +44,24 @@ class JsonDecoder(Decoder):
         return decode_lines(body) if self.lines else self._decode_whole(body)
 
     def decode_request(self, body: bytes, content_type: str, limit: int | None = None) -> list[Record]:
-        if self.lines or (content_type and _media_type(content_type) in NDJSON_MEDIA_TYPES):
+        lines = self.lines
+        if not lines and content_type:
+            lines = _NDJSON.get(content_type)
+            if lines is None:
+                lines = _is_ndjson(content_type)
+        if lines:
             return decode_lines(body, limit)
-        return self._decode_whole(body)
+        try:  # the common body, inline: one JSON object
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return self._decode_whole(body)
+        return [doc] if type(doc) is dict else self._decode_whole(body, doc)
 
-    def _decode_whole(self, body: bytes) -> list[Record]:
-        doc = _parse(body)
-        if isinstance(doc, dict):
+    def _decode_whole(self, body: bytes, doc: Any = None) -> list[Record]:
+        """``doc``: the body already parsed (not an object), when it parsed."""
+        if doc is None:
+            doc = _parse(body)  # a BOM, or an error to explain
+        if type(doc) is dict:
             return [doc]
         if isinstance(doc, list):
             for index, item in enumerate(doc):
@@ -96,6 +107,19 @@ def decode_lines(body: bytes, limit: int | None = None) -> list[Record]:
 def _media_type(content_type: str) -> str:
     """``"Application/X-NDJSON; charset=utf-8"`` → ``"application/x-ndjson"``."""
     return content_type.split(";", 1)[0].strip().lower()
+
+
+#: Content-Type → whether it is NDJSON, for the Content-Types seen (a client sends the same one with every request).
+_NDJSON: dict[str, bool] = {}
+
+
+def _is_ndjson(content_type: str) -> bool:
+    known = _NDJSON.get(content_type)
+    if known is None:
+        known = _media_type(content_type) in NDJSON_MEDIA_TYPES
+        if len(_NDJSON) < 256:  # bounded: a client may send a new Content-Type with each request
+            _NDJSON[content_type] = known
+    return known
 
 
 def _explain_line(body: bytes, line: bytes, number: int, error: orjson.JSONDecodeError) -> str:

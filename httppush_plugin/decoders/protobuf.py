@@ -13,8 +13,9 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
-from ..config import ConfigError
-from . import DecodeError, Decoder, Record, SearchPaths, find_file
+from ..errors import ConfigError
+from ..layout import SearchPaths
+from .base import DecodeError, Decoder, Record, find_file
 
 # The file part of SCHEMAID names a file directly inside a schema folder: no path separators, no "..", no dot files
 _FILE_ID = re.compile(r"[A-Za-z0-9_-]+")

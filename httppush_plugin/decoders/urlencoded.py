@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import unquote_to_bytes
 
-from . import DecodeError, Decoder, Record, body_text
+from .base import DecodeError, Decoder, Record, body_text
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 

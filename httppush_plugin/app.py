@@ -1,0 +1,347 @@
+"""The application: one request, straight through — route → admit → idempotency → decode → meta → frame → deliver →
+answer.
+
+The protocol calls :meth:`PushApp.head` when a request's head is complete: the route is found and header-only auth
+is checked, and the answer is either given now (404, 401, health, a preflight, …) or is "read the body" — an
+:class:`Exchange`. The protocol then calls :meth:`Exchange.body` with the whole body, and gets the answer, or the
+exchange itself as a :class:`~.answers.Later` when records must wait for a channel.
+
+Nothing is answered 2xx before every record is in the host channel of every subscribed source, and a body that any
+subscribed source cannot decode is refused before anything is sent. Every answer of a routed request passes through
+:meth:`Exchange._finish` (the route's CORS and ``X-Request-Id`` headers) and is counted once, when it is final.
+
+Example: ``app.head(head).body(b'{"t": 1}')`` → ``Answer(200, b'{"accepted":1,"sources":1}')``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .admin import ADMIN_METHODS, Admin
+from .answers import Answer, HttpError, Later, MethodNotAllowed, NotFound, Unauthorized, Unavailable, error_answer
+from .cors import preflight
+from .decoders import DecodeError, TooManyRecords
+from .delivery import Delivery, DeliveryError
+from .fanout import Framed, Outcome, send_when_attached, summarize
+from .framing import frame_records
+from .idempotency import Ticket, fingerprint
+from .meta import build, request_id
+from .offload import LARGE_BODY, Offload
+from .request import RequestHead
+from .routing import EndpointTable, Route
+from .settings import ServerConfig
+
+log = logging.getLogger(__name__)
+_now = time.monotonic
+
+
+class RateLimitedLog:
+    """Warn about refused requests at most once per ``interval`` seconds, with a count of what was skipped."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._last = -interval
+        self._skipped = 0
+
+    def warn(self, what: str, exc: BaseException) -> None:
+        now = _now()
+        if now - self._last < self.interval:
+            self._skipped += 1
+            return
+        skipped, self._skipped, self._last = self._skipped, 0, now
+        log.warning("%s rejected: %s%s", what, exc,
+                    f" ({skipped} more rejected since the last warning)" if skipped else "")
+
+
+class PushApp:
+    """Routes and answers every request of the shared server (``request.Application``)."""
+
+    def __init__(self, table: EndpointTable, config: ServerConfig, admin: Admin | None = None) -> None:
+        self.table = table
+        self._find = table.find
+        self.metrics = table.metrics
+        self.max_body_size = config.max_body_size
+        self.max_records = config.max_records
+        self.admin = admin if admin is not None else Admin(table, config.health_path, config.metrics_path)
+        self.offload = Offload()
+        self.reject_log = RateLimitedLog()
+
+    def head(self, head: RequestHead) -> Answer | Exchange:
+        route = self._find((head.path, head.method))
+        if route is None:
+            try:
+                found = self._resolve(head)
+            except HttpError as exc:
+                return self.failed(exc, head)
+            if isinstance(found, Answer):
+                self.metrics.unrouted.answered(found.status)
+                return found
+            route = found
+        exchange = Exchange(self, route, head)
+        auth = route.auth
+        if auth is not None and not auth.needs_body:  # basic, bearer, clientcert: before the body
+            try:
+                exchange.user = auth.admit(head)
+            except Unauthorized as exc:
+                answer = exchange.failed(exc)
+                answer.close = head.has_body  # answered before the body is sent, and the body is never read
+                return answer
+        return exchange
+
+    def _resolve(self, head: RequestHead) -> Route | Answer:
+        """When no literal route matches: the server's own paths, then templates, then a CORS preflight; raises 405
+        (another method is served on the path) or 404."""
+        answer = self.admin.answer(head)
+        if answer is not None:
+            return answer
+        route = self.table.match(head.path, head.method)
+        if route is not None:
+            return route
+        path = head.path
+        if head.method == "OPTIONS":
+            corsed = {method: route.cors for method, route in self.table.served(path).items() if route.cors}
+            if corsed:
+                return preflight(head, corsed)
+        allowed = self.table.methods(path)
+        if path in self.admin.paths:
+            allowed = sorted({*allowed, *ADMIN_METHODS})
+        if allowed:
+            raise MethodNotAllowed(f"method {head.method} is not served on {path}; use {' or '.join(allowed)}", allowed)
+        raise NotFound(f"no source listens on {path}")
+
+    def failed(self, exc: BaseException, head: RequestHead | None = None, remote: str = "") -> Answer:
+        """A request that reached no endpoint is refused: counted, logged (rate-limited), answered."""
+        answer = self.refuse(exc, head, remote)
+        self.metrics.unrouted.answered(answer.status)
+        return answer
+
+    def refuse(self, exc: BaseException, head: RequestHead | None, remote: str = "") -> Answer:
+        if isinstance(exc, HttpError):
+            what = f"{head.method} {head.path} from {head.remote}" if head is not None else f"request from {remote}"
+            self.reject_log.warn(what, exc)
+        return error_answer(exc)
+
+
+#: (status, records, sources) → the success answer: shared, never changed (:meth:`Exchange._finish` makes new ones)
+_SUCCESS: dict[tuple[int, int, int], Answer] = {}
+
+
+def _success(status: int, accepted: int, sources: int) -> Answer:
+    """2xx ``{"accepted": n, "sources": m}`` (204: no body); the common ones are made once."""
+    key = (status, accepted, sources)
+    answer = _SUCCESS.get(key)
+    if answer is None:
+        answer = Answer(status, b"" if status == 204 else b'{"accepted":%d,"sources":%d}' % (accepted, sources))
+        if accepted <= 1000 and sources <= 8:
+            _SUCCESS[key] = answer
+    return answer
+
+
+class Exchange(Later):
+    """One request routed to an endpoint: what the protocol hands its body to (``request.Exchange``)."""
+
+    __slots__ = ("app", "route", "head", "user", "limit", "started", "size", "ticket", "rid", "rerouted",
+                 "accepted", "outcomes", "pending", "task")
+
+    def __init__(self, app: PushApp, route: Route, head: RequestHead) -> None:
+        self.answer: Answer | None = None  # Later's, set here: this runs once per request
+        self._then = None
+        self.app, self.route, self.head = app, route, head
+        self.user: str | None = None  # the principal the route's auth admitted
+        self.limit = app.max_body_size
+        self.started = 0.0
+        self.size = 0
+        self.ticket: Ticket | None = None
+        self.rid = ""
+        self.rerouted = False
+        self.accepted = 0
+        self.outcomes: list[Outcome] = []
+        self.pending = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def body(self, data: bytes) -> Answer | Later:
+        """The whole request, top to bottom. A large body takes the same steps with the CPU-heavy ones in a worker
+        thread (:meth:`_large`)."""
+        self.started = _now()
+        self.size = len(data)
+        route = self.route
+        try:
+            if not route.groups:  # its sources went away while the body was arriving
+                found = self._reroute()
+                if isinstance(found, Answer):
+                    return self._done(found)
+                route = found
+            if len(data) >= LARGE_BODY:
+                self.task = self.app.offload.start(self._large(route, data))
+                return self
+            if route.auth is not None and (self.rerouted or route.auth.needs_body):  # admit (hmac signs the body)
+                self.user = route.auth.admit(self.head, data)
+            if route.idempotency is not None:  # idempotency: a replay, 409 or 422 ends here
+                known = route.idempotency.admit(self.head, self.user, data)
+                if isinstance(known, Answer):
+                    return self._done(known)
+                self.ticket = known
+            framed = self._frame(route, data)  # decode → meta → frame, for every group, before anything is sent
+        except Exception as exc:  # every failure becomes an answer: never a dropped connection
+            return self._done(self.app.refuse(exc, self.head))
+        return self._deliver(framed)  # deliver → answer
+
+    def _reroute(self) -> Route | Answer:
+        self.rerouted = True
+        found = self.app.table.lookup(self.head.path, self.head.method) or self.app._resolve(self.head)
+        if isinstance(found, Route):
+            self.route = found
+        return found
+
+    def _frame(self, route: Route, data: bytes) -> Framed:
+        """Decode → meta → frame for every group: one bad decoding refuses the whole body."""
+        framed: Framed = []
+        metas: dict[object, bytes | None] = {}
+        limit = self.app.max_records
+        head = self.head
+        accepted = 0
+        for group in route.groups:
+            decoder = group.decoder
+            try:
+                records = decoder.decode_request(data, head.content_type, limit)
+            except TooManyRecords:
+                raise
+            except DecodeError:
+                route.stats.decode_failed(decoder.format)
+                raise
+            if len(records) > limit:  # decoders that build all records at once (a JSON array)
+                raise TooManyRecords(limit)
+            spec = group.meta
+            meta = None
+            if spec is not None:
+                meta = metas.get(spec)
+                if meta is None:
+                    meta = metas[spec] = build(spec, head, self.user,
+                                               self.request_id() if "requestId" in spec.fields else "")
+            framed.append((frame_records(records, meta, decoder.format == "custom"), group.subscriptions))
+            accepted = max(accepted, len(records))
+        self.accepted = accepted
+        return framed
+
+    def _deliver(self, framed: Framed) -> Answer | Later:
+        """Hand every group's frames to each of its sources, then answer: now, or once the last delivery that had to
+        wait (a :class:`~.delivery.Delivery`) has settled."""
+        outcomes: list[Outcome] = []
+        pending = failed = 0
+        for frames, subs in framed:
+            for sub in subs:
+                outcome: Delivery | DeliveryError | None = None
+                if frames.ends:
+                    sender = sub.sender
+                    try:
+                        outcome = sender.send(frames) if sender is not None else send_when_attached(sub, frames)
+                    except DeliveryError as exc:
+                        outcome = exc
+                    if outcome is not None:
+                        if isinstance(outcome, Delivery):
+                            pending += 1
+                        else:
+                            failed += 1
+                outcomes.append((sub, frames, outcome))
+        if not pending:
+            return self._done(self._conclude(outcomes) if failed else self._delivered(len(outcomes)))
+        self.outcomes, self.pending = outcomes, pending
+        for _, _, outcome in outcomes:
+            if isinstance(outcome, Delivery):
+                outcome.add_callback(self._settled)
+        return self
+
+    def _settled(self, _delivery: Delivery) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            outcomes, self.outcomes = self.outcomes, []
+            self.resolve(self._done(self._conclude(outcomes)))
+
+    def _conclude(self, outcomes: list[Outcome]) -> Answer:
+        """Every delivery has an outcome: 2xx, or 503 with what each source got."""
+        delivered, reasons = summarize(outcomes)
+        if reasons:
+            self.route.stats.delivery_failures += 1
+            return self.app.refuse(Unavailable(f"records were not all delivered: {'; '.join(reasons)}",
+                                               delivered=delivered), self.head)
+        return self._delivered(len(outcomes))
+
+    def _delivered(self, sources: int) -> Answer:
+        """Every record reached every source: the route's success status, ``{"accepted": n, "sources": m}``."""
+        route, accepted = self.route, self.accepted
+        route.stats.records += accepted
+        key = (route.success_status, accepted, sources)
+        return _SUCCESS.get(key) or _success(*key)
+
+    def _done(self, answer: Answer) -> Answer:
+        """The final answer to the body: with the route's headers, counted, remembered for its Idempotency-Key."""
+        route = self.route
+        if route.custom:
+            answer = self._finish(answer)
+        route.stats.handled(answer.status, self.size, _now() - self.started)
+        if self.ticket is not None:
+            ticket, self.ticket = self.ticket, None
+            ticket.settle(answer)
+        return answer
+
+    def failed(self, exc: BaseException) -> Answer:
+        """Refused before the body was whole (401 from the head, 413, 408, a malformed body): counted and with the
+        route's headers, like any other answer of the endpoint."""
+        answer = self._finish(self.app.refuse(exc, self.head))
+        self.route.stats.answered(answer.status)
+        return answer
+
+    def _finish(self, answer: Answer) -> Answer:
+        """The one place an answer gets the route's headers: CORS (an allowed ``Origin``) and ``X-Request-Id``. A new
+        answer: answers may be shared (:func:`_success`)."""
+        route = self.route
+        if not route.custom:
+            return answer
+        headers = dict(answer.headers) if answer.headers else {}
+        if route.cors is not None:
+            route.cors.decorate(headers, self.head, route.exposed)
+        if route.request_id:
+            headers["X-Request-Id"] = self.request_id()
+        return Answer(answer.status, answer.body, headers or None, answer.content_type, answer.close)
+
+    def request_id(self) -> str:
+        """The request's id (``X-Request-Id``), the same for its records' meta and its answer."""
+        if not self.rid:
+            self.rid = request_id(self.head)
+        return self.rid
+
+    async def _large(self, route: Route, data: bytes) -> None:
+        """:meth:`body`'s steps for a large body: signature, fingerprint, decoding and framing in a worker thread,
+        one body at a time; the key store and the channels on the loop."""
+        offload, head = self.app.offload, self.head
+        try:
+            async with offload.turn:
+                if route.auth is not None and (self.rerouted or route.auth.needs_body):
+                    self.user = await offload.run(route.auth.admit, head, data)
+                if route.idempotency is not None and head.header(b"idempotency-key") is not None:
+                    digest = await offload.run(fingerprint, head.method, head.target, head.content_type, data)
+                    known = route.idempotency.admit(head, self.user, data, digest)
+                    if isinstance(known, Answer):
+                        self.resolve(self._done(known))
+                        return
+                    self.ticket = known
+                framed = await offload.run(self._frame, route, data)
+            del data
+            answer = self._deliver(framed)
+            del framed
+            if answer is not self:
+                self.resolve(answer)  # type: ignore[arg-type]
+        except asyncio.CancelledError:
+            answer = self._done(error_answer(Unavailable("the server is stopping")))
+            answer.close = True
+            self.resolve(answer)
+        except Exception as exc:  # answered as a small body's would be: logged, with the endpoint's headers
+            self.resolve(self._done(self.app.refuse(exc, head)))
+        finally:
+            await offload.trim()
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.task.cancel()

@@ -1,0 +1,151 @@
+"""The bytes of one request as the parser reads them: what the connection needs of its head, and its body, held under
+the limits on bytes — the head's size (431), the endpoint's body size after any ``Content-Encoding`` is undone and as
+sent (413), and the server's budget, ``httpServerMaxBuffered`` (503).
+
+A :class:`RequestReader` serves one connection for its whole life and reads one request at a time: llhttp calls it for
+the request line, each header and each piece of the body, and calls the connection itself for the milestones (message
+begins, head complete, message complete). :meth:`RequestReader.take` hands the finished request over and makes the
+reader ready for the next one. By the time the body comes, the application has decided: either the request is answered
+already (``early``: the body is read and dropped) or an :class:`~.request.Exchange` takes it (``exchange``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .answers import Answer, HeadersTooLarge, HttpError, TooLarge, Unavailable
+from .budget import Budget
+from .encoding import Inflater, inflater_for
+from .request import Exchange
+
+#: Request line plus headers, in bytes; more gets 431.
+MAX_HEAD_SIZE = 16 * 1024
+
+
+class RequestReader:
+    __slots__ = ("budget", "url", "head_size", "headers", "content_type", "content_length", "expect", "encoding",
+                 "chunked", "chunks", "size", "wire_size", "inflater", "exchange", "early",
+                 # the connection's milestones, called by the parser directly
+                 "on_message_begin", "on_headers_complete", "on_message_complete")
+
+    def __init__(self, budget: Budget, on_message_begin: Callable[[], None], on_headers_complete: Callable[[], None],
+                 on_message_complete: Callable[[], None]) -> None:
+        self.budget = budget
+        self.on_message_begin = on_message_begin
+        self.on_headers_complete = on_headers_complete
+        self.on_message_complete = on_message_complete
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.head_size = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.content_type = ""
+        self.content_length = -1
+        self.expect = False  # Expect: 100-continue
+        self.encoding = ""  # Content-Encoding
+        self.chunked = False  # Transfer-Encoding
+        self.chunks: list[bytes] = []
+        self.size = 0  # body bytes held (inflated), counted in the budget
+        self.wire_size = 0  # bytes of a compressed body as received
+        self.inflater: Inflater | None = None
+        self.exchange: Exchange | None = None  # the application reads this body
+        self.early: Answer | None = None  # the answer, decided from the head: the body is dropped
+
+    # -- the parser's callbacks ------------------------------------------------------------------------------
+
+    def on_url(self, part: bytes) -> None:
+        self.url += part
+        self.head_size += len(part)
+        if self.head_size > MAX_HEAD_SIZE:
+            raise HeadersTooLarge(f"request line and headers are over {MAX_HEAD_SIZE} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.head_size += len(name) + len(value) + 4
+        if self.head_size > MAX_HEAD_SIZE:
+            raise HeadersTooLarge(f"request line and headers are over {MAX_HEAD_SIZE} bytes")
+        self.headers.append((name, value))
+        size = len(name)  # the few names the connection itself needs
+        if size == 12 and name.lower() == b"content-type":
+            self.content_type = value.decode("latin-1")
+        elif size == 14 and name.lower() == b"content-length":
+            self.content_length = int(value)  # llhttp has checked the digits
+        elif size == 6 and name.lower() == b"expect":
+            self.expect = value.lower() == b"100-continue"
+        elif size == 16 and name.lower() == b"content-encoding":
+            coding = value.decode("latin-1")
+            self.encoding = f"{self.encoding}, {coding}" if self.encoding else coding
+        elif size == 17 and name.lower() == b"transfer-encoding":
+            self.chunked = True
+
+    def on_body(self, chunk: bytes) -> None:
+        """Hold a piece of the body (inflated) and count it in the budget. Raises 413, 503, or 400 for a corrupt
+        compressed stream."""
+        if self.early is not None:
+            return  # read and dropped: the answer is already decided
+        limit = self.exchange.limit  # type: ignore[union-attr]
+        if self.inflater is not None:
+            self.wire_size += len(chunk)  # the compressed bytes count too
+            if self.wire_size > limit:
+                raise TooLarge(f"body is over {limit} bytes compressed, the limit (httpServerMaxBodySize)")
+            chunk = self.inflater.feed(chunk, self.size)
+            if not chunk:
+                return
+        size = len(chunk)
+        if self.size + size > limit:
+            raise TooLarge(f"body is over {limit} bytes, the limit (httpServerMaxBodySize)")
+        if not self.budget.take(size):
+            raise over_budget(self.budget)
+        self.size += size
+        self.chunks.append(chunk)
+
+    # -- the connection's side -------------------------------------------------------------------------------
+
+    @property
+    def has_body(self) -> bool:
+        return self.content_length > 0 or (self.content_length < 0 and self.chunked)
+
+    def expect_body(self, exchange: Exchange) -> None:
+        """The application takes the body: set up its inflater (an unsupported encoding is answered 415, the body
+        dropped), and refuse at once a body its ``Content-Length`` shows to be over the limit (413) or the budget
+        (503) — before a ``100 Continue``, not partway through the body."""
+        self.exchange = exchange
+        if self.encoding:
+            try:  # inflated as it arrives, in on_body(): bounded by the limit after inflation
+                self.inflater = inflater_for(self.encoding, exchange.limit)
+            except HttpError as exc:
+                self.early = exchange.failed(exc)
+                return
+        if self.content_length > exchange.limit:
+            raise TooLarge(f"body is {self.content_length} bytes; the limit is {exchange.limit} bytes "
+                           "(httpServerMaxBodySize)")
+        if self.content_length > 0 and not self.budget.fits(self.content_length):
+            raise over_budget(self.budget)
+
+    def take(self) -> tuple[Answer | tuple[Exchange, bytes], int]:
+        """The finished request — its early answer, or its exchange and whole body — and the body bytes it holds in
+        the budget; the reader is ready for the next request. A truncated compressed stream is 400."""
+        if self.inflater is not None and self.early is None:
+            self.inflater.finish()
+        item: Answer | tuple[Exchange, bytes]
+        if self.early is not None:
+            item = self.early
+        else:
+            chunks = self.chunks
+            item = (self.exchange, chunks[0] if len(chunks) == 1 else b"".join(chunks))  # type: ignore[assignment]
+        held = self.size
+        # ready for the next request (as _reset(), inline: this runs once per request)
+        self.url, self.head_size, self.headers, self.content_type, self.content_length = b"", 0, [], "", -1
+        self.expect, self.encoding, self.chunked, self.chunks, self.size, self.wire_size = False, "", False, [], 0, 0
+        self.inflater = self.exchange = self.early = None
+        return item, held
+
+    def drop(self) -> int:
+        """The request is given up mid-way: its partial body is let go; returns the bytes it held in the budget."""
+        held, self.size, self.chunks = self.size, 0, []
+        return held
+
+
+def over_budget(budget: Budget) -> Unavailable:
+    return Unavailable(f"the server holds {budget.used} bytes for requests already, its limit "
+                       "(httpServerMaxBuffered); retry later")

@@ -1,0 +1,212 @@
+"""What each record carries in ``meta`` (readable in SQL with ``meta(<name>)``): the request facts a config group asks
+for (``meta``), copied headers (``metaHeaders``) and query parameters (``metaQuery``), a path template's variables, and
+the client's address behind trusted proxies (``trustedProxies``). The four properties are checked here too.
+
+Client text is clipped to :data:`MAX_META_TEXT` characters per value, and the whole ``meta`` of a record to
+:data:`MAX_META_BYTES` of JSON (431 beyond): what a client repeats in every record stays small.
+
+Example: ``build(MetaSpec(("path",)), head)`` → ``b'{"path":"/api/data"}'``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+from .answers import HeadersTooLarge
+from .errors import ConfigError
+from .request import RequestHead
+from .values import string_list, switched_off, switched_on
+
+#: What ``meta`` may list. ``user`` is the authenticated principal (``auth``), absent without auth; ``remoteAddr``
+#: follows ``X-Forwarded-For`` / ``Forwarded`` when the peer is in ``trustedProxies``; ``requestId`` is the client's
+#: ``X-Request-Id`` or a generated one, echoed in the answer.
+META_FIELDS = ("method", "path", "remoteAddr", "contentType", "user", "requestId")
+#: Longest text copied from a request into ``meta`` (per value, per record).
+MAX_META_TEXT = 256
+#: Largest ``meta`` of one record, as JSON: a request whose configured metadata is larger is refused with 431, not
+#: cut, so that a rule never sees part of what it was configured to get.
+MAX_META_BYTES = 4096
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def clip(text: str) -> str:
+    """Client-supplied text for ``meta``, cut to :data:`MAX_META_TEXT` characters."""
+    return text if len(text) <= MAX_META_TEXT else text[:MAX_META_TEXT]
+
+
+@dataclass(frozen=True)
+class MetaSpec:
+    """What the records of one group carry in ``meta``. Equal specs give equal meta for one request."""
+
+    fields: tuple[str, ...]
+    #: a path template's variables for a request path (``Template.params``)
+    variables: Callable[[str], dict[str, str]] | None = None
+    #: ``metaHeaders`` as one pattern over lower-cased header names
+    headers: re.Pattern[str] | None = None
+    #: ``metaQuery``: ``True`` for every parameter, or the names
+    query: bool | tuple[str, ...] = ()
+    proxies: tuple[Network, ...] = ()
+
+
+def meta_spec(fields: tuple[str, ...], header_globs: tuple[str, ...], query: bool | tuple[str, ...],
+              proxies: tuple[Network, ...], variables: Callable[[str], dict[str, str]] | None) -> MetaSpec | None:
+    """``None`` when records carry no meta (the default: no work per request)."""
+    if not fields and variables is None and not header_globs and not query:
+        return None
+    headers = re.compile("|".join(fnmatch.translate(glob) for glob in header_globs)) if header_globs else None
+    return MetaSpec(fields, variables, headers, query, proxies)
+
+
+def request_id(head: RequestHead) -> str:
+    """The request's id: its ``X-Request-Id`` when that is visible ASCII (clipped), else a new random one."""
+    given = head.header(b"x-request-id")
+    text = given.decode("latin-1") if given else ""
+    return clip(text) if text and text.isascii() and text.isprintable() else uuid.uuid4().hex
+
+
+def build(spec: MetaSpec, head: RequestHead, user: str | None = None, rid: str = "") -> bytes:
+    """The JSON of one record's ``meta`` (``rid``: the request id, when ``spec`` asks for it). Precedence, lowest
+    first: query parameters, headers, template variables, request facts."""
+    meta: dict[str, Any] = {}
+    if spec.query:
+        meta.update(_query(head.target, spec.query))
+    if spec.headers is not None:
+        copied: set[str] = set()
+        for raw_name, raw_value in head.headers:
+            name = raw_name.decode("latin-1").lower()
+            if spec.headers.match(name):
+                value = raw_value.decode("latin-1")
+                meta[name] = clip(f"{meta[name]}, {value}" if name in copied else value)  # repeated: joined
+                copied.add(name)
+    if spec.variables is not None:  # the template's variables: client text, clipped like the rest
+        meta.update((name, clip(value)) for name, value in spec.variables(head.path).items())
+    if spec.fields:
+        values = {"method": head.method, "path": head.path, "remoteAddr": head.remote,
+                  "contentType": clip(head.content_type), "requestId": rid}
+        if user is not None:  # absent without auth
+            values["user"] = clip(user)
+        if spec.proxies:
+            values["remoteAddr"] = client_address(head, spec.proxies)
+        meta.update((name, values[name]) for name in spec.fields if name in values)
+    data = orjson.dumps(meta)
+    if len(data) > MAX_META_BYTES:
+        raise HeadersTooLarge(f"the request's metadata for each record is {len(data)} bytes of JSON; the limit is "
+                              f"{MAX_META_BYTES} (metaHeaders, metaQuery): send fewer or shorter headers or parameters")
+    return data
+
+
+def _query(target: bytes, wanted: bool | tuple[str, ...]) -> dict[str, Any]:
+    """``metaQuery``: parameters of the request target's query, clipped; a repeated one becomes a list."""
+    start = target.find(b"?")
+    if start < 0:
+        return {}
+    params: dict[str, Any] = {}
+    for name, value in parse_qsl(target[start + 1:].decode("latin-1"), keep_blank_values=True):
+        if wanted is not True and name not in wanted:
+            continue
+        name, value = clip(name), clip(value)
+        if name not in params:
+            params[name] = value
+        elif isinstance(params[name], list):
+            params[name].append(value)
+        else:
+            params[name] = [params[name], value]
+    return params
+
+
+def client_address(head: RequestHead, proxies: tuple[Network, ...]) -> str:
+    """The client's address: the peer, or — when the peer is a trusted proxy — the last address in ``Forwarded``
+    (else ``X-Forwarded-For``) that is not a trusted proxy, walking from the nearest hop back."""
+    address = head.remote
+    if not proxies or not _trusted(address, proxies):
+        return address
+    forwarded = head.header(b"forwarded")
+    if forwarded is not None:
+        hops = [_forwarded_for(element) for element in forwarded.decode("latin-1").split(",")]
+    else:
+        xff = head.header(b"x-forwarded-for")
+        hops = [hop.strip() for hop in xff.decode("latin-1").split(",")] if xff is not None else []
+    for hop in reversed(hops):
+        try:
+            hop = str(ipaddress.ip_address(hop or ""))
+        except ValueError:
+            break  # "unknown", an obfuscated name, garbage: the last trusted hop is all we know
+        address = hop
+        if not _trusted(hop, proxies):
+            break
+    return address
+
+
+def _forwarded_for(element: str) -> str:
+    """The address of one ``Forwarded`` element's ``for=`` (RFC 7239): quotes, brackets and port removed."""
+    for pair in element.split(";"):
+        key, _, value = pair.strip().partition("=")
+        if key.lower() == "for":
+            value = value.strip().strip('"')
+            if value.startswith("["):
+                return value[1:value.find("]")] if "]" in value else ""
+            return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+    return ""
+
+
+def _trusted(address: str, proxies: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in proxies)
+
+
+# -- the properties ---------------------------------------------------------------------------------------------
+
+
+def parse_meta(value: Any) -> tuple[str, ...]:
+    """Property ``meta``: which request facts each record carries; ``[]``, ``""`` or null: none. (A ``[]`` stored
+    through eKuiper's REST API arrives as null: the host keeps conf keys gob-encoded, which drops empty lists.)"""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        items: list[Any] = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, list):
+        items = value
+    else:
+        raise ConfigError(f"property 'meta' is {value!r}; must be a list of names from {', '.join(META_FIELDS)}")
+    unknown = [item for item in items if item not in META_FIELDS]
+    if unknown:
+        raise ConfigError(f"property 'meta' has {unknown[0]!r}; allowed names are {', '.join(META_FIELDS)}")
+    return tuple(dict.fromkeys(items))
+
+
+def parse_meta_headers(value: Any) -> tuple[str, ...]:
+    """Property ``metaHeaders``: header names or ``*`` globs, lower-cased."""
+    return tuple(dict.fromkeys(name.lower() for name in string_list("property 'metaHeaders'", value or [])))
+
+
+def parse_meta_query(value: Any) -> bool | tuple[str, ...]:
+    """Property ``metaQuery``: ``true`` (every query parameter), ``false``/``[]`` (none) or a list of names."""
+    if switched_on(value):
+        return True
+    if switched_off(value):
+        return ()
+    return tuple(dict.fromkeys(string_list("property 'metaQuery'", value)))
+
+
+def parse_trusted_proxies(value: Any) -> tuple[Network, ...]:
+    networks = []
+    for item in string_list("property 'trustedProxies'", value or []):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(f"property 'trustedProxies' has {item!r}; must be IP addresses or CIDR networks, "
+                              "e.g. [10.0.0.0/8, \"::1\"]") from None
+    return tuple(networks)

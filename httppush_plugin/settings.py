@@ -1,0 +1,301 @@
+"""The shared server's settings: one table (:data:`SETTINGS`), and the loader that layers defaults, the plugin's
+``etc/kuiper.yaml``, the host's ``etc/kuiper.yaml`` and the environment into a :class:`ServerConfig`.
+
+Each row holds everything there is to know about one setting: its key, its environment variable, its default, its
+check and the text that documents it. ``scripts/gen_config.py`` writes the shipped ``etc/kuiper.yaml`` and the table in
+``docs/configuration.md`` from it, and a test fails when a committed file is not what it would write.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .errors import ConfigError
+from .layout import host_config_path
+from .values import seconds, switched_off, whole_number
+
+#: Default listen port per source symbol. ``httppush`` keeps the seed's 10081 (hosts without the built-in);
+#: ``pyhttppush`` runs beside eKuiper 2.x, whose own data server already holds 10081.
+DEFAULT_PORTS: dict[str, int] = {"httppush": 10081, "pyhttppush": 10082}
+#: ``httpServerTls.clientAuth``: whether the TLS handshake asks for a client certificate signed by ``cafile``.
+CLIENT_AUTH = ("none", "optional", "required")
+ClientAuth = Literal["none", "optional", "required"]
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One server setting. ``check(what, value)`` turns a raw value into the :class:`ServerConfig` field's."""
+
+    name: str
+    field: str
+    #: the environment variable is ``<SYMBOL>_<env>``, e.g. ``PYHTTPPUSH_SERVER_PORT``
+    env: str
+    default: Any
+    check: Callable[[str, Any], Any]
+    text: str
+    #: how the documentation shows the default, when not as the value itself
+    shown: str = ""
+
+
+def _address(_what: str, value: Any) -> str:
+    return str(value) if value else "0.0.0.0"
+
+
+def _port(what: str, value: Any) -> int:
+    return whole_number(what, value, 0, 65535)
+
+
+def _positive(what: str, value: Any) -> int:
+    return whole_number(what, value, 1)
+
+
+def _admin_path(what: str, value: Any) -> str:
+    """A path the server answers GET on; ``""``, ``false`` or ``off``: not served."""
+    if switched_off(value):
+        return ""
+    if not isinstance(value, str) or not value.startswith("/") or "?" in value or "{" in value:
+        raise ConfigError(f"{what} is {value!r}; must be a URL path starting with '/' (e.g. '/healthz'), or off to "
+                          "switch it off")
+    return value
+
+
+_LIMIT_503 = "503 with Retry-After: 1 naming this setting"
+SETTINGS: tuple[Setting, ...] = (
+    Setting("httpServerIp", "ip", "SERVER_IP", "0.0.0.0", _address,
+            "Address to listen on. 0.0.0.0 listens on every IPv4 interface; 127.0.0.1 only on loopback."),
+    Setting("httpServerPort", "port", "SERVER_PORT", DEFAULT_PORTS["httppush"], _port,
+            "TCP port to listen on: 10081 in httppush.zip (the seed's port), 10082 in pyhttppush.zip (eKuiper 2.x "
+            "holds 10081 with its own data server).", shown="10082 (pyhttppush), 10081 (httppush)"),
+    Setting("httpServerMaxBodySize", "max_body_size", "SERVER_MAX_BODY_SIZE", 10 * 1024 * 1024, _positive,
+            "Largest request body in bytes; larger bodies are answered 413. A compressed body (Content-Encoding gzip "
+            "or deflate) must stay within it both as sent and once inflated.", shown="10485760 (10 MiB)"),
+    Setting("httpServerReadHeaderTimeout", "read_header_timeout", "SERVER_READ_HEADER_TIMEOUT", 10.0, seconds,
+            "Seconds from the first byte of a request to the end of its headers; a slower client is answered 408 and "
+            "disconnected. A new connection that sends nothing is closed after this long too.", shown="10"),
+    Setting("httpServerReadBodyTimeout", "read_body_timeout", "SERVER_READ_BODY_TIMEOUT", 60.0, seconds,
+            "Seconds from the end of the headers to the end of the body; a slower client is answered 408 and "
+            "disconnected (60 s carries 10 MiB at about 1.4 Mbit/s).", shown="60"),
+    Setting("httpServerIdleTimeout", "idle_timeout", "SERVER_IDLE_TIMEOUT", 60.0, seconds,
+            "Seconds a keep-alive connection may sit idle between requests before the server closes it.", shown="60"),
+    Setting("httpServerMaxRecords", "max_records", "SERVER_MAX_RECORDS", 100_000, _positive,
+            "Most records one body may hold: a JSON array's elements, the NDJSON or delimited lines that hold a "
+            "record, the list a custom decoder returns. A body with more is answered 413 naming this setting and none "
+            "of its records is delivered; the connection stays open. Delimited and NDJSON bodies stop being decoded "
+            "at the limit; a JSON array (and a custom decoder's list) is counted once it is built whole."),
+    Setting("httpServerMaxConnections", "max_connections", "SERVER_MAX_CONNECTIONS", 1024, _positive,
+            "Open connections, every endpoint and the health and metrics paths together. One more is answered "
+            f"{_LIMIT_503} as soon as it is accepted, before any request is read, and closed."),
+    Setting("httpServerMaxSourceBacklog", "max_source_backlog", "SERVER_MAX_SOURCE_BACKLOG", 16 * 1024 * 1024,
+            _positive,
+            "Bytes of framed records waiting in the plugin for one source's eKuiper channel (eKuiper reading slower "
+            f"than clients push). A request whose records would take a source's backlog over it is answered "
+            f"{_LIMIT_503}, its \"delivered\" saying what each source got; the connection stays open. While nothing "
+            "is waiting, a request of any size is let in.", shown="16777216 (16 MiB)"),
+    Setting("httpServerMaxBuffered", "max_buffered", "SERVER_MAX_BUFFERED", 128 * 1024 * 1024, _positive,
+            "Bytes the whole server holds for requests: bodies (inflated, when compressed) from their first byte "
+            f"until they are answered, plus every source's backlog. A body that would take the total over it is "
+            f"answered {_LIMIT_503} (as soon as its Content-Length shows it, before a 100 Continue, else while it "
+            "arrives), and its connection is closed. At least httpServerMaxBodySize, else the start fails.",
+            shown="134217728 (128 MiB)"),
+    Setting("httpServerHealthPath", "health_path", "SERVER_HEALTH_PATH", "/healthz", _admin_path,
+            "Path of the health answer, for GET and HEAD, without authentication: 200 {\"status\": \"ok\", "
+            "\"endpoints\": [...]} listing every endpoint with its format and its sources (rule, stream, attached, "
+            "connected); 503 {\"status\": \"unavailable\", ...} while a started source is not attached to eKuiper's "
+            "channel yet. Other methods get 405 (Allow: GET, HEAD), unless a stream serves POST or PUT on the same "
+            "path. \"\", off or false switches it off (in the environment off or false: an empty variable counts as "
+            "unset)."),
+    Setting("httpServerMetricsPath", "metrics_path", "SERVER_METRICS_PATH", "/metrics", _admin_path,
+            "Path of the Prometheus metrics (OpenMetrics when the Accept header asks for it), for GET and HEAD, "
+            "without authentication; switched off as httpServerHealthPath. The two paths must differ."),
+)
+#: The keys of the mapping setting ``httpServerTls``: (key, environment variable suffix, example, text).
+TLS_KEYS: tuple[tuple[str, str, str, str], ...] = (
+    ("certfile", "TLS_CERTFILE", "/var/https-server.crt",
+     "PEM certificate (chain) to serve HTTPS with; with keyfile, both or neither."),
+    ("keyfile", "TLS_KEYFILE", "/var/https-server.key", "PEM private key of certfile."),
+    ("cafile", "TLS_CAFILE", "/var/clients-ca.crt",
+     "Mutual TLS: the PEM CA certificate(s) client certificates must be signed by; a missing or unreadable one fails "
+     "the start."),
+    ("clientAuth", "TLS_CLIENT_AUTH", "required",
+     "none, optional or required (the default once cafile is set). required: a client without such a certificate "
+     "fails the TLS handshake, on every endpoint. optional: a certificate sent must be valid; endpoints whose config "
+     "group has auth: {type: clientcert} answer 401 without one, the others serve such clients too. The "
+     "certificate's subject CN is then meta(user). Under Python 3.13+ the check is strict (RFC 5280): the CA needs "
+     "basicConstraints=critical,CA:TRUE and keyUsage=keyCertSign."),
+)
+TLS_SETTING = "httpServerTls"
+TLS_TEXT = ("Serve HTTPS instead of HTTP: a mapping of the keys below. In the files it is one setting (a higher "
+            "file's mapping replaces a lower one's); the environment overrides its keys one by one.")
+_DEFAULTS = {setting.field: setting.default for setting in SETTINGS}
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    certfile: str
+    keyfile: str
+    cafile: str = ""
+    client_auth: ClientAuth = "none"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The shared HTTP server: one per plugin process. Defaults are :data:`SETTINGS`'."""
+
+    ip: str = _DEFAULTS["ip"]
+    port: int = _DEFAULTS["port"]
+    tls: TlsConfig | None = None
+    max_body_size: int = _DEFAULTS["max_body_size"]
+    read_header_timeout: float = _DEFAULTS["read_header_timeout"]
+    read_body_timeout: float = _DEFAULTS["read_body_timeout"]
+    idle_timeout: float = _DEFAULTS["idle_timeout"]
+    max_records: int = _DEFAULTS["max_records"]
+    max_connections: int = _DEFAULTS["max_connections"]
+    max_source_backlog: int = _DEFAULTS["max_source_backlog"]
+    max_buffered: int = _DEFAULTS["max_buffered"]
+    health_path: str = _DEFAULTS["health_path"]
+    metrics_path: str = _DEFAULTS["metrics_path"]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def address(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+def env_prefix(symbol: str) -> str:
+    """Environment variables are ``<SYMBOL>_…`` (``PYHTTPPUSH_SERVER_PORT``): never ``KUIPER__…``, which the
+    plugin inherits from the host and which mean the host's own settings."""
+    return symbol.upper() + "_"
+
+
+def load_server_config(plugin_dir: Path, symbol: str, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """The shared server's settings. Each comes from the highest of these layers that sets it:
+
+    1. the defaults (:data:`SETTINGS`);
+    2. ``<plugin_dir>/etc/kuiper.yaml``, section ``source:`` (shipped; a reinstall or upgrade replaces it);
+    3. the HOST's ``etc/kuiper.yaml`` (:func:`~.layout.host_config_path`), section ``source.<symbol>``, e.g.
+       ``source: {pyhttppush: {httpServerPort: 10090}}``: untouched by plugin installs, so settings there survive;
+    4. the environment, ``<SYMBOL>_…``. Example: ``PYHTTPPUSH_SERVER_PORT=9000`` moves the pyhttppush server to 9000.
+
+    ``httpServerTls`` is one setting in the files (a higher file's mapping replaces a lower one's); the environment
+    overrides its keys one by one. A bad value's error names the file and key, or the variable, it came from.
+    """
+    environ = os.environ if environ is None else environ
+    where: dict[str, str] = {}  # setting -> the file and key, or the variable, it came from (for error messages)
+    section = _settings_file(plugin_dir / "etc" / "kuiper.yaml", ("source",), where)
+    host_path = host_config_path(plugin_dir, environ)
+    if host_path is not None:
+        host_section = _settings_file(host_path, ("source", symbol), where)
+        _check_known(host_section, [*(s.name for s in SETTINGS), TLS_SETTING], host_path, f"source.{symbol}")
+        section.update(host_section)
+    prefix = env_prefix(symbol)
+    for setting in SETTINGS:
+        name = prefix + setting.env
+        if environ.get(name) not in (None, ""):
+            section[setting.name] = environ[name]
+            where[setting.name] = f"environment variable {name}"
+    tls = section.get(TLS_SETTING) or {}
+    if not isinstance(tls, dict):
+        raise ConfigError(_with_origin(f"setting '{TLS_SETTING}' is {tls!r}; must be a mapping with 'certfile' and "
+                                       "'keyfile'", where))
+    tls = dict(tls)
+    for key, env, _, _ in TLS_KEYS:
+        if environ.get(prefix + env):
+            tls[key] = environ[prefix + env]
+            where[f"{TLS_SETTING}.{key}"] = f"environment variable {prefix + env}"
+    try:
+        return _server_config(section, tls, symbol)
+    except ConfigError as exc:
+        raise ConfigError(_with_origin(str(exc), where)) from None
+
+
+def _server_config(section: Mapping[str, Any], tls: dict[str, Any], symbol: str) -> ServerConfig:
+    """Check the merged settings (``tls``: ``httpServerTls`` with the environment's keys applied)."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        default = DEFAULT_PORTS.get(symbol, setting.default) if setting.field == "port" else setting.default
+        values[setting.field] = setting.check(f"setting '{setting.name}'", section.get(setting.name, default))
+    if values["health_path"] and values["health_path"] == values["metrics_path"]:
+        raise ConfigError(f"setting 'httpServerMetricsPath' is {values['metrics_path']!r}, the same as "
+                          "httpServerHealthPath; give them different paths (or switch one off: off)")
+    if values["max_buffered"] < values["max_body_size"]:
+        raise ConfigError(f"setting 'httpServerMaxBuffered' is {values['max_buffered']}, less than "
+                          f"httpServerMaxBodySize ({values['max_body_size']}): a body of a size between the two could "
+                          "never be received; make it at least as large")
+    return ServerConfig(tls=_tls_setting(tls), **values)
+
+
+def _tls_setting(tls: dict[str, Any]) -> TlsConfig | None:
+    certfile, keyfile = tls.get("certfile") or "", tls.get("keyfile") or ""
+    cafile = str(tls.get("cafile") or "")
+    if not certfile and not keyfile and not cafile:
+        return None
+    if not certfile or not keyfile:
+        raise ConfigError(f"setting '{TLS_SETTING}' needs both 'certfile' and 'keyfile'")
+    # a CA file alone means client certificates are wanted: required unless said otherwise
+    value = tls.get("clientAuth") or ("required" if cafile else "none")
+    client_auth = str(value).lower()
+    if client_auth not in CLIENT_AUTH:
+        raise ConfigError(f"setting '{TLS_SETTING}.clientAuth' is {value!r}; must be none, optional or required")
+    if client_auth != "none" and not cafile:
+        raise ConfigError(f"setting '{TLS_SETTING}.clientAuth' is {client_auth!r}; it needs 'cafile', the CA "
+                          "certificate(s) that client certificates must be signed by")
+    return TlsConfig(certfile=str(certfile), keyfile=str(keyfile), cafile=cafile,
+                     client_auth=client_auth)  # type: ignore[arg-type]
+
+
+def _settings_file(path: Path, keys: tuple[str, ...], where: dict[str, str]) -> dict[str, Any]:
+    """The mapping under ``keys`` (``("source",)``, ``("source", "pyhttppush")``) of the yaml file ``path``; ``{}``
+    when the file or a key is absent. Notes in ``where`` the file and key each setting comes from."""
+    if not path.is_file():
+        return {}
+    try:
+        node: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(node, dict) or not isinstance(node.get(keys[0]) or {}, dict):
+        raise ConfigError(f"{path}: expected a mapping with a '{keys[0]}:' section")
+    for depth, key in enumerate(keys):
+        node = node.get(key)
+        if node is None:
+            return {}
+        if not isinstance(node, dict):
+            dotted = ".".join(keys[: depth + 1])
+            raise ConfigError(f"{path}, key '{dotted}' is {node!r}; must be a mapping of settings, e.g. "
+                              f"{{httpServerPort: 10090}}")
+    dotted = ".".join(keys)
+    where.update({str(key): f"{path}, key '{dotted}.{key}'" for key in node})
+    return dict(node)
+
+
+def _check_known(section: Mapping[Any, Any], known: list[str], path: Path, dotted: str) -> None:
+    """Refuse a key of the host's ``source.<symbol>`` that is no setting: that section is the plugin's alone, and a
+    misspelt setting would otherwise do nothing at all. Keys are case-sensitive: the file is read as written."""
+    for key in section:
+        if key not in known:
+            near = [name for name in known if name.lower() == str(key).lower()]
+            hint = f"did you mean '{near[0]}'?" if near else f"the settings are {', '.join(known)}"
+            raise ConfigError(f"{path}, key '{dotted}.{key}' is not a setting of this plugin; {hint}")
+
+
+def _with_origin(message: str, where: Mapping[str, str]) -> str:
+    """``message`` (``setting '<key>' …``) followed by where that key's value came from, if not a default."""
+    if not message.startswith("setting '"):
+        return message
+    key = message.split("'", 2)[1]
+    parent = key.split(".", 1)[0]
+    origins = [where[key]] if key in where else [where[parent]] if parent in where else []
+    origins += [origin for name, origin in where.items() if name.startswith(key + ".")]
+    origins = list(dict.fromkeys(origins))
+    return f"{message} (from {'; '.join(origins)})" if origins else message
