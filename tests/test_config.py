@@ -1,28 +1,29 @@
-"""Settings parsing, and the one-source-of-truth check: shipped yaml, UI json, README and dataclasses agree."""
+"""Settings and properties: parsing, errors, and the one source of truth — the shipped yaml and UI json, the README and
+``docs/configuration.md`` are what ``scripts/gen_config.py`` writes from the tables in ``settings.py`` and
+``properties.py``."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
 
-import httppush_plugin.config as config_module
+import httppush_plugin.layout as config_module
 from httppush_plugin.auth import AUTH_TYPES, parse_auth
-from httppush_plugin.config import (
-    CLIENT_AUTH,
-    DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_PORTS,
-    META_FIELDS,
-    ConfigError,
-    EndpointConfig,
-    ServerConfig,
-    host_config_path,
-    load_server_config,
-)
+from httppush_plugin.errors import ConfigError
+from httppush_plugin.layout import host_config_path
+from httppush_plugin.meta import META_FIELDS
+from httppush_plugin.properties import PROPERTIES, EndpointConfig
+from httppush_plugin.properties_text import TEXTS
+from httppush_plugin.settings import CLIENT_AUTH, DEFAULT_PORTS, SETTINGS, TLS_KEYS, ServerConfig, load_server_config
+
+DEFAULT_MAX_BODY_SIZE = ServerConfig().max_body_size
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,9 +187,9 @@ def test_host_settings_errors_name_file_and_key(tmp_path: Path, host_section: st
 
 
 def test_host_examples_as_documented(tmp_path: Path) -> None:
-    """README's block for eKuiper's kuiper.yaml and the shipped file's header example work as pasted."""
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("### The shared server", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    """docs/configuration.md's block for eKuiper's kuiper.yaml and the shipped file's header example work as pasted."""
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    block = doc.split("## The shared server", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     plugin_dir = host_layout(tmp_path)
     (tmp_path / "etc" / "kuiper.yaml").write_text(block)
     cfg = load_server_config(plugin_dir, "pyhttppush", {})
@@ -236,63 +237,83 @@ def test_endpoint_errors_name_key_value_and_rule(props: dict, needle: str) -> No
         EndpointConfig.from_props(props)
 
 
-def test_shipped_files_agree() -> None:
-    """etc/kuiper.yaml ↔ ServerConfig defaults; sources yaml ↔ UI json ↔ EndpointConfig; README lists every option."""
+def _gen_config() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("gen_config", ROOT / "scripts" / "gen_config.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_files_are_current() -> None:
+    """etc/kuiper.yaml, etc/sources/httppush.yaml|json and docs/configuration.md's tables are what the generator writes
+    from the settings and properties tables (run ``python3 scripts/gen_config.py`` after changing a table)."""
+    gen = _gen_config()
+    assert gen.stale() == [], "not current: run python3 scripts/gen_config.py"
+
+
+def test_the_generator_notices_a_file_edited_by_hand() -> None:
+    """The check above can fail: a default, an environment name or a property changed in a file alone is caught."""
+    gen = _gen_config()
+    for path, before, after in (
+            (gen.SERVER_YAML, "httpServerMaxBodySize: 10485760", "httpServerMaxBodySize: 1048576"),
+            (gen.SOURCES_YAML, "  method: POST\n", "  method: PUT\n"),
+            (gen.SOURCES_JSON, '"name": "metaQuery"', '"name": "metaquery"'),
+            (gen.CONFIGURATION_MD, "`PYHTTPPUSH_SERVER_IDLE_TIMEOUT`", "`PYHTTPPUSH_IDLE_TIMEOUT`")):
+        text = path.read_text()
+        assert before in text, (path, before)
+        edited = text.replace(before, after, 1)
+        assert gen.TARGETS[path](edited) == text, path
+
+
+def test_shipped_files_agree(tmp_path: Path) -> None:
+    """What the plugin reads back from the shipped files is the tables' defaults; the UI knows every yaml key (else
+    the host lowercases it); the README's zip table names each zip's symbol and port."""
+    for symbol, port in DEFAULT_PORTS.items():
+        plugin_dir = tmp_path / symbol / "plugins" / "portable" / symbol
+        write_server_yaml(plugin_dir, (ROOT / "etc" / "kuiper.yaml").read_text().replace(
+            f"httpServerPort: {DEFAULT_PORTS['httppush']}", f"httpServerPort: {port}"))  # as scripts/package.py does
+        assert load_server_config(plugin_dir, symbol, {}) == ServerConfig(port=port)
     server = yaml.safe_load((ROOT / "etc" / "kuiper.yaml").read_text())["source"]
-    assert server["httpServerPort"] == DEFAULT_PORTS["httppush"]
-    assert server["httpServerIp"] == ServerConfig().ip
-    assert server["httpServerMaxBodySize"] == DEFAULT_MAX_BODY_SIZE
+    assert list(server) == [setting.name for setting in SETTINGS]
 
     groups = yaml.safe_load((ROOT / "etc" / "sources" / "httppush.yaml").read_text())
-    meta = json.loads((ROOT / "etc" / "sources" / "httppush.json").read_text())
-    ui = {prop["name"]: prop for prop in meta["properties"]["default"]}
-    assert set(ui) == set(groups["default"]), "every yaml option needs a UI entry (else the host lowercases it)"
-    for name, prop in ui.items():
-        assert prop["default"] == groups["default"][name], name
-    assert ui["method"]["values"] == ["POST", "PUT"]
+    ui = {prop["name"]: prop for prop in json.loads((ROOT / "etc" / "sources" / "httppush.json").read_text())[
+        "properties"]["default"]}
+    assert list(groups["default"]) == list(ui) == [prop.name for prop in PROPERTIES]
+    assert {name: prop["default"] for name, prop in ui.items()} == groups["default"]
     assert EndpointConfig.from_props({"datasource": "/a", **groups["default"]}) == EndpointConfig(path="/a")
     assert EndpointConfig.from_props({"datasource": "/a", **groups["put"]}).method == "PUT"
+    assert ui["meta"]["values"] == list(META_FIELDS)
+    assert set(TEXTS) == {prop.name for prop in PROPERTIES}
+    for name in META_FIELDS:
+        assert name in TEXTS["meta"].doc and name in TEXTS["meta"].hint_en, name
+    for kind in AUTH_TYPES[1:]:
+        assert f"type: {kind}" in TEXTS["auth"].doc and kind in TEXTS["auth"].hint_en, kind
+    assert parse_auth(groups["default"]["auth"]) is None
 
     readme = (ROOT / "README.md").read_text()
-    for option in [*server, "httpServerTls", *ui]:
-        assert f"`{option}`" in readme, f"README does not document {option}"
-    # the "Which zip" table: | `dist/<variant>.zip` | `<variant>` | <port> | … and the httpServerPort row
+    # the "Which zip" table: | `dist/<variant>.zip` | `<variant>` | <port> | …
     zip_rows = {cells[1]: cells for cells in (
         [cell.strip(" `*") for cell in line.split("|")] for line in readme.splitlines() if line.startswith("| `dist/"))}
     assert set(zip_rows) == {f"dist/{variant}.zip" for variant in DEFAULT_PORTS}
-    port_row = next(line for line in readme.splitlines() if line.startswith("| `httpServerPort` |"))
     for variant, port in DEFAULT_PORTS.items():
         assert zip_rows[f"dist/{variant}.zip"][2:4] == [variant, str(port)], f"README's zip table on {variant}"
-        assert f"{port} ({variant})" in port_row, f"README's httpServerPort default for {variant}"
-
-    # meta names and auth types: yaml comment, UI json, README; the TLS keys: kuiper.yaml's comment and README
-    yaml_text = (ROOT / "etc" / "sources" / "httppush.yaml").read_text()
-    assert ui["meta"]["values"] == list(META_FIELDS)
-    for name in META_FIELDS:
-        assert f"meta({name})" in readme and name in ui["meta"]["hint"]["en_US"], name
-    assert parse_auth(groups["default"]["auth"]) is None
-    for kind in AUTH_TYPES[1:]:
-        assert f"type: {kind}" in readme and f"type: {kind}" in yaml_text and kind in ui["auth"]["hint"]["en_US"], kind
-    kuiper_text = (ROOT / "etc" / "kuiper.yaml").read_text()
-    tls_row = next(line for line in readme.splitlines() if line.startswith("| `httpServerTls` |"))
-    for key in ("certfile", "keyfile", "cafile", "clientAuth"):
-        assert f"#   {key}: " in kuiper_text and key in tls_row, key
-    for var in ("CERTFILE", "KEYFILE", "CAFILE", "CLIENT_AUTH"):
-        assert f"<SYMBOL>_TLS_{var}" in kuiper_text and f"`PYHTTPPUSH_TLS_{var}`" in tls_row, var
+        assert f"{port} ({variant})" in next(s.shown for s in SETTINGS if s.name == "httpServerPort"), variant
     for value in CLIENT_AUTH:
-        assert f"`{value}`" in tls_row and value in kuiper_text, value
+        assert value in dict((key, text) for key, _, _, text in TLS_KEYS)["clientAuth"], value
 
 
 def test_auth_examples_parse(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The auth groups in README's block and in the shipped yaml's comments are valid as pasted."""
+    """The auth groups in docs/auth.md's block and in the shipped yaml's comments are valid as pasted."""
     for name in ("BOB_PASSWORD", "GATEWAY8_TOKEN", "TOKEN_B", "GITHUB_WEBHOOK_SECRET"):
         monkeypatch.setenv(name, "from-the-environment")
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split("### Authentication", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    doc = (ROOT / "docs" / "auth.md").read_text()
+    block = doc.split("# Authentication", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     shipped = (ROOT / "etc" / "sources" / "httppush.yaml").read_text()
     commented = "\n".join(line[2:] for line in shipped.splitlines() if line.startswith("# ") and (
         line.startswith("#  ") or line.rstrip().endswith(":")))
-    for source, groups in (("README", yaml.safe_load(block)), ("httppush.yaml", yaml.safe_load(commented))):
+    for source, groups in (("docs/auth.md", yaml.safe_load(block)), ("httppush.yaml", yaml.safe_load(commented))):
         kinds = {parse_auth(group["auth"]).kind for group in groups.values()}  # type: ignore[union-attr]
         assert kinds == set(AUTH_TYPES[1:]), f"{source}: auth examples cover {kinds}"
         for group in groups.values():

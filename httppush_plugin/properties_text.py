@@ -1,0 +1,223 @@
+"""The words of each endpoint property (``properties.PROPERTIES``): what the shipped yaml's comment and
+``docs/configuration.md`` say (``doc``), and the label and hint eKuiper's UI shows, in English and Chinese.
+
+Only ``scripts/gen_config.py`` reads them: the plugin itself never needs its own documentation. A test checks that
+every property has its words and that the generated files are current.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Words(NamedTuple):
+    doc: str
+    label_en: str
+    label_zh: str
+    hint_en: str
+    hint_zh: str
+    #: the docs page (relative to ``docs/``) that tells more, linked from the properties table
+    see: str = ""
+
+
+TEXTS: dict[str, Words] = {
+    "method": Words(
+        doc="HTTP method of the endpoint: POST or PUT. A POST stream and a PUT stream may share one path.",
+        label_en="Method",
+        label_zh="请求方法",
+        hint_en="HTTP method of the endpoint: POST or PUT.",
+        hint_zh=("端点的 HTTP 方法：POST 或 PUT。"),
+    ),
+    "fields": Words(
+        doc=("FORMAT=\"delimited\": names of the columns, in order; without it columns are named col0, col1, ... "
+            "Example: fields: [id, temperature]"),
+        label_en="Fields",
+        label_zh="列名",
+        hint_en="FORMAT=delimited: column names in order; without them columns are named col0, col1, ...",
+        hint_zh=("FORMAT=delimited 时的列名（按顺序）；不设置时列名为 "
+            "col0、col1……"),
+        see="formats.md",
+    ),
+    "decoder": Words(
+        doc=("A custom decoder, \"<module>:<function>\", that turns a body (bytes) into a record (dict) or a list of"
+            " records. <module>.py is looked up in $HTTPPUSH_DECODERS_PATH, then in the plugin's decoders/ "
+            "folder. When set, it replaces FORMAT (eKuiper 2.x refuses FORMAT=\"custom\"). Example: decoder: "
+            "\"kv:decode\""),
+        label_en="Decoder",
+        label_zh="解码器",
+        hint_en=("Custom decoder \"<module>:<function>\" from $HTTPPUSH_DECODERS_PATH or the plugin's decoders/ "
+            "folder; replaces FORMAT."),
+        hint_zh=("自定义解码器 \"<模块>:<函数>\"，从 $HTTPPUSH_DECODERS_PATH "
+            "或插件的 decoders/ 目录加载；设置后取代 FORMAT。"),
+        see="formats.md",
+    ),
+    "framing": Words(
+        doc=("FORMAT=\"json\": how a body holds its records. whole: the body is one JSON text, an object (one "
+            "record) or an array of objects (one record each). lines: NDJSON / JSON Lines, one object per line "
+            "(\"\\n\" or \"\\r\\n\"), blank lines skipped; a bad line refuses the whole body (400 naming the line) and "
+            "nothing of it is delivered. A request with Content-Type application/x-ndjson, application/jsonl or "
+            "application/json-lines is read as lines whatever this says. Example: framing: lines"),
+        label_en="JSON framing",
+        label_zh="JSON 分帧",
+        hint_en=("FORMAT=json: whole reads the body as one JSON object or array of objects; lines reads NDJSON / JSON "
+            "Lines, one object per line (blank lines skipped; a bad line refuses the whole body). Content-Type "
+            "application/x-ndjson, application/jsonl or application/json-lines selects lines for one request."),
+        hint_zh=("FORMAT=json 时的记录划分方式：whole 表示整个请求体是一个 JSON "
+            "对象或对象数组；lines 表示 NDJSON / JSON Lines，每行一个对象（跳"
+            "过空行；任一行有误则整个请求体被拒绝）。Content-Type 为 "
+            "application/x-ndjson、application/jsonl 或 "
+            "application/json-lines 的请求总按行读取。"),
+        see="formats.md",
+    ),
+    "meta": Words(
+        doc=("Request facts each record carries, readable in SQL with meta(<name>): any of method, path, "
+            "remoteAddr (the client's IP address), contentType (the Content-Type header, cut to 256 characters) "
+            "and user (the principal that auth admitted; absent without auth) and requestId (the client's "
+            "X-Request-Id when it is printable ASCII, cut to 256 characters, else a generated one; every answer "
+            "then echoes it in X-Request-Id). [] sends none, which is the cheapest for eKuiper: it decodes the "
+            "meta of every record, so none is the default. Example: meta: [path, remoteAddr]"),
+        label_en="Request metadata",
+        label_zh="请求元数据",
+        hint_en=("Request facts each record carries, readable with meta(<name>) in SQL: method, path, remoteAddr, "
+            "contentType (cut to 256 characters), user (the principal that auth admitted; absent without auth), "
+            "requestId (the client's X-Request-Id or a generated one, echoed in the answer's X-Request-Id). An "
+            "empty list sends none, the cheapest for eKuiper."),
+        hint_zh=("每条记录携带的请求信息，可在 SQL 中用 meta(<名称>) "
+            "读取：method、path、remoteAddr、contentType（最多 256 "
+            "个字符）、user（auth 认证通过的身份；未配置 auth "
+            "时没有）、requestId（客户端的 X-Request-Id 或生成的 "
+            "ID，并在响应的 X-Request-Id 中返回）。空列表表示不携带，eKuiper "
+            "处理开销最小。"),
+        see="metadata.md#request-metadata",
+    ),
+    "auth": Words(
+        doc=("Who may push: {} (or {type: none}) lets anyone. Otherwise {type: basic, users: {<name>: <password>, "
+            "...}}, {type: bearer, tokens: {<name>: <token>, ...}} (or a list of tokens), {type: hmac, secret: "
+            "<secret>} (a signature of the body in X-Hub-Signature-256, as GitHub sends it; also header, "
+            "algorithm, encoding, prefix) or {type: clientcert} (mutual TLS: httpServerTls.cafile in the plugin's"
+            " etc/kuiper.yaml). Any secret may be {env: NAME}, read from the environment: better, as eKuiper logs"
+            " a source's properties at every rule start. Refused requests get 401. Keys in this file reach the "
+            "plugin lower-cased, names of users and tokens included. Streams on one path and method must use the "
+            "same auth. Examples below."),
+        label_en="Authentication",
+        label_zh="认证",
+        hint_en=("Who may push; empty: anyone. type: basic (users: {name: password}), bearer (tokens: {name: token} or"
+            " a list), hmac (secret; header X-Hub-Signature-256, algorithm sha256, encoding hex, prefix sha256= "
+            "by default, as GitHub webhooks) or clientcert (mutual TLS, needs httpServerTls.cafile). A secret may"
+            " be {env: NAME}. Refused requests get 401 with WWW-Authenticate; the principal is meta(user). "
+            "Streams on one path and method must use the same auth."),
+        hint_zh=("允许推送的客户端；为空表示不限制。type：basic（users：{用户名: "
+            "密码}）、bearer（tokens：{名称: 令牌} "
+            "或令牌列表）、hmac（secret；默认 header 为 "
+            "X-Hub-Signature-256、algorithm 为 "
+            "sha256、encoding 为 hex、prefix 为 sha256=，与 "
+            "GitHub webhook 相同）或 clientcert（双向 TLS，需设置 "
+            "httpServerTls.cafile）。密钥可写为 {env: "
+            "环境变量名}。认证失败返回 401 及 WWW-Authenticate；认证身份可用 "
+            "meta(user) 读取。同一路径和方法上的流必须使用相同的 auth。"),
+        see="auth.md",
+    ),
+    "successStatus": Words(
+        doc=("The status of a request whose records were all delivered: 200, 201 or 202 (body {\"accepted\": n, "
+            "\"sources\": m}) or 204 (no body). Errors keep their own status and JSON body. Example: successStatus:"
+            " 202"),
+        label_en="Success status",
+        label_zh="成功状态码",
+        hint_en=("The status of a request whose records were all delivered: 200, 201, 202 (with the {\"accepted\", "
+            "\"sources\"} body) or 204 (no body). Errors keep their own status."),
+        hint_zh=("记录全部交付后返回的状态码：200、201、202（带 {\"accepted\", "
+            "\"sources\"} 响应体）或 204（无响应体）。错误响应保持各自的状态码。"),
+        see="http-answers.md#answers-for-browsers-and-clients",
+    ),
+    "cors": Words(
+        doc=("CORS for browser clients, off by default ({}): then OPTIONS gets 405 and answers carry no CORS "
+            "headers. With {origins: [...], headers: [...], maxAge: <seconds>} a preflight OPTIONS from an "
+            "allowed Origin gets 204 with Access-Control-Allow-Origin/-Methods/-Headers (headers default "
+            "[Content-Type]; add Authorization with auth) and -Max-Age (0: not sent); other origins get 403. "
+            "Answers to an allowed Origin carry Access-Control-Allow-Origin: <that origin> and Vary: Origin. "
+            "origins: [\"*\"] allows any origin (still echoed, never a literal *). Example: cors: {origins: "
+            "[\"https://app.example.com\"], headers: [Content-Type, Authorization], maxAge: 600}"),
+        label_en="CORS",
+        label_zh="跨域（CORS）",
+        hint_en=("CORS for browser clients; empty: off (OPTIONS gets 405). {origins: [...], headers: [...] (default "
+            "[Content-Type]), maxAge: seconds}: a preflight OPTIONS from an allowed Origin gets 204 with "
+            "Access-Control-Allow-*, other origins 403; answers to allowed origins carry "
+            "Access-Control-Allow-Origin: <origin> and Vary: Origin. origins [\"*\"] allows any origin."),
+        hint_zh=("浏览器客户端的 CORS；为空表示关闭（OPTIONS 返回 405）。{origins:"
+            " [...], headers: [...]（默认 [Content-Type]）, "
+            "maxAge: 秒}：来自允许的 Origin 的预检 OPTIONS 返回 204 及 "
+            "Access-Control-Allow-* 头，其他来源返回 403；对允许来源的响应带"
+            " Access-Control-Allow-Origin: <来源> 和 Vary: "
+            "Origin。origins 为 [\"*\"] 时允许任意来源。"),
+        see="http-answers.md#answers-for-browsers-and-clients",
+    ),
+    "metaHeaders": Words(
+        doc=("Request headers each record carries in meta, by name or * glob, case-insensitive; the meta key is "
+            "the header name lower-cased (meta(`x-device-id`)), the value cut to 256 characters, a repeated "
+            "header joined with \", \". Example: metaHeaders: [\"X-Device-*\", \"User-Agent\"]"),
+        label_en="Metadata headers",
+        label_zh="元数据请求头",
+        hint_en=("Request headers each record carries in meta, by name or * glob, case-insensitive (e.g. X-Device-*); "
+            "the meta key is the lower-cased header name, the value cut to 256 characters."),
+        hint_zh=("每条记录在 meta 中携带的请求头，按名称或 * 通配符匹配，不区分大小写（如 "
+            "X-Device-*）；meta 键为小写的请求头名，值最多 256 个字符。"),
+        see="metadata.md#request-metadata",
+    ),
+    "metaQuery": Words(
+        doc=("Query parameters each record carries in meta: true for all, or a list of names; a repeated one "
+            "becomes a list. Headers, template variables and the meta facts win over a parameter of the same "
+            "name. Example: metaQuery: [site]"),
+        label_en="Metadata query parameters",
+        label_zh="元数据查询参数",
+        hint_en=("Query parameters each record carries in meta: true for all, or a list of names; a repeated parameter"
+            " becomes a list."),
+        hint_zh=("每条记录在 meta 中携带的查询参数：true "
+            "表示全部，或参数名列表；重复的参数成为列表。"),
+        see="metadata.md#request-metadata",
+    ),
+    "trustedProxies": Words(
+        doc=("Proxies (IP addresses or CIDR networks) whose X-Forwarded-For / Forwarded headers name the client: "
+            "when the peer is one of them, meta(remoteAddr) is the nearest address in those headers that is not. "
+            "Others' headers are ignored. Example: trustedProxies: [10.0.0.0/8, \"::1\"]"),
+        label_en="Trusted proxies",
+        label_zh="可信代理",
+        hint_en=("IP addresses or CIDR networks of proxies whose X-Forwarded-For / Forwarded headers name the client: "
+            "meta(remoteAddr) is then the nearest address there that is not a trusted proxy. Other peers' headers"
+            " are ignored."),
+        hint_zh=("可信代理的 IP 地址或 CIDR 网段：来自它们的请求按 X-Forwarded-For"
+            " / Forwarded 确定客户端，meta(remoteAddr) "
+            "为其中最近的非可信代理地址。其他来源的这些请求头被忽略。"),
+        see="metadata.md#request-metadata",
+    ),
+    "idempotency": Words(
+        doc=("Idempotent retries, off by default ({}): true, or {window: <seconds, default 300>, maxKeys: <default"
+            " 10000>}. A request whose Idempotency-Key header (1-255 visible ASCII characters, or an RFC 8941 "
+            "\"quoted\" string) repeats one answered 2xx within window seconds is not delivered again: it gets the "
+            "stored status and body, with Idempotent-Replayed: true. The same key for another request (method, "
+            "path, Content-Type or body differ) gets 422; while the first is still being handled, 409 with "
+            "Retry-After. Any other answer forgets the key: a retry is handled afresh. Keys are per endpoint and "
+            "per user (auth); at most maxKeys per endpoint, the oldest forgotten first. They live in the plugin "
+            "process: a rule restart keeps them, a restart of the plugin or of eKuiper forgets them. Without it "
+            "the header is ignored. Streams on one path and method must agree on it. Example: idempotency: "
+            "{window: 600, maxKeys: 50000}"),
+        label_en="Idempotent retries",
+        label_zh="幂等重试",
+        hint_en=("Idempotent retries; empty: off (the Idempotency-Key header is ignored). true, or {window: seconds "
+            "(default 300), maxKeys: keys per endpoint (default 10000)}: a request whose Idempotency-Key (1-255 "
+            "visible ASCII characters) repeats one answered 2xx within the window is not delivered again and gets"
+            " the stored answer with Idempotent-Replayed: true; the same key for another request (method, path, "
+            "Content-Type or body) gets 422, while the first is in flight 409. Other answers forget the key. Keys"
+            " are per endpoint and user; a rule restart keeps them, a plugin or eKuiper restart forgets them. "
+            "Streams on one path and method must use the same setting."),
+        hint_zh=("幂等重试；为空表示关闭（忽略 Idempotency-Key 请求头）。true，或 "
+            "{window: 秒（默认 300）, maxKeys: 每个端点的键数（默认 "
+            "10000）}：Idempotency-Key（1–255 个可见 ASCII "
+            "字符）与窗口期内已返回 2xx 的请求相同时，不再重复交付，返回保存的响应并带 "
+            "Idempotent-Replayed: "
+            "true；同一个键用于不同的请求（方法、路径、Content-Type 或请求体不同）返回"
+            " 422，前一个请求仍在处理时返回 "
+            "409。其他响应会忘记该键。键按端点和用户区分；重启规则时保留，重启插件或 eKuiper"
+            " 后丢失。同一路径和方法上的流必须使用相同的设置。"),
+        see="operations.md#idempotent-retries",
+    ),
+}
