@@ -53,8 +53,9 @@ CEILING = ROOT / "bench" / "ceiling.py"
 META_FIELDS = ("method", "path", "remoteAddr", "contentType")
 #: --meta-variants: name → the `meta` property of the config group (`[]`: the envelope has no `meta` key).
 META_VARIANTS: dict[str, list[str]] = {"all": list(META_FIELDS), "none": [], "path": ["path"]}
-#: The plugin's meta without a `meta` property (the envelope (d) sends by default): all four fields.
-DEFAULT_META = "all"
+#: The plugin's meta without a `meta` property (httppush_plugin/config.py DEFAULT_META: none), so the envelope the
+#: plain ceiling sends: the plain rows of (a) and (d) carry the same bytes per record.
+DEFAULT_META = "none"
 META_CASES = ("json1", "json100")
 KINDS = ("plugin", "builtin", "floor", "ceiling")
 
