@@ -1,25 +1,34 @@
 #!/usr/bin/env python3
-"""`make bench`: our plugin against eKuiper's built-in httppush and against the host's own ceiling, through one real
-eKuiper, in one invocation.
+"""`make bench`: our plugin against eKuiper's built-in httppush, against the Python floor of the same job and against
+the host's own ceiling, through one real eKuiper, in one invocation.
 
-Targets, run alternately (a, b, c, d, a, b, c, d, …) so that drift on the machine hits all of them alike:
-  (a) plugin  — a stream TYPE="pyhttppush", rule `SELECT * FROM s`, eKuiper's `nop` sink;
-  (b) builtin — eKuiper's own `httppush` source on the host's data server, the same rule and sink;
-  (c) floor   — bench/floor.py, the cheapest aiohttp server that reads the body and answers 200;
-  (d) ceiling — bench/ceiling.py writes pre-framed records (the envelopes (a) sends) straight into the data channel
-                of another pyhttppush stream's rule, the same rule and sink: what eKuiper takes from any portable
-                source.
+Targets, run alternately (a, a', b, c, d, a, a', b, c, d, …) so that drift on the machine hits all of them alike:
+  (a)  plugin      — a stream TYPE="pyhttppush", rule `SELECT * FROM s`, eKuiper's `nop` sink;
+  (a') plugin@base — only with --baseline-zip: another build of the plugin (an older commit's zip), installed beside
+                     (a) under the name pyhttppushbase (the zip is rewritten: eKuiper installs one plugin per name),
+                     on its own port and streams, same rule and sink; a/a' shows what a change did, in one run;
+  (b)  builtin     — eKuiper's own `httppush` source on the host's data server, the same rule and sink;
+  (c)  floor       — bench/floor.py: a bare httptools protocol that does the plugin's job in the least Python
+                     (parse, orjson decode and encode, the plugin's framing, frames to a drain process coalesced per
+                     loop iteration, one write per answer), without eKuiper: how far above Python's floor (a) is;
+  (d)  ceiling     — bench/ceiling.py writes pre-framed records (the envelopes (a) sends) straight into the data
+                     channel of another pyhttppush stream's rule, the same rule and sink: what eKuiper takes from any
+                     portable source.
 Load for a–c: wrk (Debian package `wrk`) over loopback, one thread, N connections; d is one sender whatever N is.
 `--meta-variants` adds, for json1 and json100, plugin streams whose config group sets `meta` (all four fields, none,
 only the path) and ceiling runs with the matching envelopes.
 
 For every run: requests/s; records/s as counted by the host (records that entered the rule's projection) and the
 records the clients had accepted (2xx answers × records per body; for d, the records written); p50/p99 latency; the
-plugin process's peak RSS and CPU seconds, and its CPU µs per request. Ratios a/b, a/c and a/d per case. Prints a
-markdown table; `--write` also stores it in bench/README.md.
+CPU seconds, CPU µs per request and peak RSS of the process that serves the HTTP requests (the plugin's for a and a',
+the floor's for c; the built-in's server is kuiperd itself, in the eKuiper CPU column); kuiperd's CPU per record.
+Ratios a/b, a/c (requests/s and CPU per request), a/d, and a/a' with a baseline. Prints a markdown table; `--write`
+also stores it in bench/README.md.
 
 Usage: python bench/run.py [--duration S] [--conns 1,32] [--extra-cells json1:256]
-                           [--cases json1,json100,delim100,bin64k] [--rounds N] [--meta-variants] [--smoke] [--write]
+                           [--cases json1,json100,delim100,bin64k] [--rounds N] [--meta-variants]
+                           [--baseline-zip FILE] [--floor-mode coalesced|per-request|none] [--zip FILE]
+                           [--json FILE] [--profile DIR] [--smoke] [--write]
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,21 +52,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from harness.net import free_port, wait_port  # noqa: E402
-from harness.procstat import cpu_seconds, find_pid, peak_rss_mb, reset_peak_rss, status_kb  # noqa: E402
+from harness.procstat import cpu_seconds, peak_rss_mb, reset_peak_rss, status_kb  # noqa: E402
 from harness.realhost import EkuiperHost, RecordSink, http_request, kuiperd_path  # noqa: E402
 
 PLUGIN = "pyhttppush"
+#: The name and source symbol the --baseline-zip is installed under: eKuiper keeps one plugin per name, and the
+#: plugin reads its settings from <SYMBOL>_… variables (httppush_plugin/config.py env_prefix), so (a') gets its own
+#: port through PYHTTPPUSHBASE_SERVER_PORT and its own streams (TYPE="pyhttppushbase").
+BASE_PLUGIN = "pyhttppushbase"
 PROJECT_IN = re.compile(r"^op_\d+_project_0_records_in_total$")
 CEILING = ROOT / "bench" / "ceiling.py"
+FLOOR = ROOT / "bench" / "floor.py"
+FLOOR_MODES = ("coalesced", "per-request", "none")
 
 #: What the plugin can put into each record's envelope `meta` (config-group property `meta`).
 META_FIELDS = ("method", "path", "remoteAddr", "contentType")
 #: --meta-variants: name → the `meta` property of the config group (`[]`: the envelope has no `meta` key).
 META_VARIANTS: dict[str, list[str]] = {"all": list(META_FIELDS), "none": [], "path": ["path"]}
-#: The plugin's meta without a `meta` property (the envelope (d) sends by default): all four fields.
-DEFAULT_META = "all"
+#: The plugin's meta without a `meta` property (httppush_plugin/config.py DEFAULT_META: none), so the envelope the
+#: plain ceiling sends: the plain rows of (a) and (d) carry the same bytes per record.
+DEFAULT_META = "none"
 META_CASES = ("json1", "json100")
-KINDS = ("plugin", "builtin", "floor", "ceiling")
+#: In the order they run; "base" is (a'), the --baseline-zip plugin, labelled plugin@base.
+KINDS = ("plugin", "base", "builtin", "floor", "ceiling")
+LABELS = {"base": "plugin@base"}
+#: Targets whose HTTP server is a process of its own, whose CPU and memory are measured.
+SERVED = ("plugin", "base", "floor")
+#: Targets that are a pyhttppush stream (or its data channel), whose source's records_in is read.
+PORTABLE = ("plugin", "base", "ceiling")
 
 
 def _compact(value: object) -> bytes:
@@ -111,7 +134,8 @@ class Target:
 
     @property
     def label(self) -> str:
-        return f"{self.kind} meta={self.meta}" if self.meta else self.kind
+        name = LABELS.get(self.kind, self.kind)
+        return f"{name} meta={self.meta}" if self.meta else name
 
     def stream(self, case: Case) -> str:
         """The stream's name, also its rule's id."""
@@ -134,9 +158,10 @@ class Target:
         return [b'{"message":' + m + suffix for m in case.messages]
 
 
-def targets_for(case: Case, meta_variants: bool) -> list[Target]:
-    """The targets of one cell, in the order they run."""
-    out = [Target(kind) for kind in KINDS]
+def targets_for(case: Case, meta_variants: bool, baseline: bool = False) -> list[Target]:
+    """The targets of one cell, in the order they run; (a') only with a ``baseline`` plugin, and never with meta
+    variants (it compares builds at their defaults)."""
+    out = [Target(kind) for kind in KINDS if baseline or kind != "base"]
     if meta_variants and case.name in META_CASES:
         for variant in META_VARIANTS:
             out.append(Target("plugin", variant))
@@ -169,7 +194,7 @@ end
 class Result:
     case: str
     conns: int
-    target: str  # a kind of KINDS
+    target: str  # a kind of KINDS ("base" is plugin@base)
     rps: float | None  # None for the ceiling (no requests)
     accepted: int  # records in 2xx-answered bodies; for the ceiling, records written into the channel
     host_records: int | None  # records the host counted (None for the floor)
@@ -178,9 +203,9 @@ class Result:
     seconds: float
     meta: str = ""  # "" or a key of META_VARIANTS
     requests: int = 0  # requests wrk completed (0 for the ceiling)
-    read_by_source: int | None = None  # plugin and ceiling: records eKuiper's source node read from the channel
-    cpu_s: float | None = None  # plugin only
-    peak_rss_mb: float | None = None  # plugin only
+    read_by_source: int | None = None  # PORTABLE: records eKuiper's source node read from the channel
+    cpu_s: float | None = None  # SERVED only: CPU seconds of the process that answered the requests
+    peak_rss_mb: float | None = None  # SERVED only
     host_cpu_s: float | None = None  # kuiperd's CPU seconds during the run (JSON only)
     errors: int = 0
 
@@ -208,15 +233,15 @@ class Result:
 @dataclass
 class Bench:
     host: EkuiperHost
-    plugin_port: int
-    floor_port: int
+    ports: dict[str, int]  # kind → the HTTP port of its server (plugin, base, floor); builtin: the host's data port
     workdir: Path
-    plugin_pid: int = 0
+    #: kind → the pid of the process that serves it (SERVED); plugin and base are found after setup
+    pids: dict[str, int] = field(default_factory=dict)
     scripts: dict[str, Path] = field(default_factory=dict)
     envelope_files: dict[str, Path] = field(default_factory=dict)
 
     def url(self, target: Target, case: Case) -> str:
-        port = {"plugin": self.plugin_port, "builtin": self.host.data_port, "floor": self.floor_port}[target.kind]
+        port = self.host.data_port if target.kind == "builtin" else self.ports[target.kind]
         return f"http://127.0.0.1:{port}{target.datasource(case)}"
 
     def setup(self, cells: list[tuple[Case, list[Target]]]) -> None:
@@ -224,7 +249,7 @@ class Bench:
             # a config group stored through REST, named by the stream's CONF_KEY (docs/host-behaviour.md §6)
             self.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{conf_key(variant)}",
                           {"meta": META_VARIANTS[variant]})
-        plugin_rules: list[str] = []
+        plugin_rules: dict[str, list[str]] = {PLUGIN: []}
         for case, targets in cells:
             body_path = self.workdir / f"{case.name}.body"
             body_path.write_bytes(case.body)
@@ -236,33 +261,41 @@ class Bench:
                     continue
                 stream = target.stream(case)
                 cols, opts = case.stream_def.split(" WITH (", 1)
-                type_ = "httppush" if target.kind == "builtin" else PLUGIN
+                type_ = {"builtin": "httppush", "base": BASE_PLUGIN}.get(target.kind, PLUGIN)
                 conf = f'CONF_KEY="{conf_key(target.meta)}", ' if target.kind == "plugin" and target.meta else ""
                 self.host.create_stream(f'CREATE STREAM {stream} {cols} WITH (TYPE="{type_}", '
                                         f'DATASOURCE="{target.datasource(case)}", {conf}{opts})')
                 self.host.create_rule(stream, f"SELECT * FROM {stream}", [{"nop": {}}])
                 self.host.wait_rule_running(stream)
-                if type_ == PLUGIN:
-                    plugin_rules.append(stream)
+                if type_ != "httppush":
+                    plugin_rules.setdefault(type_, []).append(stream)
                 if target.kind == "ceiling":
                     path = self.workdir / f"{stream}.envelopes"
                     path.write_bytes(b"".join(e + b"\n" for e in target.envelopes(case)))
                     self.envelope_files[stream] = path
-        self.wait_plugin_started(plugin_rules)
-        self.plugin_pid = find_plugin_pid(self.host)
+        for plugin, rules in plugin_rules.items():
+            self.wait_plugin_started(rules, plugin=plugin)
+            kind = "base" if plugin == BASE_PLUGIN else "plugin"
+            self.pids[kind] = find_plugin_pid(self.host, plugin)
+            try:  # its server starts with its first source: serving now, or the port setting did not reach it
+                wait_port(self.ports[kind], timeout=10)
+            except RuntimeError:
+                raise RuntimeError(f"the {plugin} plugin does not listen on its port {self.ports[kind]} "
+                                   f"({env_prefix(plugin)}SERVER_PORT)\n{self.host.log_tail(40)}") from None
 
-    def wait_plugin_started(self, rules: list[str], started: bool = True, timeout: float = 30.0) -> None:
+    def wait_plugin_started(self, rules: list[str], started: bool = True, timeout: float = 30.0,
+                            plugin: str = PLUGIN) -> None:
         """The rule's status says running before the plugin has its start, and a deleted rule's source stops later;
         the plugin's refCount is the signal (docs/host-behaviour.md §7)."""
         deadline = time.monotonic() + timeout
         while True:
-            refs = self.host.plugin_status(PLUGIN).get("refCount") or {}
+            refs = self.host.plugin_status(plugin).get("refCount") or {}
             waiting = [r for r in rules if (r in refs) != started]
             if not waiting:
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the plugin has not {'started' if started else 'stopped'} the rules {waiting}\n"
-                                   f"{self.host.log_tail(40)}")
+                raise RuntimeError(f"the {plugin} plugin has not {'started' if started else 'stopped'} the rules "
+                                   f"{waiting}\n{self.host.log_tail(40)}")
             time.sleep(0.1)
 
     def check_meta(self, cells: list[tuple[Case, list[Target]]]) -> dict[tuple[str, str], str]:
@@ -328,16 +361,18 @@ class Bench:
         stream = target.stream(case)
         counted = target.kind != "floor"
         before = self.host_count(stream) if counted else 0
-        read_before = self.source_count(stream) if target.kind in ("plugin", "ceiling") else 0
+        read_before = self.source_count(stream) if target.kind in PORTABLE else 0
+        server = self.pids.get(target.kind) if target.kind in SERVED else None
         spy = None
-        if profile is not None and target.kind == "plugin":
+        if profile is not None and server is not None:
             out = profile / f"{stream}-c{conns}.folded"
-            spy = subprocess.Popen(["py-spy", "record", "--pid", str(self.plugin_pid), "--duration", str(duration),
+            spy = subprocess.Popen(["py-spy", "record", "--pid", str(server), "--duration", str(duration),
                                     "--rate", "200", "--nonblocking", "--format", "raw", "--output", str(out)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        cpu_before = cpu_seconds(self.plugin_pid)
+        cpu_before = cpu_seconds(server) if server is not None else 0.0
         host_cpu_before = cpu_seconds(self.host.process.pid) if self.host.process else 0.0
-        reset_peak_rss(self.plugin_pid)
+        if server is not None:
+            reset_peak_rss(server)
         if target.kind == "ceiling":
             result = self._send_ceiling(target, case, conns, duration)
         else:
@@ -346,11 +381,11 @@ class Bench:
             spy.wait(timeout=60)
         if counted:
             result.host_records = self.settle(stream, before + result.accepted) - before
-        if target.kind in ("plugin", "ceiling"):
+        if target.kind in PORTABLE:
             result.read_by_source = self.source_count(stream) - read_before
-        if target.kind == "plugin":
-            result.cpu_s = cpu_seconds(self.plugin_pid) - cpu_before
-            result.peak_rss_mb = peak_rss_mb(self.plugin_pid)
+        if server is not None:
+            result.cpu_s = cpu_seconds(server) - cpu_before
+            result.peak_rss_mb = peak_rss_mb(server)
         if self.host.process:
             result.host_cpu_s = cpu_seconds(self.host.process.pid) - host_cpu_before
         return result
@@ -386,11 +421,73 @@ def conf_key(variant: str) -> str:
     return f"bench_meta_{variant}"
 
 
-def find_plugin_pid(host: EkuiperHost) -> int:
-    pid = find_pid(f"{PLUGIN}/main.py".encode())
-    if pid is None:
-        raise RuntimeError("plugin process not found")
-    return pid
+def find_plugin_pid(host: EkuiperHost, plugin: str = PLUGIN) -> int:
+    """The process our kuiperd runs for an installed portable plugin (``…/plugins/portable/<plugin>/main.py``; the
+    ``/main.py`` keeps pyhttppush from matching pyhttppushbase). Only kuiperd's descendants are looked at: other
+    hosts on the machine (tests in a private /tmp share /proc) run processes with the same command line."""
+    assert host.process is not None
+    needle = f"/{plugin}/main.py".encode()
+    for pid in descendants(host.process.pid):
+        try:
+            if needle in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return pid
+        except OSError:
+            continue
+    raise RuntimeError(f"the {plugin} plugin's process was not found among kuiperd's")
+
+
+def descendants(root: int) -> list[int]:
+    """The pids of every live descendant of ``root`` (Linux /proc), parents before children."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry.name))
+    found, stack = [], [root]
+    while stack:
+        kids = children.get(stack.pop(), [])
+        found += kids
+        stack += kids
+    return found
+
+
+def env_prefix(symbol: str) -> str:
+    """The plugin's environment variable prefix for a source symbol (``httppush_plugin/config.py`` env_prefix, kept
+    here so that the bench does not import the tree it may be comparing against)."""
+    return symbol.upper() + "_"
+
+
+def rename_plugin_zip(src: Path, dst: Path, old: str = PLUGIN, new: str = BASE_PLUGIN) -> None:
+    """Write ``src`` (a plugin package) to ``dst`` as the plugin ``new`` with the source symbol ``new``: the
+    descriptor ``<old>.json`` becomes ``<new>.json`` with ``"sources": [new]``, and ``sources/<old>.yaml|json``
+    (copied by the host into its etc/sources) become ``sources/<new>.…``. Every other entry is copied as is. The
+    plugin names itself from its folder and descriptor (httppush_plugin/source.py ``_plugin_identity``), so the
+    result installs beside ``old`` and reads ``<NEW>_SERVER_PORT``. Raises SystemExit when ``src`` is no such
+    package."""
+    descriptor = f"{old}.json"
+    with zipfile.ZipFile(src) as zin:
+        names = zin.namelist()
+        if descriptor not in names:
+            raise SystemExit(f"--baseline-zip {src}: no {descriptor} at the root; is it a {old} package "
+                             f"(`make package`, dist/{old}.zip)?")
+        meta = json.loads(zin.read(descriptor))
+        if old not in (meta.get("sources") or []):
+            raise SystemExit(f"--baseline-zip {src}: {descriptor} declares the sources {meta.get('sources')}, "
+                             f"not {old}")
+        meta["sources"] = [new]
+        renames = {descriptor: f"{new}.json", **{f"sources/{old}.{ext}": f"sources/{new}.{ext}"
+                                                 for ext in ("yaml", "json")}}
+        with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
+            for info in zin.infolist():
+                data = zin.read(info)
+                if info.filename == descriptor:
+                    data = (json.dumps(meta, indent=2) + "\n").encode()
+                out = zipfile.ZipInfo(renames.get(info.filename, info.filename), info.date_time)
+                out.compress_type, out.external_attr = zipfile.ZIP_DEFLATED, info.external_attr  # keeps install.sh +x
+                zout.writestr(out, data)
 
 
 def median_results(results: list[Result]) -> dict[tuple[str, int, str, str], Result]:
@@ -441,40 +538,56 @@ def _num(value: float | None, fmt: str) -> str:
     return "" if value is None else format(value, fmt)
 
 
-def table(results: list[Result], idle_rss: float, header: str, notes: dict[tuple[str, str], str] | None = None) -> str:
-    """The markdown table; ``notes``: (case, meta) → why a plugin meta variant did not measure what it says."""
+def _cpu_ratio(x: Result, y: Result | None) -> str:
+    """Server CPU per request of ``x`` over that of ``y`` ("" when either has none)."""
+    cx, cy = x.cpu_us_per_request, y.cpu_us_per_request if y is not None else None
+    return "" if cx is None or cy is None else _ratio(cx, cy)
+
+
+def table(results: list[Result], idle_rss: dict[str, float], header: str,
+          notes: dict[tuple[str, str], str] | None = None) -> str:
+    """The markdown table; ``idle_rss``: kind → MB of each plugin process after setup; ``notes``: (case, meta) →
+    why a plugin meta variant did not measure what it says. The a/a' columns appear only with a baseline's rows."""
     rows = median_results(results)
     notes = notes or {}
-    lines = [header, "",
-             "| case | conns | target | req/s | records/s (host) | host ≥ accepted | p50 ms | p99 ms | plugin CPU s "
-             "| plugin CPU µs/request | eKuiper CPU µs/record | plugin peak RSS MB | a/b req/s | a/b records/s "
-             "| a/c req/s | a/d records/s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    baseline = any(kind == "base" for _, _, kind, _ in rows)
+    columns = ["case", "conns", "target", "req/s", "records/s (host)", "host ≥ accepted", "p50 ms", "p99 ms",
+               "server CPU s", "server CPU µs/request", "eKuiper CPU µs/record", "server peak RSS MB", "a/b req/s",
+               "a/b records/s", "a/c req/s", "a/c CPU µs/request", "a/d records/s"]
+    if baseline:
+        columns += ["a/a' req/s", "a/a' CPU µs/request"]
+    lines = [header, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for key in sorted(rows, key=_order):
         case, conns, kind, meta = key
         r = rows[key]
-        ratios = ["", "", "", ""]
+        ratios = [""] * (len(columns) - 12)
         if kind == "plugin":
             b, c = rows.get((case, conns, "builtin", "")), rows.get((case, conns, "floor", ""))
             d = rows.get((case, conns, "ceiling", Target(kind, meta).ceiling().meta))
             if b:
                 ratios[0:2] = [_ratio(r.rps or 0, b.rps or 0), _ratio(r.records_per_s, b.records_per_s)]
             if c:
-                ratios[2] = _ratio(r.rps or 0, c.rps or 0)
+                ratios[2:4] = [_ratio(r.rps or 0, c.rps or 0), _cpu_ratio(r, c)]
             if d:
-                ratios[3] = _ratio(r.records_per_s, d.records_per_s)
+                ratios[4] = _ratio(r.records_per_s, d.records_per_s)
+            base = rows.get((case, conns, "base", "")) if not meta else None
+            if base:
+                ratios[5:7] = [_ratio(r.rps or 0, base.rps or 0), _cpu_ratio(r, base)]
         label = Target(kind, meta).label
         if kind == "plugin" and (case, meta) in notes:
             label += f" (**{notes[case, meta]}**)"
         lines.append(
             f"| {CASES[case].title} | {conns} | {label} | {_num(r.rps, ',.0f')} | "
             f"{'' if r.host_records is None else f'{r.records_per_s:,.0f}'} | {_loss(r)} | {_num(r.p50_ms, '.2f')} | "
-            f"{_num(r.p99_ms, '.2f')} | {_num(r.cpu_s, '.1f')} | {_num(r.cpu_us_per_request, ',.0f')} | "
+            f"{_num(r.p99_ms, '.2f')} | {_num(r.cpu_s, '.1f')} | {_num(r.cpu_us_per_request, ',.1f')} | "
             f"{_num(r.host_cpu_us_per_record, ',.0f')} | "
             f"{_num(r.peak_rss_mb, '.0f')} | {' | '.join(ratios)} |")
-    lines += ["", f"Plugin RSS idle (after setup, before load): {idle_rss:.0f} MB. Rows are the median-req/s run of "
+    idle = ", ".join(f"{LABELS.get(kind, kind)} {mb:.0f} MB" for kind, mb in idle_rss.items())
+    lines += ["", f"Plugin RSS idle (after setup, before load): {idle}. Rows are the median-req/s run of "
               "each cell (ceiling: median records/s); host and accepted counts are summed over all its runs. "
-              "The ceiling is one sender whatever the connections; for it, accepted = records written."]
+              "The ceiling is one sender whatever the connections; for it, accepted = records written. Server CPU: "
+              "the process that answered the requests (plugin, plugin@base, floor; the built-in's is kuiperd, in "
+              "the eKuiper column); the floor's drain is not in it."]
     return "\n".join(lines)
 
 
@@ -491,7 +604,8 @@ def parse_cells(conns: str, extra: str, cases: list[Case]) -> list[tuple[Case, i
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="httppush benchmark (see bench/README.md)")
+    parser = argparse.ArgumentParser(description=__doc__.split("\nUsage:")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=5, help="seconds per run")
     parser.add_argument("--conns", default="1,32", help="comma-separated connection counts, for every case")
     parser.add_argument("--extra-cells", default="json1:256",
@@ -506,63 +620,99 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every run as JSON to this file")
     parser.add_argument("--zip", type=Path, default=ROOT / "dist" / f"{PLUGIN}.zip",
                         help="the plugin package to install (default: dist/pyhttppush.zip, `make package`)")
-    parser.add_argument("--profile", type=Path, help="py-spy flame graphs of the plugin's runs into this folder")
+    parser.add_argument("--baseline-zip", type=Path, metavar="FILE",
+                        help=f"another {PLUGIN} package (e.g. an older commit's dist/{PLUGIN}.zip) to run as target "
+                             f"a' (plugin@base), installed as {BASE_PLUGIN}; adds a/a' columns")
+    parser.add_argument("--floor-mode", choices=FLOOR_MODES, default="coalesced",
+                        help="bench/floor.py --mode: how the floor writes frames to its drain (default: coalesced "
+                             "per loop iteration, as the plugin)")
+    parser.add_argument("--profile", type=Path, help="py-spy flame graphs of the plugin's, the baseline's and the "
+                                                     "floor's first-round runs into this folder")
     args = parser.parse_args()
     if args.smoke:
         args.duration, args.conns, args.extra_cells, args.cases, args.rounds = 1, "1", "", "json1", 1
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is not installed (Debian: apt-get install wrk; or `make tools`)")
+    for name, path in (("--zip", args.zip), ("--baseline-zip", args.baseline_zip)):
+        if path is not None and not path.is_file():
+            raise SystemExit(f"bench: {name} {path} does not exist (`make package` builds dist/{PLUGIN}.zip)")
     cases = [CASES[name] for name in args.cases.split(",")]
     cells = parse_cells(args.conns, args.extra_cells, cases)
-    targets = {case.name: targets_for(case, args.meta_variants) for case in cases}
+    baseline = args.baseline_zip is not None
+    targets = {case.name: targets_for(case, args.meta_variants, baseline) for case in cases}
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
 
     workdir = Path(tempfile.mkdtemp(prefix="httppush-bench-"))
-    plugin_port, floor_port = free_port(), free_port()
-    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(plugin_port),
+    ports = {"plugin": free_port(), "floor": free_port()}
+    env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(ports["plugin"]),
            "KUIPER__BASIC__LOGLEVEL": "warn"}
-    floor = subprocess.Popen([sys.executable, str(ROOT / "bench" / "floor.py"), str(floor_port)],
+    if baseline:
+        ports["base"] = free_port()
+        env[env_prefix(BASE_PLUGIN) + "SERVER_IP"] = "127.0.0.1"
+        env[env_prefix(BASE_PLUGIN) + "SERVER_PORT"] = str(ports["base"])
+    floor = subprocess.Popen([sys.executable, str(FLOOR), str(ports["floor"]), "--mode", args.floor_mode],
                              stdout=subprocess.DEVNULL)
     results: list[Result] = []
     try:
         with EkuiperHost(workdir / "host", extra_env=env) as host:
             host.install_plugin(PLUGIN, args.zip)
-            bench = Bench(host, plugin_port, floor_port, workdir)
+            if baseline:
+                base_zip = workdir / f"{BASE_PLUGIN}.zip"
+                rename_plugin_zip(args.baseline_zip, base_zip)
+                host.install_plugin(BASE_PLUGIN, base_zip)
+            bench = Bench(host, ports, workdir, pids={"floor": floor.pid})
             bench.setup([(case, targets[case.name]) for case in cases])
             notes = bench.check_meta([(case, targets[case.name]) for case in cases])
-            wait_port(floor_port)
+            wait_port(ports["floor"])
             time.sleep(1)
-            idle_rss = status_kb(bench.plugin_pid, "VmRSS") / 1024
+            idle_rss = {kind: status_kb(bench.pids[kind], "VmRSS") / 1024 for kind in ("plugin", "base")
+                        if kind in bench.pids}
             for rnd in range(args.rounds):
                 for case, c in cells:
                     for target in targets[case.name]:
                         r = bench.run(target, case, c, args.duration, args.profile if rnd == 0 else None)
+                        if floor.poll() is not None:
+                            raise RuntimeError(f"bench/floor.py exited (code {floor.returncode}) during a run")
                         results.append(r)
                         rate = f"{r.rps:9,.0f} req/s  p99 {r.p99_ms:7.2f} ms" if r.rps is not None else (
                             f"{r.records_per_s:9,.0f} rec/s (host)       ")
+                        cpu = f"  {r.cpu_us_per_request:6.1f} µs CPU/req" if r.cpu_us_per_request is not None else ""
                         print(f"round {rnd + 1}/{args.rounds} {case.name:8} c={c:<3} {target.label:17} {rate}  "
-                              f"host {r.host_records} / accepted {r.accepted}", flush=True)
+                              f"host {r.host_records} / accepted {r.accepted}{cpu}", flush=True)
     finally:
-        floor.kill()
-        floor.wait()
+        floor.terminate()  # the floor closes its channel; its drain reads to the end and exits
+        try:
+            floor.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            floor.kill()
+            floor.wait()
         shutil.rmtree(workdir, ignore_errors=True)
 
     version = Path(kuiperd_path()).parent.name  # .cache/ekuiper/<version>/kuiperd, unless KUIPERD was given
+    base_note = f", a' = plugin@base ({args.baseline_zip})" if baseline else ""
     header = (f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {platform.machine()}, {os.cpu_count()} "
               f"cores, Python {platform.python_version()}, eKuiper {version}; wrk -t1, {args.duration:g} s "
-              f"per run, {args.rounds} round(s). a = pyhttppush plugin, b = eKuiper's built-in httppush, c = floor, "
-              f"d = ceiling (records written straight into a rule's data channel).")
+              f"per run, {args.rounds} round(s). a = pyhttppush plugin{base_note}, b = eKuiper's built-in httppush, "
+              f"c = floor (bench/floor.py --mode {args.floor_mode}), d = ceiling (records written straight into a "
+              f"rule's data channel).")
     text = table(results, idle_rss, header, notes)
     print("\n" + text)
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], indent=1))
     if args.write:
-        readme = ROOT / "bench" / "README.md"
-        marker = "<!-- results -->"
-        doc = readme.read_text()
-        head = doc.split(marker)[0] if marker in doc else doc + "\n"
-        readme.write_text(f"{head}{marker}\n{text}\n")
+        write_results(ROOT / "bench" / "README.md", text)
+
+
+def write_results(readme: Path, text: str) -> None:
+    """Put ``text`` between ``<!-- results -->`` and ``<!-- /results -->``: what follows the end marker (the earlier
+    results, kept as history) stays. Without the end marker, everything after the start marker is replaced; without
+    either, the table is appended."""
+    start, end = "<!-- results -->", "<!-- /results -->"
+    doc = readme.read_text()
+    head, _, rest = doc.partition(start) if start in doc else (doc + "\n", "", "")
+    tail = rest.partition(end)[2] if end in rest else "\n"
+    readme.write_text(f"{head}{start}\n{text}\n{end}{tail}")
 
 
 if __name__ == "__main__":
