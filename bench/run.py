@@ -57,7 +57,7 @@ from harness.realhost import EkuiperHost, RecordSink, http_request, kuiperd_path
 
 PLUGIN = "pyhttppush"
 #: The name and source symbol the --baseline-zip is installed under: eKuiper keeps one plugin per name, and the
-#: plugin reads its settings from <SYMBOL>_… variables (httppush_plugin/config.py env_prefix), so (a') gets its own
+#: plugin reads its settings from <SYMBOL>_… variables (httppush_plugin/settings.py env_prefix), so (a') gets its own
 #: port through PYHTTPPUSHBASE_SERVER_PORT and its own streams (TYPE="pyhttppushbase").
 BASE_PLUGIN = "pyhttppushbase"
 PROJECT_IN = re.compile(r"^op_\d+_project_0_records_in_total$")
@@ -69,7 +69,7 @@ FLOOR_MODES = ("coalesced", "per-request", "none")
 META_FIELDS = ("method", "path", "remoteAddr", "contentType")
 #: --meta-variants: name → the `meta` property of the config group (`[]`: the envelope has no `meta` key).
 META_VARIANTS: dict[str, list[str]] = {"all": list(META_FIELDS), "none": [], "path": ["path"]}
-#: The plugin's meta without a `meta` property (httppush_plugin/config.py DEFAULT_META: none), so the envelope the
+#: The plugin's meta without a `meta` property (httppush_plugin/properties.py: meta defaults to none), so the envelope the
 #: plain ceiling sends: the plain rows of (a) and (d) carry the same bytes per record.
 DEFAULT_META = "none"
 META_CASES = ("json1", "json100")
@@ -455,7 +455,7 @@ def descendants(root: int) -> list[int]:
 
 
 def env_prefix(symbol: str) -> str:
-    """The plugin's environment variable prefix for a source symbol (``httppush_plugin/config.py`` env_prefix, kept
+    """The plugin's environment variable prefix for a source symbol (``httppush_plugin/settings.py`` env_prefix, kept
     here so that the bench does not import the tree it may be comparing against)."""
     return symbol.upper() + "_"
 
