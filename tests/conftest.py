@@ -1,24 +1,21 @@
-"""Shared fixtures: the packaged zips, a plugin installed from them, an emulated host, a small HTTP client, and the
+"""Shared fixtures: the packaged zips, a plugin installed from them, an emulated host, and the
 one real eKuiper that the ``test_realhost_{formats,rules,lifecycle}`` modules share (helpers in
 ``tests/realhost_support.py``)."""
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from harness.net import free_port
 from tests.hostemu import PluginHost, install_zip
+from tests.support.pki import Pki, make_pki
 
 if TYPE_CHECKING:
     from harness.realhost import EkuiperHost, RecordSink
@@ -59,34 +56,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     item.stash.setdefault(_REPORTS, {})[report.when] = report
 
 
-@dataclass
-class Reply:
-    status: int
-    body: Any
-    headers: dict[str, str]
-
-
-def push(port: int, path: str, body: bytes | str, method: str = "POST", headers: dict[str, str] | None = None,
-         tls: ssl.SSLContext | None = None, timeout: float = 10.0) -> Reply:
-    """One HTTP request to the plugin over loopback; the JSON answer parsed (or the raw text)."""
-    data = body.encode() if isinstance(body, str) else body
-    if tls is not None:
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=timeout)
-    else:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=data, headers=headers or {})
-        resp = conn.getresponse()
-        raw = resp.read()
-        try:
-            parsed: Any = json.loads(raw)
-        except ValueError:
-            parsed = raw.decode(errors="replace")
-        return Reply(resp.status, parsed, {k: v for k, v in resp.getheaders()})
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="session")
 def zips() -> dict[str, Path]:
     """``make package`` output, built once per session from the working tree."""
@@ -108,6 +77,13 @@ def installed(zips: dict[str, Path], host_python: str, tmp_path_factory: pytest.
     """``dist/pyhttppush.zip`` installed into an emulated host tree, install.sh included; returns the plugin dir."""
     root = tmp_path_factory.mktemp("host")
     return install_zip(zips["pyhttppush"], root, "pyhttppush", host_python)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The session's openssl PKI (tests/support/pki.py): a CA, a server certificate for localhost and 127.0.0.1,
+    a client certificate, and a stranger's signed by another CA. Made once: openssl takes a while."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

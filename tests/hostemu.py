@@ -22,7 +22,6 @@ import subprocess
 import threading
 import time
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -149,36 +148,6 @@ class DataChannel:
         closer = threading.Thread(target=self.socket.close, daemon=True)
         closer.start()
         closer.join(timeout=5)  # never let a stuck close hang the test run
-
-
-#: A record no test sends for anything else: what :func:`assert_next_is_sentinel` pushes by default.
-SENTINEL: dict[str, Any] = {"sentinel": "end-of-test"}
-
-
-def assert_next_is_sentinel(send: Callable[[bytes], int], *channels: DataChannel, body: bytes | None = None,
-                            record: dict[str, Any] | None = None) -> None:
-    """"Nothing else arrived", checked so that it can fail (a sleep-then-look passes whenever the look is too early).
-
-    ``send(body)`` pushes one more, known good body through the endpoint under test and returns the HTTP status, which
-    must be 200; then the NEXT record each of ``channels`` yields must be ``record``. Whatever the plugin emitted
-    before — a refused body sent anyway, a second copy from a doubled subscription, a record it reported undelivered —
-    went out on the same channel ahead of the sentinel, so it is read first and fails the check.
-
-    By default the body is the JSON text of :data:`SENTINEL` and comes back as :data:`SENTINEL`; endpoints of other
-    formats pass ``body`` and the ``record`` it decodes to. Example::
-
-        assert push(port, "/j", "[1, 2]").status == 400
-        assert_next_is_sentinel(lambda body: push(port, "/j", body).status, ch)
-    """
-    if body is None:
-        body, record = json.dumps(SENTINEL).encode(), SENTINEL if record is None else record
-    elif record is None:
-        raise TypeError("assert_next_is_sentinel: a custom body needs the record it decodes to")
-    status = send(body)
-    if status != 200:
-        raise HostError(f"the sentinel push {body!r} answered HTTP {status}, not 200")
-    for channel in channels:
-        channel.expect_next(record)
 
 
 class PluginHost:

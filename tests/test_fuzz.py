@@ -48,8 +48,8 @@ from hypothesis import strategies as st
 
 from harness.net import free_port
 from httppush_plugin.decoders import _compile_message
-from tests.conftest import push
 from tests.hostemu import DataChannel, HostError, PluginHost, source_config
+from tests.support.http import push
 
 # -- the server under test ------------------------------------------------------------------------------------------
 

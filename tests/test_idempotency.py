@@ -6,25 +6,21 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Reply, push
-from tests.hostemu import DataChannel, PluginHost, assert_next_is_sentinel
-from tests.test_observability import samples, value
+from tests.hostemu import DataChannel, PluginHost
+from tests.support.http import Reply, push, sender
+from tests.support.metrics import samples, value
+from tests.support.sentinel import assert_sentinel_next_on_channels
 
 ON = {"window": 60, "maxKeys": 100}
 
 
 def keyed(port: int, path: str, body: str, key: str, **headers: str) -> Reply:
     return push(port, path, body, headers={"Idempotency-Key": key, **headers})
-
-
-def sender(port: int, path: str) -> Callable[[bytes], int]:
-    return lambda body: push(port, path, body).status
 
 
 def start(host: PluginHost, props: dict[str, Any] | None = None, path: str = "/api") -> DataChannel:
@@ -41,7 +37,7 @@ def test_a_retry_gets_the_stored_answer_and_is_not_delivered_again(host: PluginH
     again = keyed(server_port, "/api", '[{"n": 1}, {"n": 2}]', "order-17")
     assert again.status == 200 and again.body == first.body and again.headers["Idempotent-Replayed"] == "true"
     assert ch.messages(2) == [{"n": 1}, {"n": 2}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)  # the retry's records never went out
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)  # the retry's records never went out
     found = samples(server_port)
     assert value(found, "httppush_idempotent_replays_total", method="POST", path="/api") == 1
     assert value(found, "httppush_idempotency_keys", method="POST", path="/api") == 1
@@ -56,7 +52,7 @@ def test_the_same_key_for_another_body_is_422_and_delivers_nothing(host: PluginH
         assert "Idempotency-Key 'k1' was used for a different request" in answer.body["error"]
     assert keyed(server_port, "/api", '{"n": 1}', '"k1"').headers.get("Idempotent-Replayed") == "true"  # sf-string
     assert ch.messages(1) == [{"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_the_query_is_part_of_the_request_and_quoted_keys_are_unescaped(host: PluginHost, server_port: int) -> None:
@@ -68,7 +64,7 @@ def test_the_query_is_part_of_the_request_and_quoted_keys_are_unescaped(host: Pl
     for malformed in ('"k\\x"', '"k"q"', '"k\\"'):
         assert keyed(server_port, "/api", '{"n": 1}', malformed).status == 400, malformed
     assert ch.messages(1) == [{"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_a_key_in_flight_is_never_evicted() -> None:
@@ -95,7 +91,7 @@ def test_a_key_is_forgotten_after_an_answer_that_is_not_2xx(host: PluginHost, se
     fixed = keyed(server_port, "/api", '{"n": 2}', "k2")
     assert fixed.status == 200 and "Idempotent-Replayed" not in fixed.headers
     assert ch.messages(1) == [{"n": 2}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_without_the_property_the_header_is_ignored(host: PluginHost, server_port: int) -> None:
@@ -105,7 +101,7 @@ def test_without_the_property_the_header_is_ignored(host: PluginHost, server_por
         answer = keyed(server_port, "/plain", '{"n": 1}', "k")
         assert answer.status == 200 and "Idempotent-Replayed" not in answer.headers
     assert ch.messages(2) == [{"n": 1}, {"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/plain"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/plain"), ch)
 
 
 def test_unusable_keys_are_400(host: PluginHost, server_port: int) -> None:
@@ -115,7 +111,7 @@ def test_unusable_keys_are_400(host: PluginHost, server_port: int) -> None:
         assert answer.status == 400 and "Idempotency-Key must be 1 to 255 visible ASCII" in answer.body["error"], key
     assert keyed(server_port, "/api", '{"n": 1}', "x" * 255).status == 200
     assert ch.messages(1) == [{"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_a_key_in_flight_gets_409_then_the_answer(host: PluginHost, server_port: int) -> None:
@@ -143,7 +139,7 @@ def test_a_key_in_flight_gets_409_then_the_answer(host: PluginHost, server_port:
     assert len(ch.take(601, timeout=15)) == 601
     replay = keyed(server_port, "/api", '{"n": 1}', "k3")
     assert replay.status == 200 and replay.headers["Idempotent-Replayed"] == "true"
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_keys_expire_after_the_window(host: PluginHost, server_port: int) -> None:
@@ -154,7 +150,7 @@ def test_keys_expire_after_the_window(host: PluginHost, server_port: int) -> Non
     fresh = keyed(server_port, "/api", '{"n": 1}', "k4")
     assert fresh.status == 200 and "Idempotent-Replayed" not in fresh.headers
     assert ch.messages(2) == [{"n": 1}, {"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_max_keys_evicts_the_oldest(host: PluginHost, server_port: int) -> None:
@@ -168,7 +164,7 @@ def test_max_keys_evicts_the_oldest(host: PluginHost, server_port: int) -> None:
     found = samples(server_port)
     assert value(found, "httppush_idempotency_evictions_total", method="POST", path="/api") == 2  # a, then b
     assert value(found, "httppush_idempotency_keys", method="POST", path="/api") == 2
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_keys_survive_a_rule_restart(host: PluginHost, server_port: int) -> None:
@@ -180,7 +176,7 @@ def test_keys_survive_a_rule_restart(host: PluginHost, server_port: int) -> None
     ch = start(host)
     replay = keyed(server_port, "/api", '{"n": 1}', "k5")
     assert replay.status == 200 and replay.headers["Idempotent-Replayed"] == "true"
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_keys_are_per_user_and_replays_keep_the_configured_answer(host: PluginHost, server_port: int) -> None:
@@ -196,11 +192,7 @@ def test_keys_are_per_user_and_replays_keep_the_configured_answer(host: PluginHo
     assert keyed(server_port, "/api", '{"n": 1}', "shared", **bob).status == 201  # bob's key is his own
     assert [r["message"] for r in ch.take(2)] == [{"n": 1}, {"n": 1}]
 
-    def as_ann(body: bytes) -> int:
-        status = push(server_port, "/api", body, headers=ann).status
-        return 200 if status == 201 else status  # successStatus 201 is this endpoint's "ok"
-
-    assert_next_is_sentinel(as_ann, ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api", headers=ann), ch, status=201)  # successStatus
 
 
 def test_a_page_can_send_keys_and_read_the_replay_header(host: PluginHost, server_port: int) -> None:
@@ -216,7 +208,7 @@ def test_a_page_can_send_keys_and_read_the_replay_header(host: PluginHost, serve
         assert answer.headers["Access-Control-Expose-Headers"] == "Retry-After, Idempotent-Replayed"
         assert (answer.headers.get("Idempotent-Replayed") == "true") == replayed
     assert ch.messages(1) == [{"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_fan_out_sources_must_agree_on_idempotency(host: PluginHost, server_port: int) -> None:
@@ -265,6 +257,6 @@ def test_fuzz_sequences_of_keyed_requests_against_an_oracle(host: PluginHost, se
             if key is not None:
                 remembered[key] = body_index
         assert ch.messages(len(expected)) == expected
-        assert_next_is_sentinel(sender(server_port, "/api"), ch)
+        assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
     run()

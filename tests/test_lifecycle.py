@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.net import wait_port_closed
-from tests.conftest import push
 from tests.hostemu import PluginHost
+from tests.support.http import push
 
 
 def _threads(pid: int) -> int:

@@ -32,8 +32,8 @@ from tests.realhost_support import (
     plugin_pids,
     port_open,
     uid,
-    wait_until,
 )
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.realhost
 
@@ -187,8 +187,8 @@ def test_kill_then_rule_restart_restarts_every_rule(ctx: Ctx) -> None:
     # the restarted rule: ingests again, exactly once
     assert ctx.push(p1, '{"n": 1}').body == {"accepted": 1, "sources": 1}
     assert by_tag(ctx.sink.wait_for(2), "rule") == {"one": [{"n": 1}], "two": [{"n": 2}]}
-    ctx.assert_next_is_sentinel(p1, 2)
-    ctx.assert_next_is_sentinel(p2, 3)
+    ctx.assert_sentinel_next_in_sink(p1, 2)
+    ctx.assert_sentinel_next_in_sink(p2, 3)
 
 
 def test_kill_then_rule_restart_delivers_each_push_once(ctx: Ctx) -> None:
@@ -205,7 +205,7 @@ def test_kill_then_rule_restart_delivers_each_push_once(ctx: Ctx) -> None:
     reply = ctx.push(p1, '{"n": 1}')
     assert reply.body == {"accepted": 1, "sources": 1}
     assert ctx.sink.wait_for(1) == [{"n": 1, "rule": "one"}]
-    ctx.assert_next_is_sentinel(p1, 1)  # no second copy from a second subscription
+    ctx.assert_sentinel_next_in_sink(p1, 1)  # no second copy from a second subscription
     for rule_id in (r1, r2):
         ctx.host.stop_rule(rule_id)
     wait_until(lambda: not port_open(ctx.port), 10.0, "the port to close after both rules stopped")
@@ -227,7 +227,7 @@ def test_kill_then_new_rule_recovers_exactly_once(ctx: Ctx) -> None:
     records = by_tag(ctx.sink.wait_for(3), "rule")
     assert records == {"one": [{"n": 1}], "two": [{"n": 2}], "three": [{"n": 3}]}
     for seen, path in enumerate((p1, p2, p3), start=3):
-        ctx.assert_next_is_sentinel(path, seen)
+        ctx.assert_sentinel_next_in_sink(path, seen)
 
 
 # --------------------------------------------------------------------------------------------------------------------

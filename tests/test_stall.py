@@ -16,9 +16,9 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import push
-from tests.hostemu import SEND_TIMEOUT_MS, PluginHost, assert_next_is_sentinel
-from tests.test_http_protocol import RawClient, request
+from tests.hostemu import SEND_TIMEOUT_MS, PluginHost
+from tests.support.http import RawClient, push, request, sender
+from tests.support.sentinel import assert_sentinel_next_on_channels
 
 SEND_TIMEOUT_S = SEND_TIMEOUT_MS / 1000
 
@@ -101,7 +101,7 @@ def test_stalled_host_503_delivered_counts_are_exact(make_host: Callable[..., Pl
             f"request {key} ({results[key][0]}, delivered {count}): got {len(by_request.get(key, []))} records"
     assert set(by_request) <= set(expected), set(by_request) - set(expected)
     time.sleep(0.5)  # let the host read whatever else the closed channels held, ahead of the sentinel
-    assert_next_is_sentinel(lambda body: push(server_port, "/api", body).status, ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
     assert ch.records.empty() and not ch.dropped
 
 
@@ -140,4 +140,4 @@ def test_slow_but_steady_host_gets_200_not_503(make_host: Callable[..., PluginHo
     assert took > 3 * SEND_TIMEOUT_S, f"delivery took only {took:.1f} s: the test did not outlast the send timeout"
     records = ch.messages(n, timeout=60)
     assert [r["k"] for r in records] == list(range(n))
-    assert_next_is_sentinel(lambda body: push(server_port, "/api", body).status, ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
