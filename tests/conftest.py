@@ -14,11 +14,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from harness.net import free_port
-from tests.hostemu import PluginHost, install_zip
+from tests.hostemu import PluginHost, install_zip, loopback_env
 from tests.support.pki import Pki, make_pki
 
 if TYPE_CHECKING:
     from harness.realhost import EkuiperHost, RecordSink
+    from tests.fuzz.runner import Fuzz
     from tests.realhost_support import Ctx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,26 +94,47 @@ def server_port() -> int:
 
 @pytest.fixture
 def make_host(installed: Path, host_python: str) -> Iterator[Callable[..., PluginHost]]:
-    """Start the installed plugin under the emulated host, its server on 127.0.0.1:``port`` plus ``extra_env``;
-    every host started is closed at teardown."""
-    started: list[PluginHost] = []
+    """Start the installed plugin under the emulated host, its server on 127.0.0.1:``port`` plus ``extra_env``.
 
-    def start(port: int, **extra_env: str) -> PluginHost:
-        env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port), **extra_env}
-        started.append(PluginHost(installed, "pyhttppush", host_python, env=env))
-        return started[-1]
+    At teardown every plugin started must still be running (a test that makes it exit on purpose says
+    ``may_exit=True``); then each is closed."""
+    started: list[tuple[PluginHost, bool]] = []
+
+    def start(port: int, *, may_exit: bool = False, **extra_env: str) -> PluginHost:
+        started.append((PluginHost(installed, "pyhttppush", host_python, env=loopback_env(port, **extra_env)),
+                        may_exit))
+        return started[-1][0]
 
     yield start
-    for plugin_host in started:
-        plugin_host.close()
+    try:
+        for plugin_host, may_exit in started:
+            if not may_exit:
+                plugin_host.assert_alive()
+    finally:
+        for plugin_host, _ in started:
+            plugin_host.close()
 
 
 @pytest.fixture
-def host(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[PluginHost]:
+def host(make_host: Callable[..., PluginHost], server_port: int) -> PluginHost:
     """The installed plugin, started by the emulated host, its server on a free loopback port."""
-    plugin_host = make_host(server_port)
-    yield plugin_host
-    assert plugin_host.alive(), f"the plugin process died during the test; its log:\n{plugin_host.log_tail()}"
+    return make_host(server_port)
+
+
+@pytest.fixture(scope="module")
+def fuzz(installed: Path, host_python: str, request: pytest.FixtureRequest) -> Iterator[Fuzz]:
+    """One plugin per fuzz module (tests/fuzz/runner.py ``start_fuzz``): a source per format, small limits, short
+    timeouts. Its summary (cases per format, time, statuses) is printed when it stops, with or without ``-s``."""
+    from tests.fuzz.runner import start_fuzz, summary
+
+    with start_fuzz(installed, host_python) as state:
+        yield state
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if capture is None:
+            print("\n" + summary(state))
+        else:
+            with capture.global_and_fixture_disabled():
+                print("\n" + summary(state))
 
 
 @pytest.fixture(autouse=True)

@@ -190,6 +190,7 @@ class PluginHost:
             raise HostError(f"first request was {first!r}, not a handshake")
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the plugin's output (its log)."""
         self._log.flush()
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -216,9 +217,10 @@ class PluginHost:
                 "pluginType": "source", "config": config}
 
     def start_source(self, rule_id: str, op_id: str, props: dict[str, Any], instance_id: int = 0,
-                     expect_ok: bool = True) -> DataChannel | str:
-        """Listen on the data channel, then send ``start`` with the config eKuiper 2.x builds from ``props``."""
-        channel = DataChannel(rule_id, op_id, instance_id)
+                     expect_ok: bool = True, channel_type: type[DataChannel] = DataChannel) -> DataChannel | str:
+        """Listen on the data channel (a ``channel_type``: a subclass may read messages its own way), then send
+        ``start`` with the config eKuiper 2.x builds from ``props``."""
+        channel = channel_type(rule_id, op_id, instance_id)
         control = self.control(rule_id, op_id, instance_id, source_config(props))
         answer = self.send_command("start", control)
         if answer != "ok":
@@ -235,8 +237,17 @@ class PluginHost:
         channel.close()
         return self.send_command("stop", control)
 
+    def log_text(self) -> str:
+        """Everything the plugin has written to its log so far."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def assert_alive(self) -> None:
+        """The plugin process still runs; if not, the failure shows its log's tail."""
+        assert self.alive(), f"the plugin process died; its log:\n{self.log_tail()}"
 
     def close(self) -> None:
         for channel, _ in list(self.channels.values()):
@@ -251,6 +262,11 @@ class PluginHost:
         self.socket.close()
         self._log.close()
         HOST_LOCK.release()
+
+
+def loopback_env(port: int, **extra: str) -> dict[str, str]:
+    """The environment that puts the plugin's server on ``127.0.0.1:port``, plus ``extra`` settings."""
+    return {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port), **extra}
 
 
 def source_config(props: dict[str, Any]) -> dict[str, Any]:

@@ -67,11 +67,6 @@ def assert_401(reply: Any, challenge: str) -> str:
     return reply.body["error"]
 
 
-def plugin_log(host: PluginHost) -> str:
-    host.log_tail()  # flushes
-    return host.log_path.read_text(errors="replace")
-
-
 # -- parsing -------------------------------------------------------------------------------------------------------
 
 def test_parse_auth_absent_and_none_mean_anyone() -> None:
@@ -352,7 +347,7 @@ def test_secrets_never_logged(host: PluginHost, server_port: int, monkeypatch: p
                           expect_ok=False),
     ]
     assert all(answer != "ok" for answer in answers), answers
-    text = plugin_log(host)
+    text = host.log_text()
     assert "rejected" in text  # the refusals were logged, without what was sent
     for secret in SECRETS:
         assert secret not in text, f"a secret is in the plugin's log:\n{text}"

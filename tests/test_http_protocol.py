@@ -13,7 +13,7 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -53,27 +53,21 @@ def trickle_until_answer(conn: RawClient, piece: bytes, every: float, within: fl
 # -- fixtures ------------------------------------------------------------------------------------------------------
 
 @pytest.fixture
-def tls_host(make_host: Callable[..., PluginHost], server_port: int,
-             pki: Pki) -> Iterator[tuple[PluginHost, ssl.SSLContext]]:
-    plugin_host = make_host(server_port, **tls_env(pki))
-    yield plugin_host, client_context(pki)
-    assert plugin_host.alive(), f"the plugin process died; its log:\n{plugin_host.log_tail()}"
+def tls_host(make_host: Callable[..., PluginHost], server_port: int, pki: Pki) -> tuple[PluginHost, ssl.SSLContext]:
+    """The plugin serving TLS with the session PKI's server certificate, and a client context trusting it."""
+    return make_host(server_port, **tls_env(pki)), client_context(pki)
 
 
 @pytest.fixture
-def limited_host(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[PluginHost]:
+def limited_host(make_host: Callable[..., PluginHost], server_port: int) -> PluginHost:
     """The plugin with a 1000-byte body limit."""
-    plugin_host = make_host(server_port, PYHTTPPUSH_SERVER_MAX_BODY_SIZE="1000")
-    yield plugin_host
-    assert plugin_host.alive(), f"the plugin process died; its log:\n{plugin_host.log_tail()}"
+    return make_host(server_port, PYHTTPPUSH_SERVER_MAX_BODY_SIZE="1000")
 
 
 @pytest.fixture
-def timeout_host(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[PluginHost]:
+def timeout_host(make_host: Callable[..., PluginHost], server_port: int) -> PluginHost:
     """The plugin with its idle, header and body timeouts at 1 s."""
-    plugin_host = make_host(server_port, **TIMEOUTS)
-    yield plugin_host
-    assert plugin_host.alive(), f"the plugin process died; its log:\n{plugin_host.log_tail()}"
+    return make_host(server_port, **TIMEOUTS)
 
 
 # -- keep-alive ----------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ def _threads(pid: int) -> int:
 
 def test_host_closing_the_control_channel_ends_the_process(make_host: Callable[..., PluginHost],
                                                            server_port: int) -> None:
-    host = make_host(server_port)  # not the `host` fixture: that one insists the process outlives the test
+    host = make_host(server_port, may_exit=True)  # the process is to end here
     ch = host.start_source("r1", "s1", {"datasource": "/gone"})
     assert push(server_port, "/gone", "{}").status == 200
     ch.close()

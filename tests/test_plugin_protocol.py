@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from harness.net import free_port, wait_port_closed
-from httppush_plugin.decoders import _compile_message
 from tests.hostemu import PluginHost
 from tests.support.http import push, sender
 from tests.support.pki import Pki, client_context, tls_env
+from tests.support.protobuf import message_class
 from tests.support.sentinel import SENTINEL, assert_sentinel_next_on_channels
 
 OBJECT = '{"temperature": 21.5, "id": "a1"}'
@@ -123,7 +123,7 @@ def test_protobuf_from_host_schema_dir(host: PluginHost, server_port: int, insta
 
 def _encode_reading(installed: Path) -> bytes:
     proto = installed.parents[2] / "data" / "schemas" / "protobuf" / "reading.proto"
-    cls = _compile_message(proto, proto.stat().st_mtime, "Reading", (proto.parent,))
+    cls = message_class(proto, "Reading")
     message = cls(id="x", value=1.5, count=2**40, raw=b"\x00\x01", tags=[1, 2], kind=1)
     message.inner.ok = True
     message.extra["k"] = 7

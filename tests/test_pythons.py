@@ -17,7 +17,7 @@ import pytest
 
 from harness.net import free_port
 from harness.realhost import CACHE_DIR, _file_lock, _pip_works
-from tests.hostemu import PluginHost, install_zip
+from tests.hostemu import PluginHost, install_zip, loopback_env
 from tests.support.http import push, sender
 from tests.support.pythons import require_pyenv_python
 from tests.support.sentinel import assert_sentinel_next_on_channels
@@ -59,8 +59,7 @@ def plugin(python_install: tuple[str, str, Path]) -> Iterator[tuple[str, str, Pl
     """The installed plugin started by the emulated host under that python, its server on a free loopback port."""
     minor, python, plugin_dir = python_install
     port = free_port()
-    host = PluginHost(plugin_dir, "pyhttppush", python,
-                      env={"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port)})
+    host = PluginHost(plugin_dir, "pyhttppush", python, env=loopback_env(port))
     try:
         yield minor, python, host, port
     finally:
