@@ -131,6 +131,11 @@ class DataChannel:
             raise HostError(f"expected {record} next on {self.url}, got {got}: a record the test did not expect "
                             f"arrived first; queued after it: {list(self.records.queue)}")
 
+    def connections(self) -> int:
+        """How many connections from the plugin this channel has open now (nng pipes). One closed by the plugin is
+        gone only once the host has read everything it held (nng reads a pipe to its end before it removes it)."""
+        return len(self.socket.pipes)
+
     def pause(self) -> None:
         """Stop reading but keep the socket open, as a host that has stalled: nothing is closed, the plugin's
         connection stays up and its writes block once the socket buffers are full. :meth:`resume` reads again."""
@@ -211,6 +216,13 @@ class PluginHost:
                 if answer[:1] == b"h":  # a stale handshake: send the command again
                     continue
                 return answer.decode(errors="replace")
+
+    def await_request(self) -> bytes:
+        """Take the plugin's next request off the control channel and return it, unanswered (the next command is
+        the answer): e.g. the handshake the SDK sends again after 5 s without a command (its receive timeout).
+        Waits up to the control channel's 15 s receive timeout."""
+        with self._lock:
+            return self.socket.recv()
 
     def control(self, rule_id: str, op_id: str, instance_id: int, config: dict[str, Any]) -> dict[str, Any]:
         return {"symbolName": self.symbol, "meta": {"ruleId": rule_id, "opId": op_id, "instanceId": instance_id},

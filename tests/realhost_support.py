@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.realhost import EkuiperError, EkuiperHost, RecordSink
+from harness.realhost import EkuiperError, EkuiperHost, RecordSink, http_post
 from tests.support.http import Reply, push, sender
 from tests.support.sentinel import assert_sentinel_next_in_sink
 from tests.support.wait import wait_until
@@ -77,6 +77,15 @@ def port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(1.0)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def accepts(url: str, body: Any) -> bool:
+    """Whether ``POST url`` with the JSON ``body`` is answered 200 now (False when refused or not served yet): the
+    probe to wait on for an endpoint that only appears once its rule runs, e.g. eKuiper's built-in httppush."""
+    try:
+        return http_post(url, body, timeout=2.0)[0] == 200
+    except OSError:
+        return False
 
 
 def plugin_pids(host: EkuiperHost) -> list[int]:

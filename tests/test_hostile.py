@@ -19,8 +19,20 @@ import pytest
 import tests.hostemu as hostemu
 from harness.procstat import peak_rss_mb, reset_peak_rss, rss_mb
 from tests.hostemu import PluginHost
-from tests.support.http import RawClient, Reply, assert_error, assert_ok, parse_response, push, request, sender
+from tests.support.http import (
+    RawClient,
+    Reply,
+    assert_error,
+    assert_ok,
+    parse_response,
+    push,
+    request,
+    sender,
+    wait_healthy,
+)
 from tests.support.sentinel import assert_sentinel_next_on_channels
+from tests.support.tcp import server_connections
+from tests.support.wait import wait_until
 
 #: Peak resident set allowed while one 10 MiB (the default httpServerMaxBodySize) body of tiny records is refused.
 #: Measured on this machine (x86_64, CPython 3.11, orjson 3.13): ~31 MB at rest; 1,000,000 ``{"a":1}`` peak at
@@ -49,27 +61,32 @@ def plugin(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[C
         assert "Traceback" not in log, f"the plugin logged a traceback:\n{log[-3000:]}"
 
 
-def settle_rss(pid: int, before: float, within: float = 5.0) -> float:
-    """The resident set once it is back within SETTLE_BOUND_MB of ``before`` (or after ``within`` seconds)."""
-    deadline = time.monotonic() + within
-    while True:
-        now = rss_mb(pid)
-        if now - before <= SETTLE_BOUND_MB or time.monotonic() > deadline:
-            return now
-        time.sleep(0.1)
+def settle_rss(pid: int, before: float, bound: float, within: float = 5.0) -> float:
+    """The resident set once it is back within ``bound`` MB of ``before``; fails after ``within`` seconds."""
+    now = [rss_mb(pid)]
+
+    def settled() -> bool:
+        now[0] = rss_mb(pid)
+        return now[0] - before <= bound
+
+    wait_until(settled, within, lambda: f"the plugin's RSS to come back within {bound:.0f} MB of the {before:.0f} MB "
+                                        f"before the push (now {now[0]:.0f} MB)", interval=0.1)
+    return now[0]
 
 
-def measured_push(host: PluginHost, port: int, path: str, body: bytes, label: str) -> tuple[Reply, float, float, float]:
-    """Push ``body`` and return the reply with RSS before, the peak during, and RSS after (MB); printed."""
+def measured_push(host: PluginHost, port: int, path: str, body: bytes, label: str,
+                  settle_bound: float = SETTLE_BOUND_MB) -> tuple[Reply, float, float, float]:
+    """Push ``body`` and return the reply with RSS before, the peak during, and RSS after (MB), once it is back
+    within ``settle_bound`` of before; printed."""
     pid = host.process.pid
-    time.sleep(0.2)
+    wait_healthy(port)  # every source attached: the plugin is done starting, at rest
     before = rss_mb(pid)
     reset_peak_rss(pid)
     started = time.monotonic()
     reply = push(port, path, body, timeout=60)
     took = time.monotonic() - started
     peak = peak_rss_mb(pid)
-    after = settle_rss(pid, before)
+    after = settle_rss(pid, before, settle_bound)
     print(f"\n{label}: {len(body) / 2**20:.1f} MiB body -> {reply.status} in {took:.2f} s; plugin RSS before "
           f"{before:.0f} MB, peak {peak:.0f} MB, after {after:.0f} MB")
     return reply, before, peak, after
@@ -136,7 +153,8 @@ def test_ten_mib_urlencoded_of_distinct_keys_bounded_memory(plugin: Callable[...
     ch = host.start_source("r1", "s1", {"datasource": "/u", "format": "urlencoded"})
     body = b"&".join(b"%d" % i for i in range(1_400_000))[:10 * 2**20]
     keys = body.count(b"&") + 1
-    reply, before, peak, after = measured_push(host, server_port, "/u", body, f"urlencoded, {keys:,} distinct keys")
+    reply, before, peak, after = measured_push(host, server_port, "/u", body, f"urlencoded, {keys:,} distinct keys",
+                                               URLENCODED_SETTLE_BOUND_MB)
     assert reply.status == 200 and reply.body == {"accepted": 1, "sources": 1}, reply
     record = ch.messages(1, timeout=60)[0]
     assert len(record) == keys and record["0"] == ""
@@ -211,7 +229,7 @@ def test_small_request_served_while_a_large_body_is_decoded(plugin: Callable[...
             conn.send(request(path="/small", body=f'{{"n": {n}}}'))
             assert_ok(conn.read_response(timeout=10), 1)
             latencies.append(time.monotonic() - started)
-            time.sleep(0.02)
+            time.sleep(0.02)  # pacing: a device's steady trickle, not a wait for anything
     thread.join()
     assert result["reply"].status == 200 and result["reply"].body["accepted"] == 90_000, result
     print(f"\n9 MiB / 90,000-record body answered in {result['took']:.2f} s; {len(latencies)} small requests "
@@ -276,7 +294,7 @@ def test_200_slow_connections_closed_by_the_timeouts_while_a_client_is_served(
                     except OSError:
                         pass
             sent += 1
-            time.sleep(0.1)
+            time.sleep(0.1)  # the stimulus: a client dribbling its headers a byte at a time
 
     thread = threading.Thread(target=dribble)
     thread.start()
@@ -288,7 +306,7 @@ def test_200_slow_connections_closed_by_the_timeouts_while_a_client_is_served(
                 conn.send(request(path="/api", body=f'{{"n": {n}}}'))
                 assert_ok(conn.read_response(timeout=5), 1)
                 latencies.append(time.monotonic() - started)
-                time.sleep(0.01)
+                time.sleep(0.01)  # pacing: the normal client's requests spread over the slow ones' lifetime
         thread.join(timeout=timeout_s + slack_s + 5)
     finally:
         stop.set()
@@ -333,14 +351,11 @@ def test_max_connections_503_then_served_again(plugin: Callable[..., PluginHost]
     finally:
         for conn in clients:
             conn.close()
-    deadline = time.monotonic() + 5
-    while True:  # the server notices the closes at once; allow for scheduling
-        with RawClient(server_port) as conn:
-            conn.send(request(path="/api", body='{"after": 1}'))
-            answer = conn.read_response(timeout=5)
-        if answer.status == 200 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+    # the server notices the closes at once: it holds none of the 21 connections any more ...
+    wait_until(lambda: server_connections(server_port) == 0, 5.0, "the server to close the 21 connections")
+    with RawClient(server_port) as conn:  # ... so the next one is served
+        conn.send(request(path="/api", body='{"after": 1}'))
+        answer = conn.read_response(timeout=5)
     assert_ok(answer, 1)
     assert ch.messages(21) == [*({"c": i} for i in range(20)), {"after": 1}]
     assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
@@ -358,7 +373,9 @@ def test_connections_closed_by_their_client_after_an_error_free_their_slot_at_on
             conn.sock.shutdown(socket.SHUT_WR)
             assert_error(conn.read_response(), 400)
             assert conn.wait_closed(2.0)
-    time.sleep(0.3)  # the closes reach the server at once; 0.3 s is slack for scheduling
+    # At once: well before the 2 s a connection may linger after an error answer (the server would hold the slot
+    # that long if it missed the client's close).
+    wait_until(lambda: server_connections(server_port) == 0, 1.0, "the server to let go of the five connections")
     with RawClient(server_port) as conn:
         conn.send(request(path="/api", body='{"after": 1}'))
         answer = conn.read_response()
@@ -419,7 +436,7 @@ def test_max_buffered_503_with_retry_after_and_2xx_records_arrive(plugin: Callab
         else:
             assert doc == {"accepted": 1000, "sources": 1}, doc
             accepted.append((c, 0))
-    time.sleep(1)  # Retry-After
+    time.sleep(1)  # the stimulus: each refused client obeys Retry-After (1 s) before it retries
     for c in retried:
         status, _, doc = _post_raw(server_port, "/api", body(c, 1))
         assert status == 200, (status, doc)
@@ -465,10 +482,9 @@ def test_source_backlog_503_and_only_2xx_records_arrive(plugin: Callable[..., Pl
     threads = [threading.Thread(target=client, args=(c,)) for c in range(40)]
     for t in threads:
         t.start()
-        time.sleep(0.01)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and sum(1 for s, _, _ in results.values() if s == 503) < 5:
-        time.sleep(0.05)
+        time.sleep(0.01)  # pacing: the clients arrive one after another, so the backlog fills in their order
+    wait_until(lambda: sum(1 for s, _, _ in list(results.values()) if s == 503) >= 5, 5.0,
+               "five clients to be refused while the host is paused")
     refused_while_paused = sorted(c for c, (s, _, _) in results.items() if s == 503)
     ch.resume()
     for t in threads:

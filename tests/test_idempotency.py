@@ -13,8 +13,9 @@ from hypothesis import strategies as st
 
 from tests.hostemu import DataChannel, PluginHost
 from tests.support.http import Reply, push, sender
-from tests.support.metrics import samples, value
+from tests.support.metrics import gauge, samples, value
 from tests.support.sentinel import assert_sentinel_next_on_channels
+from tests.support.wait import wait_until
 
 ON = {"window": 60, "maxKeys": 100}
 
@@ -123,12 +124,12 @@ def test_a_key_in_flight_gets_409_then_the_answer(host: PluginHost, server_port:
     threads = [threading.Thread(target=lambda: results.update(filler=push(server_port, "/api", filler))),
                threading.Thread(target=lambda: results.update(first=keyed(server_port, "/api", '{"n": 1}', "k3")))]
     threads[0].start()
-    time.sleep(0.3)  # only orders the two pushes; what the test checks is polled below
+    # the filler's records wait at the stalled channel (its body and the records the kernel did not take are held)
+    wait_until(lambda: gauge(server_port, "httppush_buffered_bytes") > len(filler), 10.0,
+               "the filler's records to wait at the stalled channel")
     threads[1].start()
-    deadline = time.monotonic() + 10
-    while value(samples(server_port), "httppush_idempotency_keys", method="POST", path="/api") < 1:
-        assert time.monotonic() < deadline, "the first keyed request never reached the plugin"
-        time.sleep(0.05)
+    wait_until(lambda: value(samples(server_port), "httppush_idempotency_keys", method="POST", path="/api") >= 1,
+               10.0, "the first keyed request to reach the plugin")
     busy = keyed(server_port, "/api", '{"n": 1}', "k3")
     assert busy.status == 409 and busy.headers["Retry-After"] == "1", busy
     assert "is still being handled" in busy.body["error"]
@@ -146,7 +147,7 @@ def test_keys_expire_after_the_window(host: PluginHost, server_port: int) -> Non
     ch = start(host, {"idempotency": {"window": 1}})
     assert keyed(server_port, "/api", '{"n": 1}', "k4").status == 200
     assert keyed(server_port, "/api", '{"n": 1}', "k4").headers.get("Idempotent-Replayed") == "true"
-    time.sleep(1.2)  # the window itself is what is tested: after it, the same request is new
+    time.sleep(1.2)  # the stimulus: the 1 s window passes (what is tested: after it, the same request is new)
     fresh = keyed(server_port, "/api", '{"n": 1}', "k4")
     assert fresh.status == 200 and "Idempotent-Replayed" not in fresh.headers
     assert ch.messages(2) == [{"n": 1}, {"n": 1}]

@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from harness.net import wait_port_closed
 from tests.hostemu import PluginHost
 from tests.support.http import push
+from tests.support.wait import wait_until
 
 
 def _threads(pid: int) -> int:
@@ -63,10 +63,9 @@ def test_repeated_starts_leave_no_thread_behind(host: PluginHost, server_port: i
         assert host.send_command("start", control) == "ok"
     assert push(server_port, "/again", '{"n": 1}').status == 200
     assert ch.messages(1) == [{"n": 1}]
-    deadline = time.monotonic() + 5
-    while _threads(host.process.pid) > before + 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _threads(host.process.pid) <= before + 1, "replaced sources left their open() threads running"
+    wait_until(lambda: _threads(host.process.pid) <= before + 1, 5.0,
+               lambda: f"the replaced sources' open() threads to end ({_threads(host.process.pid)} threads, "
+                       f"{before} before the five starts)")
     host.stop_source(ch)  # the SDK still knows the instance: stop reaches it and the port is released
     assert wait_port_closed(server_port)
     assert "not found" not in host.log_tail(40)

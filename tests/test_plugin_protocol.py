@@ -15,9 +15,11 @@ import pytest
 from harness.net import free_port, wait_port_closed
 from tests.hostemu import PluginHost
 from tests.support.http import push, sender
+from tests.support.metrics import gauge
 from tests.support.pki import Pki, client_context, tls_env
 from tests.support.protobuf import message_class
 from tests.support.sentinel import SENTINEL, assert_sentinel_next_on_channels
+from tests.support.wait import wait_until
 
 OBJECT = '{"temperature": 21.5, "id": "a1"}'
 ARRAY = '[{"t": 1}, {"t": 2}, {"t": 3}]'
@@ -266,7 +268,9 @@ def test_slow_host_does_not_freeze_other_endpoints(host: PluginHost, server_port
     results = {}
     stuck = threading.Thread(target=lambda: results.setdefault("slow", push(server_port, "/slow", big)))
     stuck.start()
-    time.sleep(0.2)  # let the slow request reach the stalled channel
+    # the slow request has reached the stalled channel: its body and the records the kernel did not take are held
+    wait_until(lambda: gauge(server_port, "httppush_buffered_bytes") > len(big), 5.0,
+               "the slow request's records to wait at the stalled channel")
     assert stuck.is_alive(), f"the request to the stalled channel was answered at once: {results}"
     start = time.monotonic()
     assert push(server_port, "/fast", '{"f": 1}').status == 200
@@ -347,7 +351,7 @@ def test_endpoint_live_when_start_answers_ok(host: PluginHost, server_port: int)
 
 def test_process_survives_handshake_idle(host: PluginHost, server_port: int) -> None:
     """The SDK re-sends ``handshake`` after 5 s without a command; commands after that still work."""
-    time.sleep(6)
+    assert host.await_request() == b"handshake"  # the SDK's again, after its 5 s receive timeout
     ch = host.start_source("r1", "s1", {"datasource": "/late"})
     assert push(server_port, "/late", "{}").status == 200
     assert ch.messages(1) == [{}]

@@ -25,6 +25,7 @@ from harness.realhost import http_post
 from tests.realhost_support import (
     PLUGIN,
     Ctx,
+    accepts,
     baseline_problems,
     by_tag,
     kill_plugin,
@@ -199,9 +200,11 @@ def test_kill_then_rule_restart_delivers_each_push_once(ctx: Ctx) -> None:
     ctx.host.post(f"/rules/{r1}/restart")
     ctx.wait_started(r1)
     ctx.wait_endpoint(p1)
-    # the replayed starts are sent from goroutines: give them time to arrive BEFORE the push, so that the push meets
-    # the doubled start (if they came later, the check below would pass without testing the replacement)
-    time.sleep(1.0)
+    # the replayed starts are sent from goroutines: the doubled start must have reached the plugin (it logs the
+    # replacement) BEFORE the push, so that the push meets it (if it came later, the check below would pass without
+    # testing the replacement)
+    wait_until(lambda: log_lines(ctx.host, f"rule {r1} stream", "started again: replacing its previous subscription"),
+               10.0, f"the plugin to log the second start of {r1}")
     reply = ctx.push(p1, '{"n": 1}')
     assert reply.body == {"accepted": 1, "sources": 1}
     assert ctx.sink.wait_for(1) == [{"n": 1, "rule": "one"}]
@@ -265,13 +268,7 @@ def test_delete_and_reinstall_leave_the_builtin_httppush_alone(ctx: Ctx, zips: d
     r = ctx.rule(f'SELECT *, "builtin" AS src FROM {s}', wait=False)
     host.wait_rule_running(r)
 
-    def builtin_ok() -> bool:
-        try:
-            return http_post(host.data_url(path), {"b": 1}, timeout=2.0)[0] == 200
-        except OSError:
-            return False
-
-    wait_until(builtin_ok, 10.0, "the built-in httppush endpoint", 0.1)
+    wait_until(lambda: accepts(host.data_url(path), {"b": 1}), 10.0, "the built-in httppush endpoint", 0.1)
     assert ctx.sink.wait_for(1)[0] == {"b": 1, "src": "builtin"}
 
     host.install_plugin(PLUGIN, zips["pyhttppush"])
@@ -312,7 +309,7 @@ def test_host_settings_survive_a_reinstall(ctx: Ctx, zips: dict[str, Path]) -> N
         s, path = ctx.stream('FORMAT="json"', source_type="httppush")  # the built-in, on the host's data port
         r = ctx.rule(f'SELECT *, "builtin" AS src FROM {s}', wait=False)
         host.wait_rule_running(r)
-        wait_until(lambda: _accepts(host.data_url(path)), 10.0, "the built-in httppush endpoint", 0.1)
+        wait_until(lambda: accepts(host.data_url(path), {"probe": 1}), 10.0, "the built-in httppush endpoint", 0.1)
         assert ctx.sink.wait_for(1) == [{"probe": 1, "src": "builtin"}]
         ctx.sink.clear()
 
@@ -342,10 +339,3 @@ def test_host_settings_survive_a_reinstall(ctx: Ctx, zips: dict[str, Path]) -> N
         host.extra_env["PYHTTPPUSH_SERVER_PORT"] = env_port
         host.restart()
         wait_until(lambda: not baseline_problems(host, ctx.port), 30.0, "the plugin to run again after the restart")
-
-
-def _accepts(url: str) -> bool:
-    try:
-        return http_post(url, {"probe": 1}, timeout=2.0)[0] == 200
-    except OSError:
-        return False

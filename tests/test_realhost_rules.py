@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.realhost_support import PLUGIN, Ctx, by_tag, check_template_meta_id, epoch_ms, uid
+from tests.realhost_support import PLUGIN, Ctx, by_tag, check_template_meta_id, epoch_ms, metric, uid
 from tests.support.http import push
 from tests.support.metrics import samples
 from tests.support.metrics import value as sample_value
@@ -52,7 +52,7 @@ def test_event_time_windows_close_on_pushed_times(ctx: Ctx) -> None:
     t = lambda second: epoch_ms(f"2024-01-01T00:00:{second:02d}+00:00")  # noqa: E731
     for second, value in ((1, "a"), (5, "b"), (9, "c")):
         send(second, value)
-    time.sleep(1.5)  # wall-clock time passes (these times are long past): the stimulus, not a wait for a result
+    time.sleep(1.5)  # the stimulus: wall-clock time passes (these times are long past), not a wait for a result
 
     send(10, "d")  # watermark reaches 00:00:10: [00:00:00, 00:00:10) closes
     first = {"n": 3, "vs": ["a", "b", "c"], "ws": t(1), "we": t(10)}
@@ -84,7 +84,9 @@ def test_scan_table_join_uses_last_retained_rows(ctx: Ctx) -> None:
     assert ctx.push(t_path, '[{"id": "1", "name": "a"}, {"id": "2", "name": "b"}]').body["accepted"] == 2
     assert ctx.push(t_path, '{"id": "3", "name": "c"}').body["accepted"] == 1
     ctx.host.wait_rule_metric(r, f"source_{t}_0_records_in_total", 3)
-    time.sleep(0.3)  # let the table operator take the rows in before the stream records arrive
+    # the join has taken the table's rows in (its aligner processed them) before the stream records arrive
+    wait_until(lambda: metric(ctx.status(r), "_join_aligner_0_messages_processed_total") >= 3, 10.0,
+               "the join to take the table's three rows in")
     for i in (1, 2, 3):
         assert ctx.push(s_path, json.dumps({"id": str(i), "v": i})).status == 200
     ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 3)
