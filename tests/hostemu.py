@@ -31,6 +31,9 @@ import pynng
 from harness.hostlock import HOST_LOCK
 
 SEND_TIMEOUT_MS = 1000
+#: How often a data channel's reader looks up from its ``recv`` to see whether it is to stop: what closing a channel
+#: costs (every test's teardown closes each of its channels; at 200 ms that was most of a teardown).
+READER_POLL_MS = 50
 
 
 class HostError(AssertionError):
@@ -81,7 +84,7 @@ class DataChannel:
 
     def __post_init__(self) -> None:
         self.url = f"ipc:///tmp/{self.rule_id}_{self.op_id}_{self.instance_id}.ipc"
-        self.socket = pynng.Pull0(recv_timeout=200)
+        self.socket = pynng.Pull0(recv_timeout=READER_POLL_MS)
         self.socket.listen(self.url)
         self._stop = threading.Event()
         self._reading = threading.Event()
@@ -145,8 +148,8 @@ class DataChannel:
         self._reading.set()
 
     def close(self) -> None:
-        # The reader stops first (its recv times out within 0.2 s), then the socket closes: pynng 0.8.1's close()
-        # was seen to hang for good when it raced a recv on a channel the test had paused.
+        # The reader stops first (its recv times out within READER_POLL_MS), then the socket closes: pynng 0.8.1's
+        # close() was seen to hang for good when it raced a recv on a channel the test had paused.
         self._stop.set()
         self._reading.set()
         self._thread.join(timeout=2)

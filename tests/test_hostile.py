@@ -92,6 +92,12 @@ def measured_push(host: PluginHost, port: int, path: str, body: bytes, label: st
     return reply, before, peak, after
 
 
+def assert_memory_bounded(before: float, peak: float, after: float, settle_bound: float = SETTLE_BOUND_MB) -> None:
+    """The plugin's peak stayed under PEAK_BOUND_MB and its resident set came back within ``settle_bound``."""
+    assert peak < PEAK_BOUND_MB, f"peak RSS {peak:.0f} MB"
+    assert after - before <= settle_bound, f"RSS {before:.0f} MB before, {after:.0f} MB after"
+
+
 # -- bodies of many tiny records ----------------------------------------------------------------------------------
 
 def test_million_small_objects_413_bounded_memory(plugin: Callable[..., PluginHost], server_port: int) -> None:
@@ -103,8 +109,7 @@ def test_million_small_objects_413_bounded_memory(plugin: Callable[..., PluginHo
     reply, before, peak, after = measured_push(host, server_port, "/api", body, "1,000,000 x {\"a\":1}")
     assert reply.status == 413, reply
     assert "httpServerMaxRecords" in reply.body["error"] and "100000" in reply.body["error"], reply.body
-    assert peak < PEAK_BOUND_MB, f"peak RSS {peak:.0f} MB"
-    assert after - before <= SETTLE_BOUND_MB, f"RSS {before:.0f} MB before, {after:.0f} MB after"
+    assert_memory_bounded(before, peak, after)
     assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
@@ -118,8 +123,7 @@ def test_ten_mib_of_empty_objects_413_bounded_memory(plugin: Callable[..., Plugi
     reply, before, peak, after = measured_push(host, server_port, "/api", body, f"{n:,} x {{}}")
     assert reply.status == 413, reply
     assert "httpServerMaxRecords" in reply.body["error"], reply.body
-    assert peak < PEAK_BOUND_MB, f"peak RSS {peak:.0f} MB"
-    assert after - before <= SETTLE_BOUND_MB, f"RSS {before:.0f} MB before, {after:.0f} MB after"
+    assert_memory_bounded(before, peak, after)
     assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
@@ -133,8 +137,7 @@ def test_ten_mib_of_delimited_lines_413_bounded_memory(plugin: Callable[..., Plu
     assert reply.status == 413, reply
     assert "httpServerMaxRecords" in reply.body["error"], reply.body
     assert_sentinel_next_on_channels(sender(server_port, "/d"), ch, body=b"end", record={"col0": "end"})
-    assert after - before <= SETTLE_BOUND_MB, f"RSS {before:.0f} MB before, {after:.0f} MB after"
-    assert peak < PEAK_BOUND_MB, f"peak RSS {peak:.0f} MB"
+    assert_memory_bounded(before, peak, after)
 
 
 #: After a body of 1.4 million distinct urlencoded keys the resident set does not come back as close as after the JSON
@@ -160,8 +163,7 @@ def test_ten_mib_urlencoded_of_distinct_keys_bounded_memory(plugin: Callable[...
     assert len(record) == keys and record["0"] == ""
     del record
     assert_sentinel_next_on_channels(sender(server_port, "/u"), ch, body=b"end=1", record={"end": "1"})
-    assert peak < PEAK_BOUND_MB, f"peak RSS {peak:.0f} MB"
-    assert after - before <= URLENCODED_SETTLE_BOUND_MB, f"RSS {before:.0f} MB before, {after:.0f} MB after"
+    assert_memory_bounded(before, peak, after, URLENCODED_SETTLE_BOUND_MB)
 
 
 # -- bodies that are not JSON the host could read -----------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from tests.realhost_support import PLUGIN, Ctx, by_tag, epoch_ms, metric, uid
 from tests.support.http import push
+from tests.support.protobuf import message_class
 
 pytestmark = pytest.mark.realhost
 
@@ -209,12 +210,10 @@ def test_protobuf_with_schema_registered_through_rest(ctx: Ctx) -> None:
     in the rule (``count / 3`` has decimals) and bytes ``raw`` is the plugin's base64 text; with it ``count`` is an
     integer and ``raw`` real bytes (``cast(raw, "string")`` = "\\x00\\x01").
     """
-    from httppush_plugin.decoders import _compile_message
-
     ctx.host.post("/schemas/protobuf", {"name": "reading", "content": PROTO}, expect=(200, 201))
     proto = ctx.host.root / "data" / "schemas" / "protobuf" / "reading.proto"
     assert proto.is_file()
-    reading = _compile_message(proto, proto.stat().st_mtime, "Reading", (proto.parent,))
+    reading = message_class(proto, "Reading")
     body = reading(id="x", value=1.5, count=2**40, raw=b"\x00\x01", tags=[1, 2]).SerializeToString()
 
     sel = 'SELECT *, count / 3 AS third, cast(raw, "string") AS rawtext, "{mode}" AS mode FROM {s}'

@@ -90,6 +90,17 @@ def start_strict(host: PluginHost, rule_id: str, op_id: str, props: dict[str, An
 
 # -- a pipelining keep-alive client ---------------------------------------------------------------------------------
 
+def read_some(sock: socket.socket, size: int) -> bytes | None:
+    """What a non-blocking socket has for us: bytes, ``b""`` once the server closed (or reset) the connection, or
+    ``None`` when nothing is there yet."""
+    try:
+        return sock.recv(size)
+    except BlockingIOError:
+        return None
+    except OSError:
+        return b""
+
+
 class Pipeline:
     """One keep-alive connection; :meth:`exchange` sends requests pipelined and returns their answers in order.
     When the server closes the connection (after an answer with ``Connection: close``, e.g. a 413 refused by its
@@ -159,12 +170,9 @@ class Pipeline:
                         if not out:
                             sel.modify(sock, selectors.EVENT_READ)
                     if events & selectors.EVENT_READ:
-                        try:
-                            data = sock.recv(1 << 20)
-                        except BlockingIOError:
+                        data = read_some(sock, 1 << 20)
+                        if data is None:
                             continue
-                        except OSError:
-                            data = b""
                         if not data:
                             self.close()
                             return answers
@@ -384,12 +392,9 @@ def run_raw_cases(port: int, cases: list[RawCase], within: float) -> None:
                             except OSError:
                                 pass
                 if events & selectors.EVENT_READ:
-                    try:
-                        data = sock.recv(65536)
-                    except BlockingIOError:
+                    data = read_some(sock, 65536)
+                    if data is None:
                         continue
-                    except OSError:
-                        data = b""
                     if data:
                         case.received += data
                     else:

@@ -1,6 +1,6 @@
 """A protobuf message class compiled from a ``.proto`` file exactly as the plugin compiles the schemas it decodes
-with: the tests encode bodies with it (test_plugin_protocol) and the protobuf fuzz oracle parses bodies with it, so
-that both agree with the plugin on the schema and differ from it only in what they check.
+with: the tests encode bodies with it (test_plugin_protocol, test_realhost_formats) and the protobuf fuzz oracle
+parses bodies with it, so that all agree with the plugin on the schema and differ from it only in what they check.
 
 This is the one place the tests reach into the plugin's protobuf internals.
 """
