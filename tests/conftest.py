@@ -1,6 +1,13 @@
-"""Shared fixtures: the packaged zips, a plugin installed from them, an emulated host, and the
-one real eKuiper that the ``test_realhost_{formats,rules,lifecycle}`` modules share (helpers in
-``tests/realhost_support.py``)."""
+"""Every shared fixture (helpers live in non-test modules: ``tests/support/``, ``tests/hostemu.py``,
+``tests/realhost_support.py``, ``tests/fuzz/``):
+
+* the packaged zips, a bare host python, the plugin installed from the zip into an emulated host tree;
+* ``make_host`` / ``host``: the installed plugin under the emulated host (``tests/hostemu.py``);
+* ``pki``: the session's openssl certificates (``tests/support/pki.py``);
+* ``fuzz``: one plugin per fuzz module with a source per format (``tests/fuzz/runner.py``);
+* ``ekuiper`` / ``record_sink`` / ``ctx``: the one real eKuiper that the ``test_realhost_{formats,rules,lifecycle}``
+  modules share (helpers in ``tests/realhost_support.py``).
+"""
 
 from __future__ import annotations
 
