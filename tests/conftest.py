@@ -1,27 +1,32 @@
-"""Shared fixtures: the packaged zips, a plugin installed from them, an emulated host, a small HTTP client, and the
-one real eKuiper that the ``test_realhost_{formats,rules,lifecycle}`` modules share (helpers in
-``tests/realhost_support.py``)."""
+"""Every shared fixture (helpers live in non-test modules: ``tests/support/``, ``tests/hostemu.py``,
+``tests/realhost_support.py``, ``tests/fuzz/``):
+
+* the packaged zips, a bare host python, the plugin installed from the zip into an emulated host tree;
+* ``make_host`` / ``host``: the installed plugin under the emulated host (``tests/hostemu.py``);
+* ``pki``: the session's openssl certificates (``tests/support/pki.py``);
+* ``fuzz``: one plugin per fuzz module with a source per format (``tests/fuzz/runner.py``);
+* ``ekuiper`` / ``record_sink`` / ``ctx``: the one real eKuiper that the ``test_realhost_{formats,rules,lifecycle}``
+  modules share (helpers in ``tests/realhost_support.py``).
+"""
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
-import ssl
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from harness.net import free_port
-from tests.hostemu import PluginHost, install_zip
+from tests.hostemu import PluginHost, install_zip, loopback_env
+from tests.support.pki import Pki, make_pki
 
 if TYPE_CHECKING:
     from harness.realhost import EkuiperHost, RecordSink
+    from tests.fuzz.runner import Fuzz
     from tests.realhost_support import Ctx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,34 +64,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     item.stash.setdefault(_REPORTS, {})[report.when] = report
 
 
-@dataclass
-class Reply:
-    status: int
-    body: Any
-    headers: dict[str, str]
-
-
-def push(port: int, path: str, body: bytes | str, method: str = "POST", headers: dict[str, str] | None = None,
-         tls: ssl.SSLContext | None = None, timeout: float = 10.0) -> Reply:
-    """One HTTP request to the plugin over loopback; the JSON answer parsed (or the raw text)."""
-    data = body.encode() if isinstance(body, str) else body
-    if tls is not None:
-        conn: http.client.HTTPConnection = http.client.HTTPSConnection("127.0.0.1", port, context=tls, timeout=timeout)
-    else:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, body=data, headers=headers or {})
-        resp = conn.getresponse()
-        raw = resp.read()
-        try:
-            parsed: Any = json.loads(raw)
-        except ValueError:
-            parsed = raw.decode(errors="replace")
-        return Reply(resp.status, parsed, {k: v for k, v in resp.getheaders()})
-    finally:
-        conn.close()
-
-
 @pytest.fixture(scope="session")
 def zips() -> dict[str, Path]:
     """``make package`` output, built once per session from the working tree."""
@@ -110,6 +87,13 @@ def installed(zips: dict[str, Path], host_python: str, tmp_path_factory: pytest.
     return install_zip(zips["pyhttppush"], root, "pyhttppush", host_python)
 
 
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """The session's openssl PKI (tests/support/pki.py): a CA, a server certificate for localhost and 127.0.0.1,
+    a client certificate, and a stranger's signed by another CA. Made once: openssl takes a while."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
 @pytest.fixture
 def server_port() -> int:
     return free_port()
@@ -117,26 +101,47 @@ def server_port() -> int:
 
 @pytest.fixture
 def make_host(installed: Path, host_python: str) -> Iterator[Callable[..., PluginHost]]:
-    """Start the installed plugin under the emulated host, its server on 127.0.0.1:``port`` plus ``extra_env``;
-    every host started is closed at teardown."""
-    started: list[PluginHost] = []
+    """Start the installed plugin under the emulated host, its server on 127.0.0.1:``port`` plus ``extra_env``.
 
-    def start(port: int, **extra_env: str) -> PluginHost:
-        env = {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port), **extra_env}
-        started.append(PluginHost(installed, "pyhttppush", host_python, env=env))
-        return started[-1]
+    At teardown every plugin started must still be running (a test that makes it exit on purpose says
+    ``may_exit=True``); then each is closed."""
+    started: list[tuple[PluginHost, bool]] = []
+
+    def start(port: int, *, may_exit: bool = False, **extra_env: str) -> PluginHost:
+        started.append((PluginHost(installed, "pyhttppush", host_python, env=loopback_env(port, **extra_env)),
+                        may_exit))
+        return started[-1][0]
 
     yield start
-    for plugin_host in started:
-        plugin_host.close()
+    try:
+        for plugin_host, may_exit in started:
+            if not may_exit:
+                plugin_host.assert_alive()
+    finally:
+        for plugin_host, _ in started:
+            plugin_host.close()
 
 
 @pytest.fixture
-def host(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[PluginHost]:
+def host(make_host: Callable[..., PluginHost], server_port: int) -> PluginHost:
     """The installed plugin, started by the emulated host, its server on a free loopback port."""
-    plugin_host = make_host(server_port)
-    yield plugin_host
-    assert plugin_host.alive(), f"the plugin process died during the test; its log:\n{plugin_host.log_tail()}"
+    return make_host(server_port)
+
+
+@pytest.fixture(scope="module")
+def fuzz(installed: Path, host_python: str, request: pytest.FixtureRequest) -> Iterator[Fuzz]:
+    """One plugin per fuzz module (tests/fuzz/runner.py ``start_fuzz``): a source per format, small limits, short
+    timeouts. Its summary (cases per format, time, statuses) is printed when it stops, with or without ``-s``."""
+    from tests.fuzz.runner import start_fuzz, summary
+
+    with start_fuzz(installed, host_python) as state:
+        yield state
+        capture = request.config.pluginmanager.get_plugin("capturemanager")
+        if capture is None:
+            print("\n" + summary(state))
+        else:
+            with capture.global_and_fixture_disabled():
+                print("\n" + summary(state))
 
 
 @pytest.fixture(autouse=True)

@@ -22,7 +22,6 @@ import subprocess
 import threading
 import time
 import zipfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,9 @@ import pynng
 from harness.hostlock import HOST_LOCK
 
 SEND_TIMEOUT_MS = 1000
+#: How often a data channel's reader looks up from its ``recv`` to see whether it is to stop: what closing a channel
+#: costs (every test's teardown closes each of its channels; at 200 ms that was most of a teardown).
+READER_POLL_MS = 50
 
 
 class HostError(AssertionError):
@@ -82,7 +84,7 @@ class DataChannel:
 
     def __post_init__(self) -> None:
         self.url = f"ipc:///tmp/{self.rule_id}_{self.op_id}_{self.instance_id}.ipc"
-        self.socket = pynng.Pull0(recv_timeout=200)
+        self.socket = pynng.Pull0(recv_timeout=READER_POLL_MS)
         self.socket.listen(self.url)
         self._stop = threading.Event()
         self._reading = threading.Event()
@@ -132,6 +134,11 @@ class DataChannel:
             raise HostError(f"expected {record} next on {self.url}, got {got}: a record the test did not expect "
                             f"arrived first; queued after it: {list(self.records.queue)}")
 
+    def connections(self) -> int:
+        """How many connections from the plugin this channel has open now (nng pipes). One closed by the plugin is
+        gone only once the host has read everything it held (nng reads a pipe to its end before it removes it)."""
+        return len(self.socket.pipes)
+
     def pause(self) -> None:
         """Stop reading but keep the socket open, as a host that has stalled: nothing is closed, the plugin's
         connection stays up and its writes block once the socket buffers are full. :meth:`resume` reads again."""
@@ -141,44 +148,14 @@ class DataChannel:
         self._reading.set()
 
     def close(self) -> None:
-        # The reader stops first (its recv times out within 0.2 s), then the socket closes: pynng 0.8.1's close()
-        # was seen to hang for good when it raced a recv on a channel the test had paused.
+        # The reader stops first (its recv times out within READER_POLL_MS), then the socket closes: pynng 0.8.1's
+        # close() was seen to hang for good when it raced a recv on a channel the test had paused.
         self._stop.set()
         self._reading.set()
         self._thread.join(timeout=2)
         closer = threading.Thread(target=self.socket.close, daemon=True)
         closer.start()
         closer.join(timeout=5)  # never let a stuck close hang the test run
-
-
-#: A record no test sends for anything else: what :func:`assert_next_is_sentinel` pushes by default.
-SENTINEL: dict[str, Any] = {"sentinel": "end-of-test"}
-
-
-def assert_next_is_sentinel(send: Callable[[bytes], int], *channels: DataChannel, body: bytes | None = None,
-                            record: dict[str, Any] | None = None) -> None:
-    """"Nothing else arrived", checked so that it can fail (a sleep-then-look passes whenever the look is too early).
-
-    ``send(body)`` pushes one more, known good body through the endpoint under test and returns the HTTP status, which
-    must be 200; then the NEXT record each of ``channels`` yields must be ``record``. Whatever the plugin emitted
-    before — a refused body sent anyway, a second copy from a doubled subscription, a record it reported undelivered —
-    went out on the same channel ahead of the sentinel, so it is read first and fails the check.
-
-    By default the body is the JSON text of :data:`SENTINEL` and comes back as :data:`SENTINEL`; endpoints of other
-    formats pass ``body`` and the ``record`` it decodes to. Example::
-
-        assert push(port, "/j", "[1, 2]").status == 400
-        assert_next_is_sentinel(lambda body: push(port, "/j", body).status, ch)
-    """
-    if body is None:
-        body, record = json.dumps(SENTINEL).encode(), SENTINEL if record is None else record
-    elif record is None:
-        raise TypeError("assert_next_is_sentinel: a custom body needs the record it decodes to")
-    status = send(body)
-    if status != 200:
-        raise HostError(f"the sentinel push {body!r} answered HTTP {status}, not 200")
-    for channel in channels:
-        channel.expect_next(record)
 
 
 class PluginHost:
@@ -221,6 +198,7 @@ class PluginHost:
             raise HostError(f"first request was {first!r}, not a handshake")
 
     def log_tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines of the plugin's output (its log)."""
         self._log.flush()
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
@@ -242,14 +220,22 @@ class PluginHost:
                     continue
                 return answer.decode(errors="replace")
 
+    def await_request(self) -> bytes:
+        """Take the plugin's next request off the control channel and return it, unanswered (the next command is
+        the answer): e.g. the handshake the SDK sends again after 5 s without a command (its receive timeout).
+        Waits up to the control channel's 15 s receive timeout."""
+        with self._lock:
+            return self.socket.recv()
+
     def control(self, rule_id: str, op_id: str, instance_id: int, config: dict[str, Any]) -> dict[str, Any]:
         return {"symbolName": self.symbol, "meta": {"ruleId": rule_id, "opId": op_id, "instanceId": instance_id},
                 "pluginType": "source", "config": config}
 
     def start_source(self, rule_id: str, op_id: str, props: dict[str, Any], instance_id: int = 0,
-                     expect_ok: bool = True) -> DataChannel | str:
-        """Listen on the data channel, then send ``start`` with the config eKuiper 2.x builds from ``props``."""
-        channel = DataChannel(rule_id, op_id, instance_id)
+                     expect_ok: bool = True, channel_type: type[DataChannel] = DataChannel) -> DataChannel | str:
+        """Listen on the data channel (a ``channel_type``: a subclass may read messages its own way), then send
+        ``start`` with the config eKuiper 2.x builds from ``props``."""
+        channel = channel_type(rule_id, op_id, instance_id)
         control = self.control(rule_id, op_id, instance_id, source_config(props))
         answer = self.send_command("start", control)
         if answer != "ok":
@@ -266,8 +252,17 @@ class PluginHost:
         channel.close()
         return self.send_command("stop", control)
 
+    def log_text(self) -> str:
+        """Everything the plugin has written to its log so far."""
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def assert_alive(self) -> None:
+        """The plugin process still runs; if not, the failure shows its log's tail."""
+        assert self.alive(), f"the plugin process died; its log:\n{self.log_tail()}"
 
     def close(self) -> None:
         for channel, _ in list(self.channels.values()):
@@ -282,6 +277,11 @@ class PluginHost:
         self.socket.close()
         self._log.close()
         HOST_LOCK.release()
+
+
+def loopback_env(port: int, **extra: str) -> dict[str, str]:
+    """The environment that puts the plugin's server on ``127.0.0.1:port``, plus ``extra`` settings."""
+    return {"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port), **extra}
 
 
 def source_config(props: dict[str, Any]) -> dict[str, Any]:

@@ -34,13 +34,14 @@ import os
 import secrets
 import signal
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from harness.realhost import EkuiperError, EkuiperHost, RecordSink
-from tests.conftest import Reply, push
+from harness.realhost import EkuiperError, EkuiperHost, RecordSink, http_post
+from tests.support.http import Reply, push, sender
+from tests.support.sentinel import assert_sentinel_next_in_sink
+from tests.support.wait import wait_until
 
 PLUGIN = "pyhttppush"
 RUN = secrets.token_hex(2)  # IPC paths in /tmp carry only rule and stream names: keep them unique per session
@@ -78,16 +79,13 @@ def port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy (returned); :class:`AssertionError` naming ``what`` else."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+def accepts(url: str, body: Any) -> bool:
+    """Whether ``POST url`` with the JSON ``body`` is answered 200 now (False when refused or not served yet): the
+    probe to wait on for an endpoint that only appears once its rule runs, e.g. eKuiper's built-in httppush."""
+    try:
+        return http_post(url, body, timeout=2.0)[0] == 200
+    except OSError:
+        return False
 
 
 def plugin_pids(host: EkuiperHost) -> list[int]:
@@ -291,33 +289,13 @@ class Ctx:
     def status(self, rule_id: str) -> dict[str, Any]:
         return self.host.rule_status(rule_id)
 
-    def assert_next_is_sentinel(self, path: str, seen: int, *, copies: int = 1, record: dict[str, Any] | None = None,
-                                body: str | bytes | None = None, expect: dict[str, Any] | None = None,
-                                method: str = "POST") -> None:
-        """"Nothing else arrived", checked so that it can fail: push one more, known good record to ``path`` and
-        require the sink's records right after the ``seen`` ones the test has checked to be ``copies`` sentinels (one
-        per rule reading ``path``).
-
-        Why this can fail where sleep-then-count cannot: a stray record (a refused body emitted anyway, a duplicate
-        from a doubled subscription) leaves the plugin before the sentinel on the same channel, so it reaches its rule,
-        and the sink, before that rule's sentinel: it lands among the ``copies`` records that follow ``seen``.
-
-        Sentinel: by default the JSON object ``record`` (or ``{}``) plus ``"sentinel": "<token>"``, and a sink record
-        counts as the sentinel when it carries that token. Streams of other formats pass ``body`` (what to push) and
-        ``expect`` (the fields every sentinel row must show), e.g. ``body="sentinel=s1", expect={"sentinel": "s1"}``.
-        """
-        if body is None:
-            token = f"s{secrets.token_hex(4)}"
-            body = json.dumps({**(record or {}), "sentinel": token})
-            expect = {"sentinel": token}
-        elif expect is None:
-            raise TypeError("assert_next_is_sentinel: a custom body needs the fields to expect")
-        reply = self.push(path, body, method)
-        assert reply.status == 200, f"the sentinel push to {path} was refused: {reply}"
-        after = self.sink.wait_for(seen + copies)[seen:]
-        strays = [row for row in after if any(row.get(key) != value for key, value in expect.items())]
-        assert not strays, (f"record(s) the test did not expect arrived before the sentinel {expect}: {strays}; "
-                            f"the {copies} record(s) after the {seen} checked: {after}")
+    def assert_sentinel_next_in_sink(self, path: str, seen: int, *, copies: int = 1,
+                                     record: dict[str, Any] | None = None, body: str | bytes | None = None,
+                                     expect: dict[str, Any] | None = None, method: str = "POST") -> None:
+        """"Nothing else arrived" on ``path``: :func:`tests.support.sentinel.assert_sentinel_next_in_sink` with this
+        test's sink and port (``copies``: one sentinel row per rule reading ``path``)."""
+        assert_sentinel_next_in_sink(sender(self.port, path, method=method), self.sink, seen, copies=copies,
+                                     record=record, body=body, expect=expect)
 
     # -- removal ------------------------------------------------------------------------------------------------
 

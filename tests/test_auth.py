@@ -15,10 +15,8 @@ import json
 import re
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,15 +25,17 @@ import pytest
 from harness.net import free_port, wait_port_closed
 from httppush_plugin import auth as auth_module
 from httppush_plugin.auth import AuthError, BasicAuth, BearerAuth, ClientCertAuth, HmacAuth, parse_auth
+from httppush_plugin.decoders import JsonDecoder
 from httppush_plugin.errors import ConfigError
 from httppush_plugin.properties import EndpointConfig
-from httppush_plugin.settings import ServerConfig, TlsConfig, load_server_config
-from httppush_plugin.decoders import JsonDecoder
 from httppush_plugin.routing import EndpointTable, Subscription
 from httppush_plugin.server import BindError, _ssl_context
-from tests.conftest import push
-from tests.hostemu import PluginHost, assert_next_is_sentinel
+from httppush_plugin.settings import ServerConfig, TlsConfig, load_server_config
+from tests.hostemu import PluginHost
 from tests.realhost_support import PLUGIN, Ctx, uid
+from tests.support.http import RawClient, push, request, sender
+from tests.support.pki import Pki, client_context, mtls_env
+from tests.support.sentinel import assert_sentinel_next_on_channels
 
 PASSWORD = "pw-4f1c9e-alice"
 TOKEN = "Tok-8d2b7a-Gateway"
@@ -67,11 +67,6 @@ def assert_401(reply: Any, challenge: str) -> str:
     assert reply.headers.get("WWW-Authenticate", "").startswith(challenge), reply.headers
     assert isinstance(reply.body, dict) and reply.body["error"], reply.body
     return reply.body["error"]
-
-
-def plugin_log(host: PluginHost) -> str:
-    host.log_tail()  # flushes
-    return host.log_path.read_text(errors="replace")
 
 
 # -- parsing -------------------------------------------------------------------------------------------------------
@@ -236,7 +231,7 @@ def test_basic_right_user_admitted_with_meta_user(host: PluginHost, server_port:
     assert_401(push(server_port, "/b", RECORD, headers=basic("mallory", PASSWORD)), challenge)
     assert_401(push(server_port, "/b", RECORD, headers={"Authorization": "Basic not*base64"}), challenge)
     assert_401(push(server_port, "/b", RECORD, headers=bearer(PASSWORD)), challenge)  # wrong scheme
-    assert_next_is_sentinel(lambda body: push(server_port, "/b", body, headers=basic("alice", PASSWORD)).status, ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/b", headers=basic("alice", PASSWORD)), ch)
 
 
 def test_bearer_tokens_by_name_and_listed(host: PluginHost, server_port: int) -> None:
@@ -254,7 +249,7 @@ def test_bearer_tokens_by_name_and_listed(host: PluginHost, server_port: int) ->
     assert_401(push(server_port, "/t", RECORD, headers=bearer("Tok-first")), challenge)  # the other route's
     assert_401(push(server_port, "/t", RECORD), challenge)
     assert_401(push(server_port, "/t", RECORD, headers=basic("gateway-7", TOKEN)), challenge)
-    assert_next_is_sentinel(lambda body: push(server_port, "/t", body, headers=bearer(TOKEN)).status, named)
+    assert_sentinel_next_on_channels(sender(server_port, "/t", headers=bearer(TOKEN)), named)
 
 
 def test_hmac_signature_over_the_raw_body(host: PluginHost, server_port: int) -> None:
@@ -280,8 +275,7 @@ def test_hmac_signature_over_the_raw_body(host: PluginHost, server_port: int) ->
     reply = push(server_port, "/hook", big, headers=signed(big))
     assert (reply.status, reply.body) == (200, {"accepted": 12_000, "sources": 1})
     assert [record["i"] for record in ch.messages(12_000, timeout=20)] == list(range(12_000))
-    assert_next_is_sentinel(lambda sentinel: push(server_port, "/hook", sentinel, headers=signed(sentinel)).status,
-                            ch)
+    assert_sentinel_next_on_channels(lambda body: push(server_port, "/hook", body, headers=signed(body)).status, ch)
 
 
 def test_hmac_header_algorithm_prefix_and_base64(host: PluginHost, server_port: int) -> None:
@@ -293,56 +287,31 @@ def test_hmac_header_algorithm_prefix_and_base64(host: PluginHost, server_port: 
     assert_401(push(server_port, "/shop", RECORD, headers={"X-Shop-Hmac": mac.lower()}), "HMAC ")
 
 
-@dataclass
-class RawAnswer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def read_answer(sock: socket.socket, timeout: float) -> RawAnswer:
-    """One response read off ``sock`` within ``timeout`` s (status line, headers, Content-Length body)."""
-    sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"the server closed before answering; got {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(line.split(": ", 1) for line in lines[1:])
-    while len(body) < int(headers["Content-Length"]):
-        body += sock.recv(65536)
-    return RawAnswer(int(lines[0].split()[1]), headers, body)
-
-
 @pytest.mark.parametrize("kind", ["basic", "bearer"])
 def test_401_before_the_body_is_sent(host: PluginHost, server_port: int, kind: str) -> None:
     ch = host.start_source("r1", "s1", {"datasource": "/early", "auth": BASIC if kind == "basic" else BEARER})
     wrong = basic("alice", "nope") if kind == "basic" else bearer("nope")
-    with socket.create_connection(("127.0.0.1", server_port)) as sock:
-        sock.sendall(f"POST /early HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\nAuthorization: "
-                     f"{wrong['Authorization']}\r\n\r\n".encode())  # and not one byte of the body
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/early", headers={"Content-Length": "100000", **wrong}))  # and not one byte of body
         started = time.monotonic()
-        answer = read_answer(sock, timeout=2.0)
+        answer = conn.read_response(timeout=2.0)
         assert time.monotonic() - started < 2.0
-        assert answer.status == 401 and answer.headers["WWW-Authenticate"].lower().startswith(kind)
-        assert json.loads(answer.body)["error"]
-        assert answer.headers.get("Connection") == "close"
-        sock.sendall(b"[" + b"{}," * 10 + b"{}]")  # sent anyway: dropped
+        assert answer.status == 401 and (answer.header("WWW-Authenticate") or "").lower().startswith(kind), answer
+        assert answer.json()["error"]
+        assert answer.header("Connection") == "close", answer
+        conn.try_send(b"[" + b"{}," * 10 + b"{}]")  # sent anyway: dropped
     good = basic("alice", PASSWORD) if kind == "basic" else bearer(TOKEN)
-    assert_next_is_sentinel(lambda body: push(server_port, "/early", body, headers=good).status, ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/early", headers=good), ch)
 
 
 def test_401_without_a_body_keeps_the_connection(host: PluginHost, server_port: int) -> None:
     ch = host.start_source("r1", "s1", {"datasource": "/k", "auth": BEARER})
-    with socket.create_connection(("127.0.0.1", server_port)) as sock:
-        sock.sendall(b"POST /k HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-        first = read_answer(sock, timeout=2.0)
-        assert first.status == 401 and "Connection" not in first.headers
-        sock.sendall(f"POST /k HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: "
-                     f"{len(RECORD)}\r\n\r\n{RECORD}".encode())
-        assert read_answer(sock, timeout=2.0).status == 200
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/k"))
+        first = conn.read_response(timeout=2.0)
+        assert first.status == 401 and first.header("Connection") is None, first
+        conn.send(request(path="/k", body=RECORD, headers=bearer(TOKEN)))
+        assert conn.read_response(timeout=2.0).status == 200
     assert ch.messages(1) == [{"t": 21.5}]
 
 
@@ -380,7 +349,7 @@ def test_secrets_never_logged(host: PluginHost, server_port: int, monkeypatch: p
                           expect_ok=False),
     ]
     assert all(answer != "ok" for answer in answers), answers
-    text = plugin_log(host)
+    text = host.log_text()
     assert "rejected" in text  # the refusals were logged, without what was sent
     for secret in SECRETS:
         assert secret not in text, f"a secret is in the plugin's log:\n{text}"
@@ -388,65 +357,6 @@ def test_secrets_never_logged(host: PluginHost, server_port: int, monkeypatch: p
 
 
 # -- mutual TLS ----------------------------------------------------------------------------------------------------
-
-@dataclass
-class Pki:
-    ca: Path
-    server_cert: Path
-    server_key: Path
-    client: tuple[Path, Path]  # signed by ca, CN=gateway-9
-    stranger: tuple[Path, Path]  # CN=gateway-9 too, signed by another CA
-
-
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def _ca(folder: Path, name: str) -> tuple[Path, Path]:
-    cert, key = folder / f"{name}.pem", folder / f"{name}.key"
-    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-             str(key), "-out", str(cert), "-days", "1", "-subj", f"/CN={name}",
-             # a conforming CA: Python 3.13's default TLS contexts verify strictly (VERIFY_X509_STRICT)
-             "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign")
-    return cert, key
-
-
-def _signed(folder: Path, name: str, cn: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
-    cert, key, csr, ext = (folder / f"{name}.pem", folder / f"{name}.key", folder / f"{name}.csr",
-                           folder / f"{name}.ext")
-    ext.write_text(extensions)
-    _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-             str(key), "-out", str(csr), "-subj", f"/O=httppush tests/CN={cn}")
-    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial", "-out",
-             str(cert), "-days", "1", "-extfile", str(ext))
-    return cert, key
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    folder = tmp_path_factory.mktemp("pki")
-    ca, other = _ca(folder, "test-ca"), _ca(folder, "other-ca")
-    server = _signed(folder, "server", "localhost", ca, "basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-                     "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    client_ext = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"
-    return Pki(ca[0], server[0], server[1], _signed(folder, "client", "gateway-9", ca, client_ext),
-               _signed(folder, "stranger", "gateway-9", other, client_ext))
-
-
-def mtls_env(pki: Pki, client_auth: str | None = None) -> dict[str, str]:
-    env = {"PYHTTPPUSH_TLS_CERTFILE": str(pki.server_cert), "PYHTTPPUSH_TLS_KEYFILE": str(pki.server_key),
-           "PYHTTPPUSH_TLS_CAFILE": str(pki.ca)}
-    if client_auth is not None:
-        env["PYHTTPPUSH_TLS_CLIENT_AUTH"] = client_auth
-    return env
-
-
-def client_context(pki: Pki, cert: tuple[Path, Path] | None) -> ssl.SSLContext:
-    context = ssl.create_default_context(cafile=str(pki.ca))
-    if cert is not None:
-        context.load_cert_chain(str(cert[0]), str(cert[1]))
-    return context
-
 
 def assert_refused_at_tls(port: int, context: ssl.SSLContext, path: str = "/open") -> None:
     """The TLS handshake fails, or (TLS 1.3: the client's side completes first) the connection ends with an alert or
@@ -476,7 +386,7 @@ def test_mtls_required_only_certificates_from_the_ca(make_host: Callable[..., Pl
 
     assert_refused_at_tls(port, client_context(pki, None))
     assert_refused_at_tls(port, client_context(pki, pki.stranger))
-    assert_next_is_sentinel(lambda body: push(port, "/m", body, tls=client_context(pki, pki.client)).status, ch)
+    assert_sentinel_next_on_channels(sender(port, "/m", tls=client_context(pki, pki.client)), ch)
     assert host.alive()
 
 
@@ -494,7 +404,7 @@ def test_mtls_optional_clientcert_endpoint_401_without_certificate(make_host: Ca
     assert_refused_at_tls(port, client_context(pki, pki.stranger))  # optional, but a certificate sent is verified
     assert push(port, "/m", RECORD, tls=client_context(pki, pki.client)).status == 200
     assert ch.take(1)[0]["meta"] == {"user": "gateway-9"}
-    assert_next_is_sentinel(lambda body: push(port, "/m", body, tls=client_context(pki, pki.client)).status, ch)
+    assert_sentinel_next_on_channels(sender(port, "/m", tls=client_context(pki, pki.client)), ch)
 
 
 def test_clientcert_without_mtls_refuses_start_and_releases_port(host: PluginHost, server_port: int) -> None:

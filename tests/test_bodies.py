@@ -14,14 +14,14 @@ import pytest
 
 from harness.procstat import peak_rss_mb, reset_peak_rss, rss_mb
 from httppush_plugin.answers import HttpError
-from httppush_plugin.errors import ConfigError
-from httppush_plugin.properties import EndpointConfig
 from httppush_plugin.decoders import DecodeError, JsonDecoder
 from httppush_plugin.decoders.json import decode_lines
 from httppush_plugin.encoding import inflater_for
-from tests.conftest import push
-from tests.hostemu import PluginHost, assert_next_is_sentinel
-from tests.test_http_protocol import RawClient
+from httppush_plugin.errors import ConfigError
+from httppush_plugin.properties import EndpointConfig
+from tests.hostemu import PluginHost
+from tests.support.http import RawClient, push, sender
+from tests.support.sentinel import assert_sentinel_next_on_channels
 
 NDJSON = b'{"id": 1, "t": 20.5}\n{"id": 2, "t": 21}\n{"id": 3, "t": 19.25}\n'
 NDJSON_RECORDS = [{"id": 1, "t": 20.5}, {"id": 2, "t": 21}, {"id": 3, "t": 19.25}]
@@ -88,10 +88,6 @@ def test_framing_property() -> None:
 
 # -- over HTTP -------------------------------------------------------------------------------------------------------
 
-def _sender(port: int, path: str, headers: dict[str, str] | None = None) -> Callable[[bytes], int]:
-    return lambda body: push(port, path, body, headers=headers).status
-
-
 def test_ndjson_by_property(host: PluginHost, server_port: int) -> None:
     ch = host.start_source("r1", "s1", {"datasource": "/nd", "framing": "lines"})
     reply = push(server_port, "/nd", NDJSON)
@@ -100,7 +96,7 @@ def test_ndjson_by_property(host: PluginHost, server_port: int) -> None:
     reply = push(server_port, "/nd", NDJSON_MESSY, headers={"Content-Type": "application/json"})
     assert (reply.status, reply.body) == (200, {"accepted": 3, "sources": 1})
     assert ch.messages(3) == NDJSON_RECORDS
-    assert_next_is_sentinel(_sender(server_port, "/nd"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/nd"), ch)
 
 
 @pytest.mark.parametrize("media_type", NDJSON_TYPES)
@@ -113,7 +109,7 @@ def test_ndjson_by_content_type(host: PluginHost, server_port: int, media_type: 
     assert push(server_port, "/j", b'[{"a": 1}, {"a": 2}]').body == {"accepted": 2, "sources": 1}
     assert ch.messages(2) == [{"a": 1}, {"a": 2}]
     assert push(server_port, "/j", NDJSON).status == 400  # NDJSON without the Content-Type is not one JSON text
-    assert_next_is_sentinel(_sender(server_port, "/j"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/j"), ch)
 
 
 def test_ndjson_bad_line_refuses_the_whole_body(host: PluginHost, server_port: int) -> None:
@@ -124,7 +120,7 @@ def test_ndjson_bad_line_refuses_the_whole_body(host: PluginHost, server_port: i
     assert reply.body == {"error": "NDJSON line 6 is a string; every line must be an object"}
     reply = push(server_port, "/nd", b'{"id": 1}\r\n{"id": 2,}\r\n', headers={"Content-Type": "application/x-ndjson"})
     assert reply.status == 400 and reply.body["error"].startswith("NDJSON line 2 is not valid JSON"), reply.body
-    assert_next_is_sentinel(_sender(server_port, "/nd"), ch)  # nothing of either body was emitted
+    assert_sentinel_next_on_channels(sender(server_port, "/nd"), ch)  # nothing of either body was emitted
 
 
 def test_ndjson_max_records(make_host: Callable[..., PluginHost], server_port: int) -> None:
@@ -134,7 +130,7 @@ def test_ndjson_max_records(make_host: Callable[..., PluginHost], server_port: i
     assert ch.messages(3) == NDJSON_RECORDS
     reply = push(server_port, "/nd", NDJSON + b'{"id": 4}\n')
     assert reply.status == 413 and "httpServerMaxRecords" in reply.body["error"], reply.body
-    assert_next_is_sentinel(_sender(server_port, "/nd"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/nd"), ch)
 
 
 # -- Content-Encoding ------------------------------------------------------------------------------------------------
@@ -185,7 +181,7 @@ def test_compressed_bodies_decode(host: PluginHost, server_port: int, name: str)
     assert ch.messages(3) == NDJSON_RECORDS
     assert push(server_port, "/z", BODY, headers={"Content-Encoding": "identity"}).status == 200
     assert ch.messages(3) == NDJSON_RECORDS
-    assert_next_is_sentinel(_sender(server_port, "/z", {"Content-Encoding": "gzip"}), ch,
+    assert_sentinel_next_on_channels(sender(server_port, "/z", headers={"Content-Encoding": "gzip"}), ch,
                             body=gzip.compress(b'{"sentinel": "gz"}'), record={"sentinel": "gz"})
 
 
@@ -203,7 +199,7 @@ def test_compressed_body_refusals(host: PluginHost, server_port: int) -> None:
     truncated = push(server_port, "/z", ENCODED["gzip"][:-8], headers={"Content-Encoding": "gzip"})
     assert (truncated.status, truncated.body) == (
         400, {"error": "the gzip body ends before its compressed stream does (Content-Encoding)"})
-    assert_next_is_sentinel(_sender(server_port, "/z"), ch)  # nothing of any refused body was emitted
+    assert_sentinel_next_on_channels(sender(server_port, "/z"), ch)  # nothing of any refused body was emitted
 
 
 def _bomb() -> Iterator[bytes]:
@@ -240,4 +236,4 @@ def test_gzip_bomb_refused_with_bounded_memory(host: PluginHost, server_port: in
     assert answer.status == 413, answer
     assert "inflates to over 10485760 bytes" in answer.json()["error"]
     assert peak < BOMB_PEAK_RSS_MB, f"the plugin's peak RSS reached {peak:.1f} MB refusing the bomb"
-    assert_next_is_sentinel(_sender(server_port, "/z"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/z"), ch)

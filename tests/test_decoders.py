@@ -11,8 +11,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from httppush_plugin.errors import ConfigError
-from httppush_plugin.properties import EndpointConfig
 from httppush_plugin.decoders import (
     MAX_JSON_DEPTH,
     BinaryDecoder,
@@ -27,6 +25,8 @@ from httppush_plugin.decoders import (
     UrlencodedDecoder,
     build_decoder,
 )
+from httppush_plugin.errors import ConfigError
+from httppush_plugin.properties import EndpointConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

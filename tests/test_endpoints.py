@@ -5,17 +5,13 @@ templates, the answers a client gets (``successStatus``, ``cors``) and the reque
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 
-from tests.conftest import push
-from tests.hostemu import DataChannel, PluginHost, assert_next_is_sentinel
+from tests.hostemu import DataChannel, PluginHost
+from tests.support.http import RawClient, push, request, sender
+from tests.support.sentinel import assert_sentinel_next_on_channels
 
 TEMPLATE = "/devices/{id}/telemetry"
 READING = {"t": 21.5}
-
-
-def sender(port: int, path: str, method: str = "POST") -> Callable[[bytes], int]:
-    return lambda body: push(port, path, body, method=method).status
 
 
 # -- path templates ------------------------------------------------------------------------------------------------
@@ -28,7 +24,7 @@ def test_template_matches_a_segment_and_puts_it_in_meta(host: PluginHost, server
     assert ch.take(1) == [{"message": READING, "meta": {"id": "42"}}]
     for path in ("/devices//telemetry", "/devices/4/2/telemetry", "/devices/42", "/devices/a%2Fb/telemetry"):
         assert push(server_port, path, json.dumps(READING)).status == 404, path
-    assert_next_is_sentinel(sender(server_port, "/devices/7/telemetry"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/devices/7/telemetry"), ch)
 
 
 def test_template_variables_join_the_meta_fields_and_are_clipped(host: PluginHost, server_port: int) -> None:
@@ -44,8 +40,8 @@ def test_template_literal_path_wins(host: PluginHost, server_port: int) -> None:
     assert isinstance(templated, DataChannel) and isinstance(literal, DataChannel)
     assert push(server_port, "/devices/all/telemetry", '{"n": 1}').body == {"accepted": 1, "sources": 1}
     assert literal.take(1) == [{"message": {"n": 1}, "meta": None}]
-    assert_next_is_sentinel(sender(server_port, "/devices/9/telemetry"), templated)
-    assert_next_is_sentinel(sender(server_port, "/devices/all/telemetry"), literal)
+    assert_sentinel_next_on_channels(sender(server_port, "/devices/9/telemetry"), templated)
+    assert_sentinel_next_on_channels(sender(server_port, "/devices/all/telemetry"), literal)
 
 
 def test_template_fan_out_and_put(host: PluginHost, server_port: int) -> None:
@@ -58,7 +54,7 @@ def test_template_fan_out_and_put(host: PluginHost, server_port: int) -> None:
     for ch in (first, second):
         assert isinstance(ch, DataChannel) and ch.take(1) == [{"message": {"m": "post"}, "meta": {"id": "1"}}]
     assert isinstance(put, DataChannel) and put.take(1) == [{"message": {"m": "put"}, "meta": {"id": "2"}}]
-    assert_next_is_sentinel(sender(server_port, "/devices/3/telemetry"), first, second)
+    assert_sentinel_next_on_channels(sender(server_port, "/devices/3/telemetry"), first, second)
 
 
 def test_template_405_lists_the_methods_in_allow(host: PluginHost, server_port: int) -> None:
@@ -77,7 +73,7 @@ def test_template_conflicting_templates_refused_naming_both_streams(host: Plugin
     # a template that cannot match the same paths is fine, and the first one still serves
     assert isinstance(host.start_source("r3", "s3", {"datasource": "/devices/{id}/status"}), DataChannel)
     assert isinstance(ch, DataChannel)
-    assert_next_is_sentinel(sender(server_port, "/devices/1/telemetry"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/devices/1/telemetry"), ch)
 
 
 def test_template_malformed_is_refused(host: PluginHost) -> None:
@@ -101,8 +97,6 @@ def test_success_status_201_and_202_keep_the_body(host: PluginHost, server_port:
 
 
 def test_success_status_204_has_no_body_and_keeps_the_connection(host: PluginHost, server_port: int) -> None:
-    from tests.test_http_protocol import RawClient, request
-
     ch = host.start_source("r1", "s1", {"datasource": "/quiet", "successStatus": 204})
     with RawClient(server_port) as conn:
         conn.send(request(path="/quiet", body='{"a": 1}') + request(path="/quiet", body='{"a": 2}'))
@@ -115,7 +109,7 @@ def test_success_status_204_has_no_body_and_keeps_the_connection(host: PluginHos
         error = conn.read_response()
         assert error.status == 400 and "error" in error.json()
     assert isinstance(ch, DataChannel) and ch.messages(2) == [{"a": 1}, {"a": 2}]
-    assert_next_is_sentinel(lambda body: 200 if push(server_port, "/quiet", body).status == 204 else 0, ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/quiet"), ch, status=204)
 
 
 def test_success_status_bad_value_refused(host: PluginHost) -> None:
@@ -155,7 +149,7 @@ def test_cors_headers_on_answers_for_allowed_origins_only(host: PluginHost, serv
     other = push(server_port, "/web", '{"a": 2}', headers={"Origin": "https://evil.example"})
     assert other.status == 200 and "Access-Control-Allow-Origin" not in other.headers
     assert isinstance(ch, DataChannel) and ch.messages(2) == [{"a": 1}, {"a": 2}]
-    assert_next_is_sentinel(sender(server_port, "/web"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/web"), ch)
 
 
 def test_cors_and_request_id_on_answers_given_before_the_body(host: PluginHost, server_port: int) -> None:
@@ -173,8 +167,7 @@ def test_cors_and_request_id_on_answers_given_before_the_body(host: PluginHost, 
     nowhere = push(server_port, "/elsewhere", "{}", headers=ask)
     assert nowhere.status == 404 and "Access-Control-Allow-Origin" not in nowhere.headers  # no endpoint, no CORS
     assert isinstance(ch, DataChannel)
-    assert_next_is_sentinel(lambda body: push(server_port, "/web", body, headers={"Authorization": "Bearer t0ken"})
-                            .status, ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/web", headers={"Authorization": "Bearer t0ken"}), ch)
 
 
 def test_large_bodies_refused_carry_the_endpoint_headers_too(host: PluginHost, server_port: int) -> None:
@@ -186,7 +179,7 @@ def test_large_bodies_refused_carry_the_endpoint_headers_too(host: PluginHost, s
     assert refused.status == 400 and refused.headers["Access-Control-Allow-Origin"] == ORIGIN, refused
     assert refused.headers["X-Request-Id"] == "large-1"
     assert isinstance(ch, DataChannel)
-    assert_next_is_sentinel(sender(server_port, "/web"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/web"), ch)
 
 
 def test_cors_off_options_is_still_405(host: PluginHost, server_port: int) -> None:
@@ -262,7 +255,7 @@ def test_meta_request_id_echoed_or_generated(host: PluginHost, server_port: int)
         assert ch.take(1)[0]["meta"] == {"requestId": generated}
     refused = push(server_port, "/id", "[1]", headers={"X-Request-Id": "bad-body"})
     assert refused.status == 400 and refused.headers["X-Request-Id"] == "bad-body"
-    assert_next_is_sentinel(sender(server_port, "/id"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/id"), ch)
 
 
 def test_meta_request_id_not_echoed_unless_configured(host: PluginHost, server_port: int) -> None:
@@ -275,4 +268,4 @@ def test_meta_size_cap_431_and_nothing_delivered(host: PluginHost, server_port: 
     headers = {f"X-H{i}": "v" * 250 for i in range(20)}  # 20 × ~260 bytes of meta: over 4 KiB
     answer = push(server_port, "/big", "{}", headers=headers)
     assert answer.status == 431 and "4096" in answer.body["error"], answer
-    assert_next_is_sentinel(sender(server_port, "/big"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/big"), ch)

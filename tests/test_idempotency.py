@@ -6,26 +6,23 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import Reply, push
-from tests.hostemu import DataChannel, PluginHost, assert_next_is_sentinel
-from tests.test_observability import samples, value
+from tests.hostemu import DataChannel, PluginHost
+from tests.support.http import Reply, push, sender
+from tests.support.metrics import gauge, samples, value
+from tests.support.sentinel import assert_sentinel_next_on_channels
+from tests.support.wait import wait_until
 
 ON = {"window": 60, "maxKeys": 100}
 
 
 def keyed(port: int, path: str, body: str, key: str, **headers: str) -> Reply:
     return push(port, path, body, headers={"Idempotency-Key": key, **headers})
-
-
-def sender(port: int, path: str) -> Callable[[bytes], int]:
-    return lambda body: push(port, path, body).status
 
 
 def start(host: PluginHost, props: dict[str, Any] | None = None, path: str = "/api") -> DataChannel:
@@ -42,7 +39,7 @@ def test_a_retry_gets_the_stored_answer_and_is_not_delivered_again(host: PluginH
     again = keyed(server_port, "/api", '[{"n": 1}, {"n": 2}]', "order-17")
     assert again.status == 200 and again.body == first.body and again.headers["Idempotent-Replayed"] == "true"
     assert ch.messages(2) == [{"n": 1}, {"n": 2}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)  # the retry's records never went out
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)  # the retry's records never went out
     found = samples(server_port)
     assert value(found, "httppush_idempotent_replays_total", method="POST", path="/api") == 1
     assert value(found, "httppush_idempotency_keys", method="POST", path="/api") == 1
@@ -57,7 +54,7 @@ def test_the_same_key_for_another_body_is_422_and_delivers_nothing(host: PluginH
         assert "Idempotency-Key 'k1' was used for a different request" in answer.body["error"]
     assert keyed(server_port, "/api", '{"n": 1}', '"k1"').headers.get("Idempotent-Replayed") == "true"  # sf-string
     assert ch.messages(1) == [{"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_the_query_is_part_of_the_request_and_quoted_keys_are_unescaped(host: PluginHost, server_port: int) -> None:
@@ -69,7 +66,7 @@ def test_the_query_is_part_of_the_request_and_quoted_keys_are_unescaped(host: Pl
     for malformed in ('"k\\x"', '"k"q"', '"k\\"'):
         assert keyed(server_port, "/api", '{"n": 1}', malformed).status == 400, malformed
     assert ch.messages(1) == [{"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_a_key_in_flight_is_never_evicted() -> None:
@@ -101,7 +98,7 @@ def test_a_key_is_forgotten_after_an_answer_that_is_not_2xx(host: PluginHost, se
     fixed = keyed(server_port, "/api", '{"n": 2}', "k2")
     assert fixed.status == 200 and "Idempotent-Replayed" not in fixed.headers
     assert ch.messages(1) == [{"n": 2}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_without_the_property_the_header_is_ignored(host: PluginHost, server_port: int) -> None:
@@ -111,7 +108,7 @@ def test_without_the_property_the_header_is_ignored(host: PluginHost, server_por
         answer = keyed(server_port, "/plain", '{"n": 1}', "k")
         assert answer.status == 200 and "Idempotent-Replayed" not in answer.headers
     assert ch.messages(2) == [{"n": 1}, {"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/plain"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/plain"), ch)
 
 
 def test_unusable_keys_are_400(host: PluginHost, server_port: int) -> None:
@@ -121,7 +118,7 @@ def test_unusable_keys_are_400(host: PluginHost, server_port: int) -> None:
         assert answer.status == 400 and "Idempotency-Key must be 1 to 255 visible ASCII" in answer.body["error"], key
     assert keyed(server_port, "/api", '{"n": 1}', "x" * 255).status == 200
     assert ch.messages(1) == [{"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_a_key_in_flight_gets_409_then_the_answer(host: PluginHost, server_port: int) -> None:
@@ -133,12 +130,12 @@ def test_a_key_in_flight_gets_409_then_the_answer(host: PluginHost, server_port:
     threads = [threading.Thread(target=lambda: results.update(filler=push(server_port, "/api", filler))),
                threading.Thread(target=lambda: results.update(first=keyed(server_port, "/api", '{"n": 1}', "k3")))]
     threads[0].start()
-    time.sleep(0.3)  # only orders the two pushes; what the test checks is polled below
+    # the filler's records wait at the stalled channel (its body and the records the kernel did not take are held)
+    wait_until(lambda: gauge(server_port, "httppush_buffered_bytes") > len(filler), 10.0,
+               "the filler's records to wait at the stalled channel")
     threads[1].start()
-    deadline = time.monotonic() + 10
-    while value(samples(server_port), "httppush_idempotency_keys", method="POST", path="/api") < 1:
-        assert time.monotonic() < deadline, "the first keyed request never reached the plugin"
-        time.sleep(0.05)
+    wait_until(lambda: value(samples(server_port), "httppush_idempotency_keys", method="POST", path="/api") >= 1,
+               10.0, "the first keyed request to reach the plugin")
     busy = keyed(server_port, "/api", '{"n": 1}', "k3")
     assert busy.status == 409 and busy.headers["Retry-After"] == "1", busy
     assert "is still being handled" in busy.body["error"]
@@ -149,18 +146,18 @@ def test_a_key_in_flight_gets_409_then_the_answer(host: PluginHost, server_port:
     assert len(ch.take(601, timeout=15)) == 601
     replay = keyed(server_port, "/api", '{"n": 1}', "k3")
     assert replay.status == 200 and replay.headers["Idempotent-Replayed"] == "true"
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_keys_expire_after_the_window(host: PluginHost, server_port: int) -> None:
     ch = start(host, {"idempotency": {"window": 1}})
     assert keyed(server_port, "/api", '{"n": 1}', "k4").status == 200
     assert keyed(server_port, "/api", '{"n": 1}', "k4").headers.get("Idempotent-Replayed") == "true"
-    time.sleep(1.2)  # the window itself is what is tested: after it, the same request is new
+    time.sleep(1.2)  # the stimulus: the 1 s window passes (what is tested: after it, the same request is new)
     fresh = keyed(server_port, "/api", '{"n": 1}', "k4")
     assert fresh.status == 200 and "Idempotent-Replayed" not in fresh.headers
     assert ch.messages(2) == [{"n": 1}, {"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_max_keys_evicts_the_oldest(host: PluginHost, server_port: int) -> None:
@@ -174,7 +171,7 @@ def test_max_keys_evicts_the_oldest(host: PluginHost, server_port: int) -> None:
     found = samples(server_port)
     assert value(found, "httppush_idempotency_evictions_total", method="POST", path="/api") == 2  # a, then b
     assert value(found, "httppush_idempotency_keys", method="POST", path="/api") == 2
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_keys_survive_a_rule_restart(host: PluginHost, server_port: int) -> None:
@@ -186,7 +183,7 @@ def test_keys_survive_a_rule_restart(host: PluginHost, server_port: int) -> None
     ch = start(host)
     replay = keyed(server_port, "/api", '{"n": 1}', "k5")
     assert replay.status == 200 and replay.headers["Idempotent-Replayed"] == "true"
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_keys_are_per_user_and_replays_keep_the_configured_answer(host: PluginHost, server_port: int) -> None:
@@ -202,11 +199,7 @@ def test_keys_are_per_user_and_replays_keep_the_configured_answer(host: PluginHo
     assert keyed(server_port, "/api", '{"n": 1}', "shared", **bob).status == 201  # bob's key is his own
     assert [r["message"] for r in ch.take(2)] == [{"n": 1}, {"n": 1}]
 
-    def as_ann(body: bytes) -> int:
-        status = push(server_port, "/api", body, headers=ann).status
-        return 200 if status == 201 else status  # successStatus 201 is this endpoint's "ok"
-
-    assert_next_is_sentinel(as_ann, ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api", headers=ann), ch, status=201)  # successStatus
 
 
 def test_a_page_can_send_keys_and_read_the_replay_header(host: PluginHost, server_port: int) -> None:
@@ -222,7 +215,7 @@ def test_a_page_can_send_keys_and_read_the_replay_header(host: PluginHost, serve
         assert answer.headers["Access-Control-Expose-Headers"] == "Retry-After, Idempotent-Replayed"
         assert (answer.headers.get("Idempotent-Replayed") == "true") == replayed
     assert ch.messages(1) == [{"n": 1}]
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_fan_out_sources_must_agree_on_idempotency(host: PluginHost, server_port: int) -> None:
@@ -271,6 +264,6 @@ def test_fuzz_sequences_of_keyed_requests_against_an_oracle(host: PluginHost, se
             if key is not None:
                 remembered[key] = body_index
         assert ch.messages(len(expected)) == expected
-        assert_next_is_sentinel(sender(server_port, "/api"), ch)
+        assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
     run()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pythons import in_ci, pyenv_python, pyenv_root
+from tests.support.pythons import in_ci, pyenv_python, pyenv_root
 
 # what install.sh needs besides python, and deliberately not cmake or a C compiler
 TOOLS = ("sh", "dirname", "sed", "head", "tail", "grep", "rm", "mv", "uname", "cat", "env")

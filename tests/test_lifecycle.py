@@ -7,13 +7,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from harness.net import wait_port_closed
-from tests.conftest import push
 from tests.hostemu import PluginHost
+from tests.support.http import push
+from tests.support.wait import wait_until
 
 
 def _threads(pid: int) -> int:
@@ -22,7 +22,7 @@ def _threads(pid: int) -> int:
 
 def test_host_closing_the_control_channel_ends_the_process(make_host: Callable[..., PluginHost],
                                                            server_port: int) -> None:
-    host = make_host(server_port)  # not the `host` fixture: that one insists the process outlives the test
+    host = make_host(server_port, may_exit=True)  # the process is to end here
     ch = host.start_source("r1", "s1", {"datasource": "/gone"})
     assert push(server_port, "/gone", "{}").status == 200
     ch.close()
@@ -63,10 +63,9 @@ def test_repeated_starts_leave_no_thread_behind(host: PluginHost, server_port: i
         assert host.send_command("start", control) == "ok"
     assert push(server_port, "/again", '{"n": 1}').status == 200
     assert ch.messages(1) == [{"n": 1}]
-    deadline = time.monotonic() + 5
-    while _threads(host.process.pid) > before + 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _threads(host.process.pid) <= before + 1, "replaced sources left their open() threads running"
+    wait_until(lambda: _threads(host.process.pid) <= before + 1, 5.0,
+               lambda: f"the replaced sources' open() threads to end ({_threads(host.process.pid)} threads, "
+                       f"{before} before the five starts)")
     host.stop_source(ch)  # the SDK still knows the instance: stop reaches it and the port is released
     assert wait_port_closed(server_port)
     assert "not found" not in host.log_tail(40)

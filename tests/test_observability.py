@@ -6,58 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pynng
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.net import free_port
-from tests.conftest import push
-from tests.hostemu import DataChannel, PluginHost, assert_next_is_sentinel
-
-
-def get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            return resp.status, dict(resp.headers), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), exc.read()
-
-
-def samples(port: int, path: str = "/metrics") -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of the plugin's metrics, by (name, labels), parsed by prometheus_client's own parser. An empty
-    label is dropped, as Prometheus does (``method=""`` is no ``method``)."""
-    status, headers, body = get(port, path)
-    assert status == 200 and headers["Content-Type"].startswith("text/plain"), (status, headers, body[:200])
-    return {(sample.name, frozenset((k, v) for k, v in sample.labels.items() if v)): sample.value
-            for family in text_string_to_metric_families(body.decode()) for sample in family.samples}
-
-
-def value(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return found.get((name, frozenset(labels.items())), 0.0)
-
-
-def healthy(port: int, timeout: float = 10.0) -> tuple[int, dict[str, str], bytes]:
-    """GET the health path until it is 200: a source is attached a moment after its start is answered "ok" (the
-    SDK runs ``open()`` after ``configure()``), and until then health says 503, truthfully."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = get(port, "/healthz")
-        if answer[0] == 200 or time.monotonic() > deadline:
-            return answer
-        time.sleep(0.02)
-
-
-def sender(port: int, path: str) -> Callable[[bytes], int]:
-    return lambda body: push(port, path, body).status
-
+from tests.hostemu import DataChannel, PluginHost
+from tests.support.http import parse_response, push, sender, wait_healthy
+from tests.support.metrics import gauge_of, samples, value
+from tests.support.sentinel import assert_sentinel_next_on_channels
 
 # -- health ----------------------------------------------------------------------------------------------------------
 
@@ -66,9 +25,9 @@ def test_health_lists_every_endpoint_and_its_sources(host: PluginHost, server_po
     host.start_source("r1", "s1", {"datasource": "/api"})
     host.start_source("r2", "s2", {"datasource": "/api"})
     host.start_source("r3", "s3", {"datasource": "/devices/{id}", "method": "PUT", "format": "delimited"})
-    status, headers, body = healthy(server_port)
-    assert status == 200 and headers["Content-Type"] == "application/json", (status, body)
-    health = json.loads(body)
+    answer = wait_healthy(server_port)
+    assert answer.headers["Content-Type"] == "application/json", answer
+    health = answer.body
     assert health["status"] == "ok"
     endpoints = {(e["method"], e["path"]): e for e in health["endpoints"]}
     assert set(endpoints) == {("POST", "/api"), ("PUT", "/devices/{id}")}
@@ -76,7 +35,7 @@ def test_health_lists_every_endpoint_and_its_sources(host: PluginHost, server_po
     sources = {(s["rule"], s["stream"], s["attached"], s["connected"]) for s in endpoints[("POST", "/api")]["sources"]}
     assert sources == {("r1", "s1", True, True), ("r2", "s2", True, True)}
     head = push(server_port, "/healthz", b"", method="HEAD")
-    assert head.status == 200 and head.body == "" and int(head.headers["Content-Length"]) == len(body)
+    assert head.status == 200 and head.body == "" and int(head.headers["Content-Length"]) == len(answer.raw)
 
 
 def test_health_and_metrics_are_get_only_and_a_source_may_share_the_path(host: PluginHost, server_port: int) -> None:
@@ -84,30 +43,29 @@ def test_health_and_metrics_are_get_only_and_a_source_may_share_the_path(host: P
     assert isinstance(ch, DataChannel)
     assert push(server_port, "/metrics", '{"pushed": true}').body == {"accepted": 1, "sources": 1}
     assert ch.messages(1) == [{"pushed": True}]
-    assert get(server_port, "/metrics")[0] == 200  # GET is the scrape, POST the source
+    assert push(server_port, "/metrics", b"", method="GET").status == 200  # GET is the scrape, POST the source
     assert push(server_port, "/healthz", "{}").status == 405
     assert push(server_port, "/healthz", "{}", method="PUT").status == 405
-    assert_next_is_sentinel(sender(server_port, "/metrics"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/metrics"), ch)
 
 
 def test_health_and_metrics_paths_can_be_moved_and_switched_off(make_host: Callable[..., PluginHost],
                                                                  server_port: int) -> None:
     host = make_host(server_port, PYHTTPPUSH_SERVER_HEALTH_PATH="/-/ready", PYHTTPPUSH_SERVER_METRICS_PATH="off")
     host.start_source("r1", "s1", {"datasource": "/api"})
-    assert healthy(server_port)[0] == 404  # not at the default path
-    assert get(server_port, "/-/ready")[0] in (200, 503)
-    for path in ("/healthz", "/metrics"):
-        assert get(server_port, path)[0] == 404, path
+    wait_healthy(server_port, "/-/ready")
+    for path in ("/healthz", "/metrics"):  # not at the default paths
+        assert push(server_port, path, b"", method="GET").status == 404, path
 
 
 def test_health_is_503_while_a_source_is_not_attached(tmp_path: Path) -> None:
     """In-process: the configure()→open() gap (subscribed, channel not dialled yet) held open on purpose."""
     from httppush_plugin.channel import ChannelSender
-    from httppush_plugin.properties import EndpointConfig
-    from httppush_plugin.settings import ServerConfig
     from httppush_plugin.decoders import build_decoder
+    from httppush_plugin.properties import EndpointConfig
     from httppush_plugin.routing import Subscription
     from httppush_plugin.server import SharedServer
+    from httppush_plugin.settings import ServerConfig
 
     port = free_port()
     server = SharedServer(lambda: ServerConfig(ip="127.0.0.1", port=port))
@@ -118,9 +76,9 @@ def test_health_is_503_while_a_source_is_not_attached(tmp_path: Path) -> None:
     pull.listen(url)
     try:
         server.subscribe(sub)
-        status, _, body = get(port, "/healthz")
-        assert status == 503, body
-        health = json.loads(body)
+        answer = push(port, "/healthz", b"", method="GET")
+        assert answer.status == 503, answer
+        health = answer.body
         assert health["status"] == "unavailable"
         assert health["endpoints"][0]["sources"] == [
             {"source": "rule rule1 stream stream1 instance 0", "attached": False, "rule": "rule1",
@@ -129,14 +87,14 @@ def test_health_is_503_while_a_source_is_not_attached(tmp_path: Path) -> None:
         assert value(found, "httppush_sources", method="POST", path="/api", attached="false") == 1
         sender_ = server.call(ChannelSender.connect(url, 1.0, "rule rule1 stream stream1 instance 0"))
         server.attach(sub, sender_)
-        status, _, body = get(port, "/healthz")
-        assert status == 200 and json.loads(body)["status"] == "ok", body
+        answer = push(port, "/healthz", b"", method="GET")
+        assert answer.status == 200 and answer.body["status"] == "ok", answer
         assert push(port, "/api", '{"a": 1}').status == 200
         assert json.loads(pull.recv())["message"] == {"a": 1}
         server.run(sender_.close)
         server.unsubscribe(sub)
         with pytest.raises(OSError):  # the last source went: so did the server, health and all
-            get(port, "/healthz")
+            push(port, "/healthz", b"", method="GET")
     finally:
         pull.close()
         if server._loop is not None:
@@ -178,7 +136,7 @@ def test_metrics_count_requests_records_bytes_and_failures(host: PluginHost, ser
     assert 0 < value(found, "httppush_request_duration_seconds_sum", **api) < 5
     assert value(found, "httppush_sources", **api, attached="true") == 1
     assert value(found, "httppush_open_connections") >= 1  # this scrape's own
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_metrics_count_delivery_failures(make_host: Callable[..., PluginHost], server_port: int) -> None:
@@ -196,7 +154,7 @@ def test_metrics_count_delivery_failures(make_host: Callable[..., PluginHost], s
     assert value(found, "httppush_records_total", **api) == 100 * statuses.count(200)
     ch.resume()
     assert len(ch.take(100 * statuses.count(200), timeout=15)) == 100 * statuses.count(200)
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
 def test_metrics_outlive_a_restart_of_the_only_rule(host: PluginHost, server_port: int) -> None:
@@ -215,9 +173,10 @@ def test_metrics_outlive_a_restart_of_the_only_rule(host: PluginHost, server_por
 def test_metrics_speak_openmetrics_when_asked(host: PluginHost, server_port: int) -> None:
     host.start_source("r1", "s1", {"datasource": "/api"})
     assert push(server_port, "/api", "{}").status == 200
-    status, headers, body = get(server_port, "/metrics", {"Accept": "application/openmetrics-text; version=1.0.0"})
-    assert status == 200 and headers["Content-Type"].startswith("application/openmetrics-text"), headers
-    text = body.decode()
+    answer = push(server_port, "/metrics", b"", method="GET",
+                  headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert answer.status == 200 and answer.headers["Content-Type"].startswith("application/openmetrics-text"), answer
+    text = answer.raw.decode()
     assert text.endswith("# EOF\n") and 'httppush_requests_total{method="POST",path="/api",status="200"} 1.0' in text
 
 
@@ -234,10 +193,6 @@ def test_metrics_label_values_are_the_configured_paths_never_the_requested_ones(
     assert value(found, "httppush_requests_total", method="POST", path="/d/{id}", status="200") == 20
 
 
-def _gauge(found: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str) -> Any:
-    return next(v for (n, _), v in found.items() if n == name)
-
-
 def test_scrape_while_pushing_from_other_connections(host: PluginHost, server_port: int) -> None:
     """Scrapes interleave with pushes on the one event loop; the totals add up exactly."""
     ch = host.start_source("r1", "s1", {"datasource": "/api"})
@@ -246,23 +201,26 @@ def test_scrape_while_pushing_from_other_connections(host: PluginHost, server_po
     async def run() -> list[int]:
         async def client(n: int) -> int:
             reader, writer = await asyncio.open_connection("127.0.0.1", server_port)
-            ok = 0
+            ok, buf = 0, b""
             for i in range(n):
                 body = json.dumps({"i": i}).encode()
                 writer.write(b"POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
                 await writer.drain()
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
-                ok += head.startswith(b"HTTP/1.1 200")
+                while (parsed := parse_response(buf, strict=True)) is None:
+                    data = await reader.read(65536)
+                    assert data, f"the server closed the connection before answering; received {buf[:300]!r}"
+                    buf += data
+                answer, used = parsed
+                buf = buf[used:]
+                ok += answer.status == 200
             writer.close()
             return ok
 
         async def scraper() -> int:
             scrapes = 0
             for _ in range(20):
-                status, _, _ = await asyncio.to_thread(get, server_port, "/metrics")
-                scrapes += status == 200
+                reply = await asyncio.to_thread(push, server_port, "/metrics", b"", "GET")
+                scrapes += reply.status == 200
             return scrapes
 
         return await asyncio.gather(*(client(200) for _ in range(4)), scraper())
@@ -273,5 +231,5 @@ def test_scrape_while_pushing_from_other_connections(host: PluginHost, server_po
     found = samples(server_port)
     assert value(found, "httppush_requests_total", method="POST", path="/api", status="200") == 800
     assert value(found, "httppush_records_total", method="POST", path="/api") == 800
-    assert _gauge(found, "httppush_buffered_bytes") == 0
-    assert_next_is_sentinel(sender(server_port, "/api"), ch)
+    assert gauge_of(found, "httppush_buffered_bytes") == 0
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)

@@ -13,8 +13,8 @@ import yaml
 from harness.net import free_port
 from httppush_plugin import __version__
 from httppush_plugin.settings import DEFAULT_PORTS
-from tests.conftest import push
 from tests.hostemu import PluginHost, install_zip
+from tests.support.http import push
 
 
 @pytest.mark.parametrize("variant", sorted(DEFAULT_PORTS))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import socket
-import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -15,9 +13,13 @@ from pathlib import Path
 import pytest
 
 from harness.net import free_port, wait_port_closed
-from httppush_plugin.decoders import _compile_message
-from tests.conftest import push
-from tests.hostemu import SENTINEL, PluginHost, assert_next_is_sentinel
+from tests.hostemu import PluginHost
+from tests.support.http import push, sender
+from tests.support.metrics import gauge
+from tests.support.pki import Pki, client_context, tls_env
+from tests.support.protobuf import message_class
+from tests.support.sentinel import SENTINEL, assert_sentinel_next_on_channels
+from tests.support.wait import wait_until
 
 OBJECT = '{"temperature": 21.5, "id": "a1"}'
 ARRAY = '[{"t": 1}, {"t": 2}, {"t": 3}]'
@@ -66,7 +68,7 @@ def test_json_bad_bodies_rejected_and_nothing_emitted(host: PluginHost, server_p
     reply = push(server_port, "/j", body)
     assert reply.status == 400
     assert needle in reply.body["error"]
-    assert_next_is_sentinel(lambda body: push(server_port, "/j", body).status, ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/j"), ch)
 
 
 def test_binary(host: PluginHost, server_port: int) -> None:
@@ -83,7 +85,7 @@ def test_delimited_lines_fields_and_bad_utf8(host: PluginHost, server_port: int)
     assert reply.body["accepted"] == 2
     assert ch.messages(2) == [{"id": "1", "t": "20.5"}, {"id": "2", "t": "21"}]
     assert push(server_port, "/d", b"\xff;1").status == 400
-    assert_next_is_sentinel(lambda body: push(server_port, "/d", body).status, ch, body=b"end;1",
+    assert_sentinel_next_on_channels(sender(server_port, "/d"), ch, body=b"end;1",
                             record={"id": "end", "t": "1"})
 
 
@@ -100,7 +102,7 @@ def test_urlencoded(host: PluginHost, server_port: int) -> None:
     reply = push(server_port, "/u", "a=%zz")
     assert reply.status == 400 and "malformed escape" in reply.body["error"]
     assert push(server_port, "/u", "a=1;b=2").status == 400
-    assert_next_is_sentinel(lambda body: push(server_port, "/u", body).status, ch, body=b"sentinel=end",
+    assert_sentinel_next_on_channels(sender(server_port, "/u"), ch, body=b"sentinel=end",
                             record={"sentinel": "end"})
 
 
@@ -123,7 +125,7 @@ def test_protobuf_from_host_schema_dir(host: PluginHost, server_port: int, insta
 
 def _encode_reading(installed: Path) -> bytes:
     proto = installed.parents[2] / "data" / "schemas" / "protobuf" / "reading.proto"
-    cls = _compile_message(proto, proto.stat().st_mtime, "Reading", (proto.parent,))
+    cls = message_class(proto, "Reading")
     message = cls(id="x", value=1.5, count=2**40, raw=b"\x00\x01", tags=[1, 2], kind=1)
     message.inner.ok = True
     message.extra["k"] = 7
@@ -143,7 +145,7 @@ def test_custom_decoder_via_conf_group_and_schema_id(host: PluginHost, server_po
     assert ch.messages(2) == [{"temperature": 21.5, "humidity": 40}, {"status": "ok"}]
     bad = push(server_port, "/kv", "oops")
     assert bad.status == 400 and "not key=value" in bad.body["error"]
-    assert_next_is_sentinel(lambda body: push(server_port, "/kv", body).status, ch, body=b"sentinel=end",
+    assert_sentinel_next_on_channels(sender(server_port, "/kv"), ch, body=b"sentinel=end",
                             record={"sentinel": "end"})
     # eKuiper 1.x style: FORMAT="custom" + SCHEMAID="<module>.<function>"
     ch2 = host.start_source("r2", "s2", {"datasource": "/kv1", "format": "custom", "schemaId": "kv.decode"})
@@ -169,7 +171,7 @@ def test_fan_out_and_mixed_formats_decode_once_each(host: PluginHost, server_por
     assert c.messages(1) == [{"self": base64.b64encode(b'{"v": 1}').decode()}]
     # a body one subscriber cannot decode is refused for all
     assert push(server_port, "/f", "not json").status == 400
-    assert_next_is_sentinel(lambda body: push(server_port, "/f", body).status, a, b)
+    assert_sentinel_next_on_channels(sender(server_port, "/f"), a, b)
     c.expect_next({"self": base64.b64encode(json.dumps(SENTINEL).encode()).decode()})
 
 
@@ -179,7 +181,7 @@ def test_post_and_put_on_one_path_404_405(host: PluginHost, server_port: int) ->
     push(server_port, "/x", '{"m": "post"}')
     push(server_port, "/x", '{"m": "put"}', method="PUT")
     assert post.messages(1) == [{"m": "post"}] and put.messages(1) == [{"m": "put"}]
-    assert_next_is_sentinel(lambda body: push(server_port, "/x", body).status, post)  # the PUT did not reach it
+    assert_sentinel_next_on_channels(sender(server_port, "/x"), post)  # the PUT did not reach it
     missing = push(server_port, "/nope", "{}")
     assert missing.status == 404 and "/nope" in missing.body["error"]
     host.stop_source(put)
@@ -251,7 +253,7 @@ def test_stalled_host_times_out_and_503_counts_exactly_what_arrives(host: Plugin
     got = ch.messages(delivered, timeout=10)
     assert [r["i"] for r in got] == list(range(delivered))  # in order, none missing
     # nothing reported undelivered arrives later, and the next push goes through (a new connection is dialled)
-    assert_next_is_sentinel(lambda body: push(server_port, "/stall", body).status, ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/stall"), ch)
 
 
 def test_slow_host_does_not_freeze_other_endpoints(host: PluginHost, server_port: int) -> None:
@@ -266,7 +268,9 @@ def test_slow_host_does_not_freeze_other_endpoints(host: PluginHost, server_port
     results = {}
     stuck = threading.Thread(target=lambda: results.setdefault("slow", push(server_port, "/slow", big)))
     stuck.start()
-    time.sleep(0.2)  # let the slow request reach the stalled channel
+    # the slow request has reached the stalled channel: its body and the records the kernel did not take are held
+    wait_until(lambda: gauge(server_port, "httppush_buffered_bytes") > len(big), 5.0,
+               "the slow request's records to wait at the stalled channel")
     assert stuck.is_alive(), f"the request to the stalled channel was answered at once: {results}"
     start = time.monotonic()
     assert push(server_port, "/fast", '{"f": 1}').status == 200
@@ -283,7 +287,7 @@ def test_body_too_large(make_host: Callable[..., PluginHost]) -> None:
     ch = make_host(port, PYHTTPPUSH_SERVER_MAX_BODY_SIZE="100").start_source("r1", "s1", {"datasource": "/a"})
     reply = push(port, "/a", '{"x": "' + "y" * 200 + '"}')
     assert reply.status == 413 and "limit is 100 bytes" in reply.body["error"]
-    assert_next_is_sentinel(lambda body: push(port, "/a", body).status, ch)
+    assert_sentinel_next_on_channels(sender(port, "/a"), ch)
 
 
 def _chunked(port: int, path: str, chunks: list[bytes]) -> tuple[int, dict]:
@@ -307,19 +311,14 @@ def test_chunked_bodies_and_their_size_limit(make_host: Callable[..., PluginHost
     assert ch.messages(2) == [{"a": 1}, {"a": 2}]
     status, body = _chunked(port, "/c", [b"[" + b'{"x": 1},' * 150, b'{"x": 1}]'])
     assert status == 413 and "over 1000 bytes" in body["error"]
-    assert_next_is_sentinel(lambda sentinel: push(port, "/c", sentinel).status, ch)
+    assert_sentinel_next_on_channels(sender(port, "/c"), ch)
 
 
-def test_https(make_host: Callable[..., PluginHost], tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
-                   check=True, capture_output=True)
+def test_https(make_host: Callable[..., PluginHost], pki: Pki) -> None:
     port = free_port()
-    host = make_host(port, PYHTTPPUSH_TLS_CERTFILE=str(cert), PYHTTPPUSH_TLS_KEYFILE=str(key))
+    host = make_host(port, **tls_env(pki))
     ch = host.start_source("r1", "s1", {"datasource": "/s"})
-    context = ssl.create_default_context(cafile=str(cert))
-    assert push(port, "/s", '{"secure": true}', tls=context).status == 200
+    assert push(port, "/s", '{"secure": true}', tls=client_context(pki)).status == 200
     assert ch.messages(1) == [{"secure": True}]
 
 
@@ -339,7 +338,7 @@ def test_repeated_start_of_one_instance_replaces_it(host: PluginHost, server_por
     reply = push(server_port, "/again", '{"n": 1}')
     assert (reply.status, reply.body) == (200, {"accepted": 1, "sources": 1})
     assert ch.messages(1) == [{"n": 1}]
-    assert_next_is_sentinel(lambda body: push(server_port, "/again", body).status, ch)  # no second copy of n=1
+    assert_sentinel_next_on_channels(sender(server_port, "/again"), ch)  # no second copy of n=1
     host.stop_source(ch)
     assert wait_port_closed(server_port), "the replaced subscription kept the server open"
 
@@ -352,7 +351,7 @@ def test_endpoint_live_when_start_answers_ok(host: PluginHost, server_port: int)
 
 def test_process_survives_handshake_idle(host: PluginHost, server_port: int) -> None:
     """The SDK re-sends ``handshake`` after 5 s without a command; commands after that still work."""
-    time.sleep(6)
+    assert host.await_request() == b"handshake"  # the SDK's again, after its 5 s receive timeout
     ch = host.start_source("r1", "s1", {"datasource": "/late"})
     assert push(server_port, "/late", "{}").status == 200
     assert ch.messages(1) == [{}]

@@ -9,8 +9,6 @@ dependency for 3.10–3.13 (pynng 0.8.1 included), so install.sh builds nothing 
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,49 +17,13 @@ import pytest
 
 from harness.net import free_port
 from harness.realhost import CACHE_DIR, _file_lock, _pip_works
-from tests.conftest import push
-from tests.hostemu import PluginHost, assert_next_is_sentinel, install_zip
+from tests.hostemu import PluginHost, install_zip, loopback_env
+from tests.support.http import push, sender
+from tests.support.pythons import require_pyenv_python
+from tests.support.sentinel import assert_sentinel_next_on_channels
 
 #: The floor (Ubuntu 22.04's python; install.sh refuses older ones) and the newest release tested.
 OLDEST, NEWEST = "3.10", "3.13"
-
-
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
-
-
-def pyenv_root() -> Path:
-    """``$PYENV_ROOT``, else what ``pyenv root`` prints, else ``~/.pyenv``."""
-    if os.environ.get("PYENV_ROOT"):
-        return Path(os.environ["PYENV_ROOT"])
-    pyenv = shutil.which("pyenv")
-    if pyenv:
-        result = subprocess.run([pyenv, "root"], capture_output=True, text=True, timeout=30, check=False)
-        if result.returncode == 0 and result.stdout.strip():
-            return Path(result.stdout.strip())
-    return Path.home() / ".pyenv"
-
-
-def pyenv_python(minor: str) -> Path | None:
-    """The ``bin/python3`` of the newest pyenv-installed CPython ``<minor>.<patch>`` (e.g. ``3.10`` → 3.10.13), or
-    None."""
-    found = []
-    for python in (pyenv_root() / "versions").glob(f"{minor}.*/bin/python3"):
-        patch = python.parent.parent.name[len(minor) + 1:]
-        if patch.isdigit() and os.access(python, os.X_OK):
-            found.append((int(patch), python))
-    return max(found)[1] if found else None
-
-
-def require_pyenv_python(minor: str) -> Path:
-    """:func:`pyenv_python` or skip the calling test with the reason — fail under ``CI=true``."""
-    python = pyenv_python(minor)
-    if python is None:
-        reason = f"no Python {minor} under {pyenv_root()}/versions (install it with: pyenv install {minor})"
-        if in_ci():
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
-    return python
 
 
 def bare_venv(python: Path, minor: str) -> str:
@@ -97,8 +59,7 @@ def plugin(python_install: tuple[str, str, Path]) -> Iterator[tuple[str, str, Pl
     """The installed plugin started by the emulated host under that python, its server on a free loopback port."""
     minor, python, plugin_dir = python_install
     port = free_port()
-    host = PluginHost(plugin_dir, "pyhttppush", python,
-                      env={"PYHTTPPUSH_SERVER_IP": "127.0.0.1", "PYHTTPPUSH_SERVER_PORT": str(port)})
+    host = PluginHost(plugin_dir, "pyhttppush", python, env=loopback_env(port))
     try:
         yield minor, python, host, port
     finally:
@@ -126,7 +87,7 @@ def test_install_and_push(plugin: tuple[str, str, PluginHost, int]) -> None:
         reply = push(port, "/api/data", "{not json")
         assert reply.status == 400, reply
         assert isinstance(reply.body, dict) and reply.body.get("error"), reply
-        assert_next_is_sentinel(lambda body: push(port, "/api/data", body).status, ch)
+        assert_sentinel_next_on_channels(sender(port, "/api/data"), ch)
         assert host.alive()
     except Exception as exc:
         raise AssertionError(f"Python {minor}: {exc}\n--- {host.log_path} (last lines) ---\n{host.log_tail()}") \

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from harness.realhost import EkuiperHost, RecordSink, host_python, http_post, require_kuiperd
+from harness.realhost import EkuiperHost, RecordSink, host_python, require_kuiperd
+from tests.realhost_support import accepts
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.realhost
 
@@ -27,22 +28,6 @@ def sink() -> Iterator[RecordSink]:
     """A local receiver for the rules' rest sink."""
     with RecordSink() as records:
         yield records
-
-
-def post_until_ok(url: str, body: object, timeout: float = 10.0) -> None:
-    """POST ``body`` until the endpoint answers 200 (the built-in registers it when the rule starts)."""
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            status, raw = http_post(url, body, timeout=2.0)
-            if status == 200:
-                return
-            last = f"HTTP {status}: {raw[:200]!r}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise AssertionError(f"POST {url} never answered 200 within {timeout}s (last: {last})")
 
 
 def test_host_root_and_ports(host: EkuiperHost) -> None:
@@ -72,7 +57,8 @@ def test_builtin_httppush_to_record_sink(host: EkuiperHost, sink: RecordSink) ->
     host.create_rule("rule_b", "SELECT * FROM b", [sink.action()])
     host.wait_rule_running("rule_b")
 
-    post_until_ok(host.data_url("/b"), {"a": 1})
+    # the built-in registers the endpoint when the rule starts
+    wait_until(lambda: accepts(host.data_url("/b"), {"a": 1}), 10.0, "the built-in httppush endpoint to take a record")
 
     assert sink.wait_for(1) == [{"a": 1}]
     status = host.wait_rule_metric("rule_b", "source_b_0_records_in_total", 1)

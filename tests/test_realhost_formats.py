@@ -10,8 +10,9 @@ import json
 
 import pytest
 
-from tests.conftest import push
 from tests.realhost_support import PLUGIN, Ctx, by_tag, epoch_ms, metric, uid
+from tests.support.http import push
+from tests.support.protobuf import message_class
 
 pytestmark = pytest.mark.realhost
 
@@ -52,7 +53,7 @@ def test_json_object_and_array_pass_schemaless(ctx: Ctx) -> None:
     assert ctx.sink.wait_for(4) == [{"a": 5, "b": 1.5, "c": "x", "big": 9007199254740992}, {"t": 1}, {"t": 2},
                                     {"t": 3}]
     ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 4)
-    ctx.assert_next_is_sentinel(path, 4)  # nothing of the refused body reached the rule
+    ctx.assert_sentinel_next_in_sink(path, 4)  # nothing of the refused body reached the rule
     assert ctx.status(r)[f"source_{s}_0_exceptions_total"] == 0
 
 
@@ -96,7 +97,7 @@ def test_typed_stream_converts_only_with_strict_validation(ctx: Ctx) -> None:
         ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 3)
     records = by_tag(ctx.sink.wait_for(4))
     # the "wrong" body was dropped by both rules (see the metrics below), not just late
-    ctx.assert_next_is_sentinel(path, 4, copies=2, record=good)
+    ctx.assert_sentinel_next_in_sink(path, 4, copies=2, record=good)
 
     assert records["plain"] == [
         dict(good, bhalf=2.5, rawtext="aGVsbG8="),
@@ -197,7 +198,7 @@ def test_urlencoded_single_and_repeated_keys(ctx: Ctx) -> None:
     assert bad.status == 400 and "malformed escape" in bad.body["error"]
     ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 1)
     token = uid("end")
-    ctx.assert_next_is_sentinel(path, 1, body=f"sentinel={token}", expect={"sentinel": token})
+    ctx.assert_sentinel_next_in_sink(path, 1, body=f"sentinel={token}", expect={"sentinel": token})
 
 
 def test_protobuf_with_schema_registered_through_rest(ctx: Ctx) -> None:
@@ -209,12 +210,10 @@ def test_protobuf_with_schema_registered_through_rest(ctx: Ctx) -> None:
     in the rule (``count / 3`` has decimals) and bytes ``raw`` is the plugin's base64 text; with it ``count`` is an
     integer and ``raw`` real bytes (``cast(raw, "string")`` = "\\x00\\x01").
     """
-    from httppush_plugin.decoders import _compile_message
-
     ctx.host.post("/schemas/protobuf", {"name": "reading", "content": PROTO}, expect=(200, 201))
     proto = ctx.host.root / "data" / "schemas" / "protobuf" / "reading.proto"
     assert proto.is_file()
-    reading = _compile_message(proto, proto.stat().st_mtime, "Reading", (proto.parent,))
+    reading = message_class(proto, "Reading")
     body = reading(id="x", value=1.5, count=2**40, raw=b"\x00\x01", tags=[1, 2]).SerializeToString()
 
     sel = 'SELECT *, count / 3 AS third, cast(raw, "string") AS rawtext, "{mode}" AS mode FROM {s}'
@@ -232,7 +231,8 @@ def test_protobuf_with_schema_registered_through_rest(ctx: Ctx) -> None:
     bad = ctx.push(path, b"\xff\xff\xff")
     assert bad.status == 400 and "Reading" in bad.body["error"]
     token = uid("end")
-    ctx.assert_next_is_sentinel(path, 2, copies=2, body=reading(id=token).SerializeToString(), expect={"id": token})
+    ctx.assert_sentinel_next_in_sink(path, 2, copies=2, body=reading(id=token).SerializeToString(),
+                                     expect={"id": token})
 
 
 def test_custom_decoder_through_shipped_kv_group(ctx: Ctx) -> None:
@@ -246,7 +246,7 @@ def test_custom_decoder_through_shipped_kv_group(ctx: Ctx) -> None:
     assert bad.status == 400 and "not key=value" in bad.body["error"]
     ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 3)
     token = uid("end")
-    ctx.assert_next_is_sentinel(path, 3, body=f"sentinel={token}", expect={"sentinel": token})
+    ctx.assert_sentinel_next_in_sink(path, 3, body=f"sentinel={token}", expect={"sentinel": token})
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ def test_ndjson_one_row_per_line(ctx: Ctx) -> None:
     assert records["lines"] == records["plain"] == [{"n": 1}, {"n": 2}, {"n": 3}]
     ctx.host.wait_rule_metric(r_lines, f"source_{lines}_0_records_in_total", 3)
     ctx.host.wait_rule_metric(r_plain, f"source_{plain}_0_records_in_total", 3)
-    ctx.assert_next_is_sentinel(path, 6)  # nothing of the refused body reached the rule
+    ctx.assert_sentinel_next_in_sink(path, 6)  # nothing of the refused body reached the rule
 
 
 def test_gzip_body_reaches_the_rule(ctx: Ctx) -> None:
@@ -287,4 +287,4 @@ def test_gzip_body_reaches_the_rule(ctx: Ctx) -> None:
     assert push(ctx.port, path, b"{}", headers={"Content-Encoding": "br"}).status == 415
     assert ctx.sink.wait_for(2) == [{"z": 1}, {"z": 2}]
     ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 2)
-    ctx.assert_next_is_sentinel(path, 2)
+    ctx.assert_sentinel_next_in_sink(path, 2)

@@ -25,6 +25,7 @@ from harness.realhost import http_post
 from tests.realhost_support import (
     PLUGIN,
     Ctx,
+    accepts,
     baseline_problems,
     by_tag,
     kill_plugin,
@@ -32,8 +33,8 @@ from tests.realhost_support import (
     plugin_pids,
     port_open,
     uid,
-    wait_until,
 )
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.realhost
 
@@ -187,8 +188,8 @@ def test_kill_then_rule_restart_restarts_every_rule(ctx: Ctx) -> None:
     # the restarted rule: ingests again, exactly once
     assert ctx.push(p1, '{"n": 1}').body == {"accepted": 1, "sources": 1}
     assert by_tag(ctx.sink.wait_for(2), "rule") == {"one": [{"n": 1}], "two": [{"n": 2}]}
-    ctx.assert_next_is_sentinel(p1, 2)
-    ctx.assert_next_is_sentinel(p2, 3)
+    ctx.assert_sentinel_next_in_sink(p1, 2)
+    ctx.assert_sentinel_next_in_sink(p2, 3)
 
 
 def test_kill_then_rule_restart_delivers_each_push_once(ctx: Ctx) -> None:
@@ -199,13 +200,15 @@ def test_kill_then_rule_restart_delivers_each_push_once(ctx: Ctx) -> None:
     ctx.host.post(f"/rules/{r1}/restart")
     ctx.wait_started(r1)
     ctx.wait_endpoint(p1)
-    # the replayed starts are sent from goroutines: give them time to arrive BEFORE the push, so that the push meets
-    # the doubled start (if they came later, the check below would pass without testing the replacement)
-    time.sleep(1.0)
+    # the replayed starts are sent from goroutines: the doubled start must have reached the plugin (it logs the
+    # replacement) BEFORE the push, so that the push meets it (if it came later, the check below would pass without
+    # testing the replacement)
+    wait_until(lambda: log_lines(ctx.host, f"rule {r1} stream", "started again: replacing its previous subscription"),
+               10.0, f"the plugin to log the second start of {r1}")
     reply = ctx.push(p1, '{"n": 1}')
     assert reply.body == {"accepted": 1, "sources": 1}
     assert ctx.sink.wait_for(1) == [{"n": 1, "rule": "one"}]
-    ctx.assert_next_is_sentinel(p1, 1)  # no second copy from a second subscription
+    ctx.assert_sentinel_next_in_sink(p1, 1)  # no second copy from a second subscription
     for rule_id in (r1, r2):
         ctx.host.stop_rule(rule_id)
     wait_until(lambda: not port_open(ctx.port), 10.0, "the port to close after both rules stopped")
@@ -227,7 +230,7 @@ def test_kill_then_new_rule_recovers_exactly_once(ctx: Ctx) -> None:
     records = by_tag(ctx.sink.wait_for(3), "rule")
     assert records == {"one": [{"n": 1}], "two": [{"n": 2}], "three": [{"n": 3}]}
     for seen, path in enumerate((p1, p2, p3), start=3):
-        ctx.assert_next_is_sentinel(path, seen)
+        ctx.assert_sentinel_next_in_sink(path, seen)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -265,13 +268,7 @@ def test_delete_and_reinstall_leave_the_builtin_httppush_alone(ctx: Ctx, zips: d
     r = ctx.rule(f'SELECT *, "builtin" AS src FROM {s}', wait=False)
     host.wait_rule_running(r)
 
-    def builtin_ok() -> bool:
-        try:
-            return http_post(host.data_url(path), {"b": 1}, timeout=2.0)[0] == 200
-        except OSError:
-            return False
-
-    wait_until(builtin_ok, 10.0, "the built-in httppush endpoint", 0.1)
+    wait_until(lambda: accepts(host.data_url(path), {"b": 1}), 10.0, "the built-in httppush endpoint", 0.1)
     assert ctx.sink.wait_for(1)[0] == {"b": 1, "src": "builtin"}
 
     host.install_plugin(PLUGIN, zips["pyhttppush"])
@@ -312,7 +309,7 @@ def test_host_settings_survive_a_reinstall(ctx: Ctx, zips: dict[str, Path]) -> N
         s, path = ctx.stream('FORMAT="json"', source_type="httppush")  # the built-in, on the host's data port
         r = ctx.rule(f'SELECT *, "builtin" AS src FROM {s}', wait=False)
         host.wait_rule_running(r)
-        wait_until(lambda: _accepts(host.data_url(path)), 10.0, "the built-in httppush endpoint", 0.1)
+        wait_until(lambda: accepts(host.data_url(path), {"probe": 1}), 10.0, "the built-in httppush endpoint", 0.1)
         assert ctx.sink.wait_for(1) == [{"probe": 1, "src": "builtin"}]
         ctx.sink.clear()
 
@@ -342,10 +339,3 @@ def test_host_settings_survive_a_reinstall(ctx: Ctx, zips: dict[str, Path]) -> N
         host.extra_env["PYHTTPPUSH_SERVER_PORT"] = env_port
         host.restart()
         wait_until(lambda: not baseline_problems(host, ctx.port), 30.0, "the plugin to run again after the restart")
-
-
-def _accepts(url: str) -> bool:
-    try:
-        return http_post(url, {"probe": 1}, timeout=2.0)[0] == 200
-    except OSError:
-        return False

@@ -10,10 +10,11 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import push
-from tests.realhost_support import PLUGIN, Ctx, by_tag, check_template_meta_id, epoch_ms, uid, wait_until
-from tests.test_observability import samples
-from tests.test_observability import value as sample_value
+from tests.realhost_support import PLUGIN, Ctx, by_tag, check_template_meta_id, epoch_ms, metric, uid
+from tests.support.http import push
+from tests.support.metrics import samples
+from tests.support.metrics import value as sample_value
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.realhost
 
@@ -51,7 +52,7 @@ def test_event_time_windows_close_on_pushed_times(ctx: Ctx) -> None:
     t = lambda second: epoch_ms(f"2024-01-01T00:00:{second:02d}+00:00")  # noqa: E731
     for second, value in ((1, "a"), (5, "b"), (9, "c")):
         send(second, value)
-    time.sleep(1.5)  # wall-clock time passes (these times are long past): the stimulus, not a wait for a result
+    time.sleep(1.5)  # the stimulus: wall-clock time passes (these times are long past), not a wait for a result
 
     send(10, "d")  # watermark reaches 00:00:10: [00:00:00, 00:00:10) closes
     first = {"n": 3, "vs": ["a", "b", "c"], "ws": t(1), "we": t(10)}
@@ -83,13 +84,15 @@ def test_scan_table_join_uses_last_retained_rows(ctx: Ctx) -> None:
     assert ctx.push(t_path, '[{"id": "1", "name": "a"}, {"id": "2", "name": "b"}]').body["accepted"] == 2
     assert ctx.push(t_path, '{"id": "3", "name": "c"}').body["accepted"] == 1
     ctx.host.wait_rule_metric(r, f"source_{t}_0_records_in_total", 3)
-    time.sleep(0.3)  # let the table operator take the rows in before the stream records arrive
+    # the join has taken the table's rows in (its aligner processed them) before the stream records arrive
+    wait_until(lambda: metric(ctx.status(r), "_join_aligner_0_messages_processed_total") >= 3, 10.0,
+               "the join to take the table's three rows in")
     for i in (1, 2, 3):
         assert ctx.push(s_path, json.dumps({"id": str(i), "v": i})).status == 200
     ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 3)
     assert ctx.sink.wait_for(2) == [{"id": "2", "v": 2, "name": "b"}, {"id": "3", "v": 3, "name": "c"}]
     # id 1 fell out of the table: no row for it came before a sentinel that does match
-    ctx.assert_next_is_sentinel(s_path, 2, body=json.dumps({"id": "3", "v": 99}),
+    ctx.assert_sentinel_next_in_sink(s_path, 2, body=json.dumps({"id": "3", "v": 99}),
                                 expect={"id": "3", "v": 99, "name": "c"})
 
 
@@ -129,8 +132,8 @@ def test_two_streams_one_path_and_post_put_split(ctx: Ctx) -> None:
     assert records == {a: [{"m": "post"}], b: [{"m": "post"}], c: [{"m": "put"}]}
     for name, rule_id in rules.items():
         ctx.host.wait_rule_metric(rule_id, f"source_{name}_0_records_in_total", 1)
-    ctx.assert_next_is_sentinel(path, 3, copies=2)  # the PUT reached neither POST stream
-    ctx.assert_next_is_sentinel(path, 5, method="PUT")  # and the POST not the PUT stream
+    ctx.assert_sentinel_next_in_sink(path, 3, copies=2)  # the PUT reached neither POST stream
+    ctx.assert_sentinel_next_in_sink(path, 5, method="PUT")  # and the POST not the PUT stream
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -171,7 +174,7 @@ def test_path_template_segment_is_meta_id(ctx: Ctx) -> None:
     """DATASOURCE="/<name>/{id}/telemetry": every device's path reaches the one stream, the segment as meta(id)."""
     name = check_template_meta_id(ctx)
     assert ctx.push(f"/{name}/42/other", "{}").status == 404
-    ctx.assert_next_is_sentinel(f"/{name}/9/telemetry", 2)
+    ctx.assert_sentinel_next_in_sink(f"/{name}/9/telemetry", 2)
 
 
 def test_meta_headers_readable_with_meta(ctx: Ctx) -> None:
@@ -206,7 +209,7 @@ def test_idempotency_key_retry_reaches_the_rule_once_even_across_a_rule_restart(
     other = push(ctx.port, path, '{"order": 18}', headers={"Idempotency-Key": "order-17"})
     assert other.status == 422 and "different request" in other.body["error"]
     assert ctx.sink.wait_for(2) == [{"order": 17, "qty": 2}, {"order": 17, "qty": 3}]
-    ctx.assert_next_is_sentinel(path, 2)
+    ctx.assert_sentinel_next_in_sink(path, 2)
 
     ctx.host.stop_rule(r)
     wait_until(lambda: r not in ctx.host.plugin_status(PLUGIN)["refCount"], 10.0, f"the plugin to stop {r}'s source")
@@ -214,7 +217,7 @@ def test_idempotency_key_retry_reaches_the_rule_once_even_across_a_rule_restart(
     ctx.wait_started(r)
     after = push(ctx.port, path, body, headers={"Idempotency-Key": "order-17"})
     assert after.status == 200 and after.headers["Idempotent-Replayed"] == "true", after
-    ctx.assert_next_is_sentinel(path, 3)
+    ctx.assert_sentinel_next_in_sink(path, 3)
 
 
 def test_health_names_the_rule_and_metrics_count_what_it_got(ctx: Ctx) -> None:

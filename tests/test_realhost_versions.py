@@ -30,8 +30,9 @@ import pytest
 from harness.hostlock import HOST_LOCK
 from harness.net import free_port
 from harness.realhost import EkuiperHost, RecordSink, kuiperd_path, require_kuiperd
-from tests.conftest import push
-from tests.realhost_support import PLUGIN, Ctx, check_template_meta_id, realhost_env, uid, wait_until
+from tests.realhost_support import PLUGIN, Ctx, check_template_meta_id, realhost_env, uid
+from tests.support.http import push
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.realhost
 
@@ -110,7 +111,7 @@ def test_bad_bodies_get_400_and_nothing_arrives(v: Ctx) -> None:
     bad_line = push(v.port, path, b'{"n": 4}\n[5]\n', headers={"Content-Type": "application/x-ndjson"})
     assert (bad_line.status, bad_line.body) == (400, {"error": "NDJSON line 2 is an array; every line must be "
                                                                "an object"})
-    v.assert_next_is_sentinel(path, 0)
+    v.assert_sentinel_next_in_sink(path, 0)
     v.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 1)
 
 
@@ -139,6 +140,6 @@ def test_idempotency_key_retry_reaches_the_rule_once(v: Ctx) -> None:
         reply = push(v.port, path, '{"order": 1}', headers={"Idempotency-Key": "k-1"})
         assert reply.status == 200 and (reply.headers.get("Idempotent-Replayed") == "true") == replayed, reply
     assert v.sink.wait_for(1) == [{"order": 1}]
-    v.assert_next_is_sentinel(path, 1)
+    v.assert_sentinel_next_in_sink(path, 1)
     health = push(v.port, "/healthz", b"", method="GET").body
     assert any(src["rule"] == r and src["stream"] == s for e in health["endpoints"] for src in e["sources"]), health

@@ -16,11 +16,19 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
-from tests.conftest import push
-from tests.hostemu import SEND_TIMEOUT_MS, PluginHost, assert_next_is_sentinel
-from tests.test_http_protocol import RawClient, request
+from tests.hostemu import SEND_TIMEOUT_MS, PluginHost
+from tests.support.http import RawClient, push, request, sender
+from tests.support.sentinel import assert_sentinel_next_on_channels
+from tests.support.wait import wait_until
 
 SEND_TIMEOUT_S = SEND_TIMEOUT_MS / 1000
+
+
+def channel_connected(port: int, rule: str) -> bool:
+    """Whether the plugin reports its channel to ``rule``'s source connected (``GET /healthz``)."""
+    health = push(port, "/healthz", b"", method="GET").body
+    return any(source.get("connected") for endpoint in health["endpoints"] for source in endpoint["sources"]
+               if source["rule"] == rule)
 
 
 def batch(client: int, seq: int, n: int) -> bytes:
@@ -39,6 +47,9 @@ def test_stalled_host_503_delivered_counts_are_exact(make_host: Callable[..., Pl
     label = "rule r1 stream s1 instance 0"
     assert push(server_port, "/api", '{"warm": 1}').status == 200
     assert ch.messages(1) == [{"warm": 1}]
+    assert channel_connected(server_port, "r1")
+    # the plugin's sender has one connection; the SDK keeps the one it dialled as the source started, unused
+    others = ch.connections() - 1
     n = 5_000
     results: dict[tuple[int, int], tuple[int, Any, float]] = {}
     sizes: dict[tuple[int, int], int] = {}
@@ -100,8 +111,12 @@ def test_stalled_host_503_delivered_counts_are_exact(make_host: Callable[..., Pl
         assert by_request.get(key, []) == list(range(count)), \
             f"request {key} ({results[key][0]}, delivered {count}): got {len(by_request.get(key, []))} records"
     assert set(by_request) <= set(expected), set(by_request) - set(expected)
-    time.sleep(0.5)  # let the host read whatever else the closed channels held, ahead of the sentinel
-    assert_next_is_sentinel(lambda body: push(server_port, "/api", body).status, ch)
+    # Before the sentinel the host must have read whatever else the channels closed after a 503 still held: it has
+    # once their connections are gone. What stays is the SDK's and the sender's current one, if any (health says).
+    wait_until(lambda: ch.connections() == others + channel_connected(server_port, "r1"), 10.0,
+               lambda: f"the channels closed after a 503 to be read to their end ({ch.connections()} connections, "
+                       f"{others} besides the sender's)")
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
     assert ch.records.empty() and not ch.dropped
 
 
@@ -118,10 +133,10 @@ def test_slow_but_steady_host_gets_200_not_503(make_host: Callable[..., PluginHo
     def stutter() -> None:
         while not stop.is_set():
             ch.pause()
-            time.sleep(0.3)
+            time.sleep(0.3)  # the stimulus: a host that stops reading for 0.3 s ...
             ch.resume()
             cycles[0] += 1
-            time.sleep(0.3)
+            time.sleep(0.3)  # ... and reads for 0.3 s
         ch.resume()
 
     reader = threading.Thread(target=stutter)
@@ -140,4 +155,4 @@ def test_slow_but_steady_host_gets_200_not_503(make_host: Callable[..., PluginHo
     assert took > 3 * SEND_TIMEOUT_S, f"delivery took only {took:.1f} s: the test did not outlast the send timeout"
     records = ch.messages(n, timeout=60)
     assert [r["k"] for r in records] == list(range(n))
-    assert_next_is_sentinel(lambda body: push(server_port, "/api", body).status, ch)
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
