@@ -31,7 +31,7 @@ class Answer:
     Treat an answer as a value once it is given: common ones are shared (the application's success answers), so a
     changed one is a new one."""
 
-    __slots__ = ("status", "body", "headers", "content_type", "close")
+    __slots__ = ("status", "body", "headers", "content_type", "close", "wire")
 
     def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None,
                  content_type: str | None = None, close: bool = False) -> None:
@@ -40,6 +40,8 @@ class Answer:
         self.headers = headers
         self.content_type = content_type
         self.close = close
+        #: (Date header, bytes): its encoding as last written (``wire.encode``), for an answer written many times
+        self.wire: tuple[bytes, bytes] | None = None
 
     def __repr__(self) -> str:
         return f"Answer({self.status}, {self.body[:200]!r}, {self.headers!r})"

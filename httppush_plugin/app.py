@@ -198,7 +198,7 @@ class Exchange(Later):
     def _frame(self, route: Route, data: bytes) -> Framed:
         """Decode → meta → frame for every group: one bad decoding refuses the whole body."""
         framed: Framed = []
-        metas: dict[object, bytes | None] = {}
+        metas: dict[object, bytes | None] | None = None  # meta JSON by spec: once per distinct spec
         limit = self.app.max_records
         head = self.head
         accepted = 0
@@ -216,12 +216,14 @@ class Exchange(Later):
             spec = group.meta
             meta = None
             if spec is not None:
+                metas = metas if metas is not None else {}
                 meta = metas.get(spec)
                 if meta is None:
                     meta = metas[spec] = build(spec, head, self.user,
                                                self.request_id() if "requestId" in spec.fields else "")
             framed.append((frame_records(records, meta, decoder.format == "custom"), group.subscriptions))
-            accepted = max(accepted, len(records))
+            if len(records) > accepted:
+                accepted = len(records)
         self.accepted = accepted
         return framed
 
@@ -253,14 +255,21 @@ class Exchange(Later):
                 outcome.add_callback(self._settled)
         return self
 
-    def _settled(self, _delivery: Delivery) -> None:
+    def _settled(self, delivery: Delivery) -> None:
         self.pending -= 1
         if self.pending == 0:
             outcomes, self.outcomes = self.outcomes, []
-            self.resolve(self._done(self._conclude(outcomes)))
+            # one source, delivered: the common case, without looking through the outcomes
+            answer = self._delivered(1) if len(outcomes) == 1 and delivery.error is None else self._conclude(outcomes)
+            self.resolve(self._done(answer))
 
     def _conclude(self, outcomes: list[Outcome]) -> Answer:
         """Every delivery has an outcome: 2xx, or 503 with what each source got."""
+        for _, _, outcome in outcomes:
+            if outcome is not None and (type(outcome) is not Delivery or outcome.error is not None):
+                break
+        else:
+            return self._delivered(len(outcomes))
         delivered, reasons = summarize(outcomes)
         if reasons:
             self.route.stats.delivery_failures += 1

@@ -31,19 +31,22 @@ class Delivery:
     :class:`DeliveryError`. Callbacks run on the loop, synchronously, the moment the outcome is known (no task, no
     extra loop iteration); :meth:`wait` is there for code that would rather await it."""
 
-    __slots__ = ("frames", "start", "end", "done", "error", "_callbacks")
+    __slots__ = ("frames", "start", "end", "done", "error", "_then", "_more")
 
     def __init__(self, frames: Frames, start: int, end: int) -> None:
         self.frames, self.start, self.end = frames, start, end
         self.done = False
         self.error: DeliveryError | None = None
-        self._callbacks: list[Callable[[Delivery], None]] = []
+        self._then: Callable[[Delivery], None] | None = None  # the one callback a delivery has, as a rule
+        self._more: list[Callable[[Delivery], None]] | None = None
 
     def add_callback(self, fn: Callable[[Delivery], None]) -> None:
         if self.done:
             fn(self)
+        elif self._then is None:
+            self._then = fn
         else:
-            self._callbacks.append(fn)
+            self._more = [*(self._more or ()), fn]
 
     def wait(self) -> asyncio.Future[None]:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -71,8 +74,10 @@ class Delivery:
         if self.done:
             return
         self.done, self.error = True, error
-        callbacks, self._callbacks = self._callbacks, []
-        for fn in callbacks:
+        first, more, self._then, self._more = self._then, self._more, None, None
+        for fn in (first, *more) if more else (first,):
+            if fn is None:
+                continue
             try:
                 fn(self)
             except Exception:  # one broken continuation must not keep the others from their answers

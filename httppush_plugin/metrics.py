@@ -14,7 +14,7 @@ Example: ``stats = metrics.endpoint("POST", "/api/data"); stats.handled(200, 57,
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left as _bucket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -26,7 +26,7 @@ class EndpointStats:
     """The counters of one endpoint (method + DATASOURCE), or of requests that reached none (``method == ""``)."""
 
     __slots__ = ("method", "path", "statuses", "body_bytes", "records", "decode_failures", "delivery_failures",
-                 "replays", "key_conflicts", "evictions", "buckets", "latency_sum", "latency_count")
+                 "replays", "key_conflicts", "evictions", "buckets", "latency_sum")
 
     def __init__(self, method: str, path: str) -> None:
         self.method = method
@@ -41,9 +41,9 @@ class EndpointStats:
         self.replays = 0  # Idempotency-Key: answered with the stored answer
         self.key_conflicts = 0  # Idempotency-Key: reused for another request (422) or while in flight (409)
         self.evictions = 0  # Idempotency-Key: remembered keys dropped before their window ended (maxKeys)
+        #: requests by latency bucket (their sum is the count); ``latency_sum``: their seconds
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
-        self.latency_count = 0
 
     def answered(self, status: int) -> None:
         """A request answered before it reached the endpoint's sources (refused by its head, or cut short)."""
@@ -55,9 +55,8 @@ class EndpointStats:
         statuses = self.statuses
         statuses[status] = statuses.get(status, 0) + 1
         self.body_bytes += body_bytes
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.buckets[_bucket(LATENCY_BUCKETS, seconds)] += 1
         self.latency_sum += seconds
-        self.latency_count += 1
 
     def decode_failed(self, fmt: str) -> None:
         self.decode_failures[fmt] = self.decode_failures.get(fmt, 0) + 1
@@ -149,7 +148,7 @@ class _Collector:
             "httppush_request_duration_seconds", "From the end of a request's body to its answer, for requests "
             "handed to an endpoint: decoding, delivery to eKuiper, answering.", labels=endpoint)
         for item in every:
-            if item.latency_count:
+            if any(item.buckets):
                 cumulative, buckets = 0, []
                 for bound, count in zip((*LATENCY_BUCKETS, float("inf")), item.buckets, strict=True):
                     cumulative += count

@@ -5,8 +5,8 @@ application is called twice per request (``request.py``), ``app.head(head)`` whe
 :mod:`.wire`'s, the deadlines' sweep and the shutdown :mod:`.connections`'.
 
 Most requests are answered inside the parser's callback: no task and no coroutine per request. An answer that must wait
-(a :class:`~.answers.Later`) pauses reading; pipelined requests already parsed wait in a queue, so answers always go
-out in request order.
+is a :class:`~.answers.Later`; requests parsed behind it wait in a queue, and reading pauses while they do, so answers
+always go out in request order and a pipelining client cannot make the server read ahead without bound.
 
 A request the parser cannot make sense of gets 400 and the connection is closed; so does one over a size limit (413,
 431, 503) or too slow (408). After such an answer the connection "lingers": what the client still sends is read and
@@ -36,6 +36,7 @@ _now = time.monotonic
 # Phases of a connection (what its deadline means).
 IDLE, HEAD, BODY, BUSY, LINGER, CLOSING = range(6)
 
+_METHODS = {method.encode(): method for method in ("POST", "PUT", "GET", "HEAD", "OPTIONS")}
 _new_head = tuple.__new__  # a RequestHead without the generated __new__'s Python frame: this is once per request
 
 #: A request waiting for its turn to be answered: (answer or (exchange, body), keep-alive, HEAD, body bytes held)
@@ -162,7 +163,8 @@ class HttpConnection(asyncio.Protocol):
             raise VersionNotSupported(f"HTTP/{version} is not supported; use HTTP/1.1")
         if parser.should_upgrade():  # llhttp would hand what follows the head over as another protocol's
             raise BadRequest("protocol upgrades (the 'Upgrade' header) are not supported; send plain HTTP/1.1")
-        method = parser.get_method().decode("ascii")
+        raw = parser.get_method()
+        method = _METHODS.get(raw) or raw.decode("ascii")
         self._head_only = method == "HEAD"
         has_body = reader.content_length > 0 or (reader.content_length < 0 and reader.chunked)
         head = _new_head(RequestHead, (method, target_path(reader.url), reader.url, reader.headers, reader.content_type,
@@ -213,7 +215,8 @@ class HttpConnection(asyncio.Protocol):
             self.shared.budget.give(held)
             self._write(result, keep_alive, head_only)
             return
-        self._pause()
+        # Reading goes on while one answer is owed: a client waiting for it sends nothing more, and pausing and
+        # resuming would cost two system calls per request. A request parsed behind it pauses reading (queued).
         self._busy = result
         self._owed = (keep_alive, head_only, held)
         result.then(self._answered)

@@ -76,15 +76,15 @@ def target_path(target: bytes) -> str:
     """The request target's path, percent-decoded segment by segment (``%2F`` never becomes a separator: such a path
     is ``"\\x00"``, which matches no endpoint). Raises :class:`~.answers.BadRequest` for a target that is not a path
     or a path that is not UTF-8."""
-    if target[:1] != b"/":
+    # Byte tests as ints (0x2F '/', 0x3F '?', 0x25 '%'): a bytes needle costs several times as much, once per request.
+    if not target or target[0] != 0x2F:
         try:
             target = httptools.parse_url(target).path or b"/"  # absolute form, as proxies send it
         except httptools.HttpParserInvalidURLError:
             raise BadRequest(f"request target {target[:100]!r} is not a path") from None
-    query = target.find(b"?")
-    if query >= 0:
-        target = target[:query]
-    if b"%" in target:
+    if 0x3F in target:
+        target = target[:target.index(0x3F)]
+    if 0x25 in target:
         segments = [unquote_to_bytes(segment) for segment in target.split(b"/")]
         if any(b"/" in segment for segment in segments):
             return "\x00"  # matches no endpoint: an encoded '/' is not a path separator
