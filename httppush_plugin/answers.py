@@ -1,5 +1,5 @@
-"""What the server says: an :class:`Answer`, the HTTP errors, and :func:`error_answer`, the one place where an
-exception becomes an answer.
+"""What the server says: an :class:`Answer`, the HTTP errors, :func:`error_answer`, the one place where an
+exception becomes an answer, and :class:`RateLimitedLog`, the warning a refusal leaves in eKuiper's log.
 
 Every stage of a request raises an :class:`HttpError` subclass (or a decoder's error, which is one too) with a message
 that names the problem; nothing else builds an error response. :class:`Later` is an answer that is not known yet: the
@@ -11,6 +11,7 @@ Example: ``error_answer(TooLarge("body is over 10 bytes"))`` → ``Answer(413, b
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -167,3 +168,21 @@ def error_answer(exc: BaseException) -> Answer:
         return Answer(exc.status, orjson.dumps({"error": str(exc), **exc.extra}), dict(exc.headers) or None)
     log.exception("unexpected error while handling a request", exc_info=exc)
     return Answer(500, orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}))
+
+
+class RateLimitedLog:
+    """Warn about refused requests at most once per ``interval`` seconds, with a count of what was skipped."""
+
+    def __init__(self, interval: float = 5.0) -> None:
+        self.interval = interval
+        self._last = -interval
+        self._skipped = 0
+
+    def warn(self, what: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._skipped += 1
+            return
+        skipped, self._skipped, self._last = self._skipped, 0, now
+        log.warning("%s rejected: %s%s", what, exc,
+                    f" ({skipped} more rejected since the last warning)" if skipped else "")

@@ -16,11 +16,20 @@ Example: ``app.head(head).body(b'{"t": 1}')`` → ``Answer(200, b'{"accepted":1,
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 
 from .admin import ADMIN_METHODS, Admin
-from .answers import Answer, HttpError, Later, MethodNotAllowed, NotFound, Unauthorized, Unavailable, error_answer
+from .answers import (
+    Answer,
+    HttpError,
+    Later,
+    MethodNotAllowed,
+    NotFound,
+    RateLimitedLog,
+    Unauthorized,
+    Unavailable,
+    error_answer,
+)
 from .cors import preflight
 from .decoders import DecodeError, TooManyRecords
 from .delivery import Delivery, DeliveryError
@@ -33,26 +42,7 @@ from .request import RequestHead
 from .routing import EndpointTable, Route
 from .settings import ServerConfig
 
-log = logging.getLogger(__name__)
 _now = time.monotonic
-
-
-class RateLimitedLog:
-    """Warn about refused requests at most once per ``interval`` seconds, with a count of what was skipped."""
-
-    def __init__(self, interval: float = 5.0) -> None:
-        self.interval = interval
-        self._last = -interval
-        self._skipped = 0
-
-    def warn(self, what: str, exc: BaseException) -> None:
-        now = _now()
-        if now - self._last < self.interval:
-            self._skipped += 1
-            return
-        skipped, self._skipped, self._last = self._skipped, 0, now
-        log.warning("%s rejected: %s%s", what, exc,
-                    f" ({skipped} more rejected since the last warning)" if skipped else "")
 
 
 class PushApp:

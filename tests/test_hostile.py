@@ -41,7 +41,7 @@ from tests.support.wait import wait_until
 #: 600 MB leaves ~1.7x headroom for allocator and interpreter differences, yet a second copy of the records (a
 #: list copy, a re-serialisation of all of them before counting) would break it.
 PEAK_BOUND_MB = 600.0
-#: After such a body the heap is trimmed (handler._trim_heap): the resident set returns to within this of before.
+#: After such a body the heap is trimmed (offload.Offload.trim): the resident set returns to within this of before.
 SETTLE_BOUND_MB = 50.0
 
 

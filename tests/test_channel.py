@@ -1,0 +1,136 @@
+"""The host channel in-process: ``ChannelSender`` against a unix socket that speaks eKuiper's side of SP-over-IPC
+(the PULL header, then frames), so what is checked is what a delivery promises — its bytes are in the kernel when it
+completes, and when it fails, ``delivered`` counts exactly the whole records that went out."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from httppush_plugin.budget import Budget
+from httppush_plugin.channel import ChannelSender
+from httppush_plugin.delivery import Delivery, DeliveryError
+from httppush_plugin.framing import frame_records
+
+PULL_HEADER = b"\x00SP\x00\x00\x51\x00\x00"
+
+
+class Host:
+    """eKuiper's PULL end of one data channel: accepts, answers the SP header, reads only when asked to."""
+
+    def __init__(self, path: Path) -> None:
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(path))
+        self.listener.listen(1)
+        self.listener.setblocking(False)
+        self.conn: socket.socket | None = None
+        self.url = f"ipc://{path}"
+
+    async def accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.conn, _ = await loop.sock_accept(self.listener)
+        assert await loop.sock_recv(self.conn, 8) == b"\x00SP\x00\x00\x50\x00\x00"  # PUSH
+        await loop.sock_sendall(self.conn, PULL_HEADER)
+
+    async def read(self, nbytes: int) -> bytes:
+        loop, data = asyncio.get_running_loop(), b""
+        assert self.conn is not None
+        while len(data) < nbytes:
+            chunk = await loop.sock_recv(self.conn, nbytes - len(data))
+            assert chunk, "the channel closed early"
+            data += chunk
+        return data
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        self.listener.close()
+
+
+def run(tmp_path: Path, scenario: Callable[[Host], Awaitable[None]]) -> None:
+    async def main() -> None:
+        host = Host(tmp_path / "ch.ipc")
+        try:
+            await scenario(host)
+        finally:
+            host.close()
+
+    asyncio.run(main())
+
+
+async def connected(host: Host, timeout: float = 1.0) -> ChannelSender:
+    sender, _ = await asyncio.gather(ChannelSender.connect(host.url, timeout, "rule r stream s instance 0"),
+                                     host.accept())
+    return sender
+
+
+def test_channel_a_send_the_kernel_takes_is_done_at_once(tmp_path: Path) -> None:
+    async def scenario(host: Host) -> None:
+        sender = await connected(host)
+        frames = frame_records([{"a": 1}, {"a": 2}], None)
+        assert sender.send(frames) is None
+        assert await host.read(len(frames.data)) == frames.data
+        sender.close()
+
+    run(tmp_path, scenario)
+
+
+def test_channel_sends_in_one_loop_iteration_are_joined(tmp_path: Path) -> None:
+    async def scenario(host: Host) -> None:
+        sender = await connected(host)
+        first, second, third = (frame_records([{"n": n}], None) for n in range(3))
+        assert sender.send(first) is None  # the first of an iteration goes straight out
+        waiting = [sender.send(second), sender.send(third)]
+        assert all(isinstance(delivery, Delivery) and not delivery.done for delivery in waiting)
+        await asyncio.sleep(0)  # the iteration ends: one write for both
+        assert all(delivery.done and delivery.error is None for delivery in waiting)  # type: ignore[union-attr]
+        assert await host.read(3 * len(first.data)) == first.data + second.data + third.data
+        sender.close()
+
+    run(tmp_path, scenario)
+
+
+def test_channel_a_host_that_stops_reading_fails_the_send_with_what_went_out(tmp_path: Path) -> None:
+    async def scenario(host: Host) -> None:
+        sender = await connected(host, timeout=0.3)
+        sender.budget = budget = Budget(1 << 30)
+        records = [{"pad": "x" * 1000, "n": n} for n in range(20_000)]  # ~20 MB: more than the socket buffers
+        frames = frame_records(records, None)
+        delivery = sender.send(frames)
+        assert isinstance(delivery, Delivery)
+        assert budget.used > 0  # what the kernel has not taken is held, and counted
+        with pytest.raises(DeliveryError, match="took no records .* within 0.3 s") as failure:
+            await delivery.wait()
+        delivered = failure.value.delivered
+        assert 0 < delivered < len(records) and budget.used == 0
+        received = b""
+        assert host.conn is not None
+        host.conn.setblocking(True)
+        while chunk := host.conn.recv(1 << 20):
+            received += chunk
+        assert frames.count_within(len(received)) == delivered  # every whole record it counted, and no other
+        with pytest.raises(DeliveryError, match="is stopping"):
+            sender.close()
+            sender.send(frames)
+
+    run(tmp_path, scenario)
+
+
+def test_channel_backlog_limit(tmp_path: Path) -> None:
+    async def scenario(host: Host) -> None:
+        sender = await connected(host)
+        sender.max_backlog = 1000
+        assert sender.send(frame_records([{"n": 1}], None)) is None
+        waiting = sender.send(frame_records([{"n": 2}], None))  # queued behind the first: backlog > 0
+        assert isinstance(waiting, Delivery)
+        with pytest.raises(DeliveryError, match="httpServerMaxSourceBacklog is 1000"):
+            sender.send(frame_records([{"pad": "y" * 2000}], None))
+        await asyncio.sleep(0)
+        assert waiting.done and waiting.error is None
+        sender.close()
+
+    run(tmp_path, scenario)
