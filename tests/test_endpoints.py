@@ -153,8 +153,8 @@ def test_cors_headers_on_answers_for_allowed_origins_only(host: PluginHost, serv
 
 
 def test_cors_and_request_id_on_answers_given_before_the_body(host: PluginHost, server_port: int) -> None:
-    """401 (auth checked on the headers) and 413 (Content-Length over the limit) are answered before the application reads a body:
-    they carry the endpoint's CORS and X-Request-Id headers too, or a page could not read them."""
+    """401 (auth checked on the headers) and 413 (Content-Length over the limit) are answered before the application
+    reads a body: they carry the endpoint's CORS and X-Request-Id headers too, or a page could not read them."""
     ch = host.start_source("r1", "s1", {"datasource": "/web", "cors": CORS, "meta": ["requestId"],
                                         "auth": {"type": "bearer", "tokens": ["t0ken"]}})
     ask = {"Origin": ORIGIN, "X-Request-Id": "early-1"}
