@@ -222,13 +222,15 @@ class Exchange(Later):
         wait (a :class:`~.delivery.Delivery`) has settled."""
         outcomes: list[Outcome] = []
         pending = failed = 0
+        settled = self._settled  # what a delivery that has to wait calls when it has
         for frames, subs in framed:
             for sub in subs:
                 outcome: Delivery | DeliveryError | None = None
                 if frames.ends:
                     sender = sub.sender
                     try:
-                        outcome = sender.send(frames) if sender is not None else send_when_attached(sub, frames)
+                        outcome = sender.send(frames, settled) if sender is not None else send_when_attached(
+                            sub, frames, settled)
                     except DeliveryError as exc:
                         outcome = exc
                     if outcome is not None:
@@ -239,10 +241,7 @@ class Exchange(Later):
                 outcomes.append((sub, frames, outcome))
         if not pending:
             return self._done(self._conclude(outcomes) if failed else self._delivered(len(outcomes)))
-        self.outcomes, self.pending = outcomes, pending
-        for _, _, outcome in outcomes:
-            if isinstance(outcome, Delivery):
-                outcome.add_callback(self._settled)
+        self.outcomes, self.pending = outcomes, pending  # before any delivery can settle: they settle later
         return self
 
     def _settled(self, delivery: Delivery) -> None:

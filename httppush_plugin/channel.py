@@ -31,6 +31,7 @@ import logging
 import socket
 import time
 from collections import deque
+from collections.abc import Callable
 
 from .budget import Budget
 from .delivery import Delivery, DeliveryError
@@ -64,7 +65,7 @@ class ChannelSender:
         # Bytes offered (``queued``) and taken by the kernel (``sent``) over the life of the current connection.
         self._queued = 0
         self._sent = 0
-        self._unsent: deque[memoryview] = deque()
+        self._unsent: deque[bytes | memoryview] = deque()
         self._waiters: deque[Delivery] = deque()
         self._writing = False  # waiting for the socket to be writable again
         self._window = False  # a send went out in this loop iteration: the next ones join the flush at its end
@@ -143,9 +144,10 @@ class ChannelSender:
 
     # -- sending ---------------------------------------------------------------------------------------------
 
-    def send(self, frames: Frames) -> Delivery | None:
+    def send(self, frames: Frames, then: Callable[[Delivery], None] | None = None) -> Delivery | None:
         """Hand ``frames`` to the host. Returns ``None`` when the kernel took every byte at once, else a
-        :class:`Delivery` that completes when it has, or fails. Call on the loop.
+        :class:`Delivery` that completes when it has, or fails, and then calls ``then`` with itself. Call on the
+        loop.
 
         The first send of a loop iteration goes straight to the socket; sends later in the same iteration (many
         clients at once) are joined and written together at the iteration's end: one system call for many requests
@@ -154,7 +156,7 @@ class ChannelSender:
             raise DeliveryError(0, f"{self.label} is stopping")
         sock = self._sock
         if sock is None:
-            return self._dial_and_send(frames)
+            return self._dial_and_send(frames, then)
         data = frames.data
         start = self._queued
         backlog = start - self._sent
@@ -179,8 +181,8 @@ class ChannelSender:
             self._hold(memoryview(data)[sent:])
             self._wait_writable()
         else:
-            self._hold(memoryview(data))
-        delivery = Delivery(frames, start, end)
+            self._hold(data)
+        delivery = Delivery(frames, start, end, then)
         self._waiters.append(delivery)
         return delivery
 
@@ -198,7 +200,7 @@ class ChannelSender:
         self._loop.add_writer(self._sock.fileno(), self._on_writable)
         self._arm_watchdog(self.send_timeout_s)
 
-    def _hold(self, view: memoryview) -> None:
+    def _hold(self, view: bytes | memoryview) -> None:
         self._unsent.append(view)
         self._unsent_bytes += len(view)
         if self.budget is not None:
@@ -209,9 +211,9 @@ class ChannelSender:
         if self.budget is not None:
             self.budget.give(nbytes)
 
-    def _dial_and_send(self, frames: Frames) -> Delivery:
+    def _dial_and_send(self, frames: Frames, then: Callable[[Delivery], None] | None) -> Delivery:
         """Not connected (the host closed the channel, or a send timed out): dial again, then send."""
-        delivery = Delivery(frames, 0, 0)
+        delivery = Delivery(frames, 0, 0, then)
 
         async def dial_and_send() -> None:
             try:
@@ -252,7 +254,7 @@ class ChannelSender:
             self._sent += sent
             self._release(sent)
             if sent < len(view):
-                unsent[0] = view[sent:]
+                unsent[0] = memoryview(view)[sent:]
                 break
             unsent.popleft()
         if progressed:

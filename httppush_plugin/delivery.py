@@ -33,11 +33,11 @@ class Delivery:
 
     __slots__ = ("frames", "start", "end", "done", "error", "_then", "_more")
 
-    def __init__(self, frames: Frames, start: int, end: int) -> None:
+    def __init__(self, frames: Frames, start: int, end: int, then: Callable[[Delivery], None] | None = None) -> None:
         self.frames, self.start, self.end = frames, start, end
         self.done = False
         self.error: DeliveryError | None = None
-        self._then: Callable[[Delivery], None] | None = None  # the one callback a delivery has, as a rule
+        self._then = then  # the one callback a delivery has, as a rule
         self._more: list[Callable[[Delivery], None]] | None = None
 
     def add_callback(self, fn: Callable[[Delivery], None]) -> None:

@@ -12,6 +12,7 @@ Example: ``summarize(outcomes)`` â†’ ``({"rule r1 stream s instance 0": 3}, ["â€
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from .delivery import Delivery, DeliveryError
 from .framing import Frames
@@ -39,9 +40,9 @@ def summarize(outcomes: list[Outcome]) -> tuple[dict[str, int], list[str]]:
     return delivered, reasons
 
 
-def send_when_attached(sub: Subscription, frames: Frames) -> Delivery:
+def send_when_attached(sub: Subscription, frames: Frames, then: Callable[[Delivery], None] | None = None) -> Delivery:
     """The source was configured, but its ``open()`` has not attached the host channel yet: wait for it."""
-    delivery = Delivery(frames, 0, 0)
+    delivery = Delivery(frames, 0, 0, then)
 
     async def send() -> None:
         try:

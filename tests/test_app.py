@@ -8,7 +8,7 @@ import base64
 import hashlib
 import hmac
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +39,11 @@ class FakeSender:
         self.sent: list[Frames] = []
         self.waiting: list[Delivery] = []
 
-    def send(self, frames: Frames) -> Delivery | None:
+    def send(self, frames: Frames, then: Callable[[Delivery], None] | None = None) -> Delivery | None:
         self.sent.append(frames)
         if not self.hold:
             return None
-        delivery = Delivery(frames, 0, len(frames.data))
+        delivery = Delivery(frames, 0, len(frames.data), then)
         self.waiting.append(delivery)
         return delivery
 
