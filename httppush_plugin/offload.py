@@ -26,7 +26,7 @@ class Offload:
     def __init__(self) -> None:
         #: held while a large body is worked on: one at a time
         self.turn = asyncio.Lock()
-        #: the tasks working on large bodies now, cancelled when the server stops
+        #: the tasks working on large bodies now: held here, as the loop keeps only weak references to tasks
         self.tasks: set[asyncio.Task[Any]] = set()
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
@@ -34,7 +34,7 @@ class Offload:
         return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
     def start(self, work: Any) -> asyncio.Task[Any]:
-        """Run the coroutine ``work`` as a task that :meth:`cancel_all` can cancel."""
+        """Run the coroutine ``work`` as a task (the exchange that started it cancels it when the server stops)."""
         task = asyncio.get_running_loop().create_task(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -44,7 +44,3 @@ class Offload:
         """Give freed memory back to the system after a large body."""
         if _malloc_trim is not None:
             await self.run(_malloc_trim, 0)
-
-    def cancel_all(self) -> None:
-        for task in list(self.tasks):
-            task.cancel()
