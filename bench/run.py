@@ -69,8 +69,8 @@ FLOOR_MODES = ("coalesced", "per-request", "none")
 META_FIELDS = ("method", "path", "remoteAddr", "contentType")
 #: --meta-variants: name → the `meta` property of the config group (`[]`: the envelope has no `meta` key).
 META_VARIANTS: dict[str, list[str]] = {"all": list(META_FIELDS), "none": [], "path": ["path"]}
-#: The plugin's meta without a `meta` property (httppush_plugin/properties.py: meta defaults to none), so the envelope the
-#: plain ceiling sends: the plain rows of (a) and (d) carry the same bytes per record.
+#: The plugin's meta without a `meta` property (httppush_plugin/properties.py: meta defaults to none), so the
+#: envelope the plain ceiling sends: the plain rows of (a) and (d) carry the same bytes per record.
 DEFAULT_META = "none"
 META_CASES = ("json1", "json100")
 #: In the order they run; "base" is (a'), the --baseline-zip plugin, labelled plugin@base.

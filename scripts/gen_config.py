@@ -116,7 +116,7 @@ def properties_table() -> str:
 
 
 def ui_json(current: str) -> str:
-    """The UI metadata with ``properties.default`` from the table; ``about``, ``dataSource`` and ``node`` as they are."""
+    """The UI metadata: ``properties.default`` from the table; ``about``, ``dataSource`` and ``node`` as they are."""
     meta = json.loads(current)
     entries = []
     for prop in PROPERTIES:
