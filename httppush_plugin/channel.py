@@ -276,6 +276,12 @@ class ChannelSender:
         self._watchdog = None
         if not self._unsent:
             return
+        # Try the socket before blaming the host. When an I/O callback held the loop up (a body decoded on the loop,
+        # a collection, another thread holding the GIL), libuv runs due timers straight after that poll phase, before
+        # it has seen the socket become writable: the host may have read all along.
+        self._on_writable()
+        if not self._unsent or self._sock is None:
+            return
         idle = time.monotonic() - self._last_progress
         if idle >= self.send_timeout_s:
             self._lose(f"the host took no records for {self.label} within {self.send_timeout_s:g} s")

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
+import uvloop
 
 from httppush_plugin.budget import Budget
 from httppush_plugin.channel import ChannelSender
@@ -59,7 +62,8 @@ def run(tmp_path: Path, scenario: Callable[[Host], Awaitable[None]]) -> None:
         finally:
             host.close()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # the server's loop, and its timer order
+        runner.run(main())
 
 
 async def connected(host: Host, timeout: float = 1.0) -> ChannelSender:
@@ -116,6 +120,52 @@ def test_channel_a_host_that_stops_reading_fails_the_send_with_what_went_out(tmp
         with pytest.raises(DeliveryError, match="is stopping"):
             sender.close()
             sender.send(frames)
+
+    run(tmp_path, scenario)
+
+
+def test_channel_a_pause_of_our_own_is_not_a_host_stall(tmp_path: Path) -> None:
+    """The plugin's loop is held up for longer than the send timeout inside an I/O callback (a body decoded on the
+    loop while a collection runs, or while another thread holds the GIL) and the host goes on reading meanwhile.
+    libuv runs due timers right after that poll phase, before it polls again, so the watchdog finds no recorded
+    progress: it must try the socket before it blames the host (a 503 for a host that never stopped, seen in CI)."""
+    async def scenario(host: Host) -> None:
+        loop = asyncio.get_running_loop()
+        sender = await connected(host, timeout=0.3)
+        records = [{"pad": "x" * 1000, "n": n} for n in range(5_000)]  # ~5 MB: more than the socket buffers
+        frames = frame_records(records, None)
+        assert host.conn is not None
+        host.conn.setblocking(True)
+        received = bytearray()
+
+        def read_all() -> None:  # the host reads steadily on its own thread
+            assert host.conn is not None
+            while len(received) < len(frames.data) and (chunk := host.conn.recv(1 << 16)):
+                received.extend(chunk)
+
+        busy, poke = socket.socketpair()
+        blocked = asyncio.Event()
+
+        def held_up() -> None:  # an I/O callback that takes twice the send timeout
+            loop.remove_reader(busy.fileno())
+            time.sleep(0.6)  # the stimulus
+            blocked.set()
+
+        delivery = sender.send(frames)
+        assert isinstance(delivery, Delivery)
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        loop.add_reader(busy.fileno(), held_up)
+        poke.send(b"!")
+        try:
+            await blocked.wait()
+            await delivery.wait()
+        finally:
+            sender.close()
+            reader.join(timeout=10)
+            busy.close()
+            poke.close()
+        assert bytes(received) == frames.data
 
     run(tmp_path, scenario)
 
