@@ -71,6 +71,7 @@ class HttpConnection(asyncio.Protocol):
         self._shut = False  # our side is closed or closing: nothing more may be written
         self._paused = False
         self._write_paused = False
+        self._continue = False  # a head that asked for 100 Continue waits until the answers owed before it are out
 
     # -- asyncio callbacks ------------------------------------------------------------------------------------
 
@@ -152,6 +153,8 @@ class HttpConnection(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.phase = HEAD
         self.deadline = _now() + self.config.read_header_timeout
+        if self._busy is not None or self._queue:  # behind an owed answer: its unread bytes wait in the kernel
+            self._pause()
 
     def on_headers_complete(self) -> None:
         parser, reader = self.parser, self.reader
@@ -174,7 +177,11 @@ class HttpConnection(asyncio.Protocol):
             reader.early = decided
         else:
             reader.expect_body(decided)
-        expect = reader.expect and not http10 and self._busy is None and not self._queue
+        expect = reader.expect and not http10
+        if expect and not self._idle():  # its 100 (or early answer) follows those owed: not read till then
+            self._continue = True
+            self._pause()
+            expect = False
         early = reader.early
         if early is not None and has_body and (early.close or expect):
             # Answered now and closed: the client need not send the body, and what it sends anyway costs at most
@@ -209,14 +216,17 @@ class HttpConnection(asyncio.Protocol):
             return
         exchange, data = item
         del item
-        result = exchange.body(data)  # the application's second call
+        try:
+            result = exchange.body(data)  # the application's second call
+        except Exception as exc:  # a fault below it: answered by the exchange, and its bytes given back
+            result = exchange.failed(exc)
         del data
         if isinstance(result, Answer):
             self.shared.budget.give(held)
             self._write(result, keep_alive, head_only)
             return
         # Reading goes on while one answer is owed: a client waiting for it sends nothing more, and pausing and
-        # resuming would cost two system calls per request. A request parsed behind it pauses reading (queued).
+        # resuming would cost two system calls per request. A request that begins behind it pauses reading.
         self._busy = result
         self._owed = (keep_alive, head_only, held)
         result.then(self._answered)
@@ -229,6 +239,13 @@ class HttpConnection(asyncio.Protocol):
         self._write(answer, keep_alive, head_only)
         while self._queue and self._busy is None and not self._shut:
             self._process(*self._queue.popleft())
+        if self._continue and self._idle():  # the head that asked for 100 Continue while answers were owed is next
+            self._continue = False
+            if self.phase == BODY and not self._shut and not self.transport.is_closing():
+                if self.reader.early is not None:  # answered from its head and closed: it need not send the body
+                    self._fatal(self.reader.early)
+                else:
+                    self.transport.write(CONTINUE)
         if self._idle() and not self._write_paused:
             self._resume()
 
