@@ -22,10 +22,15 @@ _STATUS_LINES: dict[int, bytes] = {}
 
 
 def status_line(status: int) -> bytes:
-    """``HTTP/1.1 <status> <phrase>\\r\\n``; raises ``ValueError`` for a status HTTP does not define."""
+    """``HTTP/1.1 <status> <phrase>\\r\\n``; a status without a registered phrase gets an empty one (RFC 9112 §4
+    allows it): writing an answer never fails."""
     line = _STATUS_LINES.get(status)
     if line is None:
-        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, HTTPStatus(status).phrase.encode())
+        try:
+            phrase = HTTPStatus(status).phrase.encode()
+        except ValueError:
+            phrase = b""
+        line = _STATUS_LINES[status] = b"HTTP/1.1 %d %s\r\n" % (status, phrase)
     return line
 
 
