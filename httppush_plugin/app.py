@@ -332,14 +332,19 @@ class Exchange(Later):
             if answer is not self:
                 self.resolve(answer)  # type: ignore[arg-type]
         except asyncio.CancelledError:
-            answer = self._done(error_answer(Unavailable("the server is stopping")))
-            answer.close = True
-            self.resolve(answer)
+            self._stopping()
         except Exception as exc:  # answered as a small body's would be: logged, with the endpoint's headers
             self.resolve(self._done(self.app.refuse(exc, head)))
         finally:
             await offload.trim()
 
     def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
+        if self.task is not None and self.task.cancel():
+            # cancelled before its first step, the coroutine never enters its ``try``: answered when the task ends
+            self.task.add_done_callback(lambda _: self._stopping())
+
+    def _stopping(self) -> None:
+        if self.answer is None:
+            answer = self._done(error_answer(Unavailable("the server is stopping")))
+            answer.close = True
+            self.resolve(answer)

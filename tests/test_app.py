@@ -261,3 +261,29 @@ def test_too_many_records_is_413_and_nothing_is_sent(loop: asyncio.AbstractEvent
     sender = endpoints.add({"datasource": "/api"})
     result = answer(endpoints.request("/api", b"[{}, {}, {}]"))
     assert result.status == 413 and b"httpServerMaxRecords" in result.body and sender.sent == []
+
+
+def test_a_large_body_cancelled_as_the_server_stops_is_answered_503_and_closes(
+        loop: asyncio.AbstractEventLoop) -> None:
+    """A body of LARGE_BODY or more is worked on in a task. Cancelled (the server stops) before that task took its
+    first step, or while it waits for the worker thread, it is still answered: 503, counted once, connection closed."""
+    endpoints = Endpoints()
+    sender = endpoints.add({"datasource": "/api"})
+    big = b"[" + b",".join([b'{"k": 1}'] * 130_000) + b"]"  # over 1 MiB: LARGE_BODY
+
+    async def cancelled(steps_first: int) -> list[Answer]:
+        exchange = endpoints.request("/api", big)
+        assert isinstance(exchange, Exchange) and exchange.task is not None
+        for _ in range(steps_first):
+            await asyncio.sleep(0)  # the task starts and waits on the worker thread
+        got: list[Answer] = []
+        exchange.then(got.append)
+        exchange.cancel()
+        await asyncio.wait_for(asyncio.gather(exchange.task, return_exceptions=True), 10)
+        return got
+
+    for steps_first in (0, 1):
+        got = loop.run_until_complete(cancelled(steps_first))
+        assert [(a.status, a.close) for a in got] == [(503, True)], got
+        assert b"stopping" in got[0].body
+    assert sender.sent == [] and endpoints.stats("POST", "/api") == {503: 2}
