@@ -195,6 +195,7 @@ class HttpConnection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         item, held = self.reader.take()
+        self._continue = False  # its body came whole without the 100: none is owed
         self.phase = BUSY
         self.deadline = _INF
         keep_alive = self.parser.should_keep_alive()

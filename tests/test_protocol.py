@@ -197,6 +197,14 @@ def test_expect_100_continue_behind_an_owed_answer() -> None:
             conn.data_received(BODY_JSON)
         assert [status for status, _, _ in transport.answers()] == expected
         assert transport.eof == (path == "/nope")
+    # A client that sends its body without waiting owes nothing a 100: the request after it gets none either.
+    app = FakeApp()
+    waiting = app.later["/slow"] = Later()
+    conn, transport = connect(app)
+    conn.data_received(post("/slow") + post("/b", extra="Expect: 100-continue\r\n") + post("/c", b"x" * 50)[:-10])
+    waiting.resolve(Answer(202, b"{}"))
+    conn.data_received(b"x" * 10)
+    assert [status for status, _, _ in transport.answers()] == [202, 200, 200]
 
 
 def test_a_request_that_begins_behind_an_owed_answer_pauses_reading() -> None:
