@@ -87,6 +87,7 @@ class DataChannel:
         self.socket = pynng.Pull0(recv_timeout=READER_POLL_MS)
         self.socket.listen(self.url)
         self._stop = threading.Event()
+        self.died = ""  # why the reader stopped early, if it did
         self._reading = threading.Event()
         self._reading.set()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -100,9 +101,15 @@ class DataChannel:
                 raw = self.socket.recv()
             except pynng.Timeout:
                 continue
-            except pynng.NNGException:
+            except pynng.NNGException as exc:
+                if not self._stop.is_set():
+                    self.died = f"its recv failed: {exc!r}"  # named by take(), not a silent stall
                 return
-            self.accept(raw)
+            try:
+                self.accept(raw)
+            except Exception as exc:
+                self.died = f"reading a message raised {exc!r}"
+                return
 
     def accept(self, raw: bytes) -> None:
         """One message from the plugin, read as the host reads it."""
@@ -121,7 +128,8 @@ class DataChannel:
             try:
                 out.append(self.records.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
-                raise HostError(f"expected {n} records on {self.url}, got {len(out)}: {out}") from None
+                why = f" (the reader stopped: {self.died})" if self.died else ""
+                raise HostError(f"expected {n} records on {self.url}{why}, got {len(out)}: {out}") from None
         return out
 
     def messages(self, n: int, timeout: float = 5.0) -> list[dict[str, Any]]:
