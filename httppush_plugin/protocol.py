@@ -178,9 +178,8 @@ class HttpConnection(asyncio.Protocol):
         else:
             reader.expect_body(decided)
         expect = reader.expect and not http10
-        if expect and not self._idle():  # its 100 (or early answer) follows those owed: not read till then
+        if expect and not self._idle():  # its 100 (or early answer) follows those owed (reading paused at its begin)
             self._continue = True
-            self._pause()
             expect = False
         early = reader.early
         if early is not None and has_body and (early.close or expect):
