@@ -3,7 +3,8 @@
 
 Health is 200 ``{"status": "ok", "endpoints": [...]}`` while every configured source is attached to eKuiper's
 channel, else 503 ``"unavailable"`` with the same list, so a load balancer can act on it. Metrics are the Prometheus
-text (or OpenMetrics) of :mod:`.metrics`.
+text (or OpenMetrics) of :mod:`.metrics`, rendered at most once per :data:`METRICS_MAX_AGE_S` for each of the two
+formats: a scraper polls every few seconds, and a client asking more often gets the same bytes, at no cost.
 
 Example: ``Admin(table, "/healthz", "/metrics", gauges).answer(head)`` → an :class:`~.answers.Answer`, or ``None``
 when ``head`` is not for one of these paths.
@@ -11,19 +12,22 @@ when ``head`` is not for one of these paths.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from .answers import Answer
-from .metrics import render
+from .metrics import encoder_for, render
 from .request import RequestHead
 from .routing import EndpointTable
 
 #: The methods the server's own paths answer.
 ADMIN_METHODS = ("GET", "HEAD")
 _NO_STORE = {"Cache-Control": "no-store"}
+#: How long one rendering of ``/metrics`` is answered again.
+METRICS_MAX_AGE_S = 1.0
 
 
 class Admin:
@@ -35,6 +39,8 @@ class Admin:
             path: answer for path, answer in ((health_path, self.health), (metrics_path, self.metrics)) if path}
         #: name → (help, value) of the server-wide gauges in ``/metrics``, read at scrape time
         self.gauges = gauges
+        #: Content-Type → (when rendered, the answer): the last rendering of each format
+        self._rendered: dict[str, tuple[float, Answer]] = {}
 
     def answer(self, head: RequestHead) -> Answer | None:
         """The answer to ``GET``/``HEAD`` on one of the server's paths; ``None`` for any other request."""
@@ -64,9 +70,15 @@ class Admin:
         return Answer(200 if ready else 503, body, dict(_NO_STORE))
 
     def metrics(self, head: RequestHead) -> Answer:
-        accept = (head.header(b"accept") or b"").decode("latin-1")
+        encoder, content_type = encoder_for((head.header(b"accept") or b"").decode("latin-1"))
+        now = time.monotonic()
+        last = self._rendered.get(content_type)
+        if last is not None and now - last[0] < METRICS_MAX_AGE_S:
+            return last[1]
         endpoints = [(route.stats.method, route.stats.path, sum(sub.sender is not None for sub in route.subscriptions),
                       len(route.subscriptions), len(route.idempotency) if route.idempotency is not None else 0)
                      for route in self.table.routes()]
-        body, content_type = render(self.table.metrics, self.gauges(), endpoints, accept)
-        return Answer(200, body, dict(_NO_STORE), content_type)
+        answer = Answer(200, render(self.table.metrics, self.gauges(), endpoints, encoder), dict(_NO_STORE),
+                        content_type)
+        self._rendered[content_type] = (now, answer)
+        return answer

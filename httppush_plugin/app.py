@@ -74,10 +74,8 @@ class PushApp:
         if auth is not None and not auth.needs_body:  # basic, bearer, clientcert: before the body
             try:
                 exchange.user = auth.admit(head)
-            except Unauthorized as exc:
-                answer = exchange.failed(exc)
-                answer.close = head.has_body  # answered before the body is sent, and the body is never read
-                return answer
+            except Unauthorized as exc:  # answered before the body: the protocol drops a small one, or closes
+                return exchange.failed(exc)
         return exchange
 
     def _resolve(self, head: RequestHead) -> Route | Answer:

@@ -1,6 +1,12 @@
 """The bytes of one request as the parser reads them: what the connection needs of its head, and its body, held under
-the limits on bytes — the head's size (431), the endpoint's body size after any ``Content-Encoding`` is undone and as
-sent (413), and the server's budget, ``httpServerMaxBuffered`` (503).
+the limits on bytes — the head's size and header count (431), the endpoint's body size after any ``Content-Encoding``
+is undone and as sent (413), and the server's budget, ``httpServerMaxBuffered`` (503).
+
+Every byte received counts, not only those the parser hands over: chunk sizes, chunk extensions and trailers are
+read by llhttp without a callback, so :attr:`RequestReader.received` counts what arrives on the connection while a
+request is read, and the connection refuses a request once that passes :attr:`RequestReader.allowed` (the head's
+limit, plus the body's limit once the head is known, plus one read's worth of slack: a read may carry the start of
+the next pipelined request too).
 
 A :class:`RequestReader` serves one connection for its whole life and reads one request at a time: llhttp calls it for
 the request line, each header and each piece of the body, and calls the connection itself for the milestones (message
@@ -20,11 +26,20 @@ from .request import Exchange
 
 #: Request line plus headers, in bytes; more gets 431.
 MAX_HEAD_SIZE = 16 * 1024
+#: Header lines in a head (trailers included); more gets 431. Each costs Python objects, whatever its size.
+MAX_HEADERS = 100
+#: What one read from a connection can carry beyond the request it is counted for (the event loops read at most
+#: 256 KiB at a time): slack on :attr:`RequestReader.allowed`, so that no request is refused for its neighbour's bytes.
+READ_SLACK = 256 * 1024
+#: A body answered from its head (404, 401, 415, …) is read and dropped, keeping the connection, when its
+#: ``Content-Length`` is at most this; a larger or chunked one is not read: the connection closes after the answer.
+DRAIN_BYTES = 64 * 1024
 
 
 class RequestReader:
     __slots__ = ("budget", "url", "head_size", "headers", "content_type", "content_length", "expect", "encoding",
-                 "chunked", "chunks", "size", "wire_size", "inflater", "exchange", "early",
+                 "chunked", "upgrade", "chunks", "size", "wire_size", "received", "allowed", "inflater", "exchange",
+                 "early",
                  # the connection's milestones, called by the parser directly
                  "on_message_begin", "on_headers_complete", "on_message_complete")
 
@@ -45,9 +60,12 @@ class RequestReader:
         self.expect = False  # Expect: 100-continue
         self.encoding = ""  # Content-Encoding
         self.chunked = False  # Transfer-Encoding
+        self.upgrade = False  # an Upgrade header: refused at the head
         self.chunks: list[bytes] = []
         self.size = 0  # body bytes held (inflated), counted in the budget
         self.wire_size = 0  # bytes of a compressed body as received
+        self.received = 0  # bytes received on the connection while this request is read (counted by the connection)
+        self.allowed = MAX_HEAD_SIZE + READ_SLACK  # the most ``received`` may reach: the head's, then the body's too
         self.inflater: Inflater | None = None
         self.exchange: Exchange | None = None  # the application reads this body
         self.early: Answer | None = None  # the answer, decided from the head: the body is dropped
@@ -64,7 +82,10 @@ class RequestReader:
         self.head_size += len(name) + len(value) + 4
         if self.head_size > MAX_HEAD_SIZE:
             raise HeadersTooLarge(f"request line and headers are over {MAX_HEAD_SIZE} bytes")
-        self.headers.append((name, value))
+        headers = self.headers
+        if len(headers) >= MAX_HEADERS:
+            raise HeadersTooLarge(f"the request has over {MAX_HEADERS} header lines")
+        headers.append((name, value))
         size = len(name)  # the few names the connection itself needs
         if size == 12 and name.lower() == b"content-type":
             self.content_type = value.decode("latin-1")
@@ -77,6 +98,8 @@ class RequestReader:
             self.encoding = f"{self.encoding}, {coding}" if self.encoding else coding
         elif size == 17 and name.lower() == b"transfer-encoding":
             self.chunked = True
+        elif size == 7 and name.lower() == b"upgrade":
+            self.upgrade = True
 
     def on_body(self, chunk: bytes) -> None:
         """Hold a piece of the body (inflated) and count it in the budget. Raises 413, 503, or 400 for a corrupt
@@ -106,21 +129,36 @@ class RequestReader:
         return self.content_length > 0 or (self.content_length < 0 and self.chunked)
 
     def expect_body(self, exchange: Exchange) -> None:
-        """The application takes the body: set up its inflater (an unsupported encoding is answered 415, the body
-        dropped), and refuse at once a body its ``Content-Length`` shows to be over the limit (413) or the budget
-        (503) — before a ``100 Continue``, not partway through the body."""
+        """The application takes the body: refuse at once a body its ``Content-Length`` shows to be over the limit
+        (413) or the budget (503) — before a ``100 Continue``, not partway through the body — then set up its inflater
+        (an unsupported encoding is answered 415, and the body is not read)."""
         self.exchange = exchange
-        if self.encoding:
-            try:  # inflated as it arrives, in on_body(): bounded by the limit after inflation
-                self.inflater = inflater_for(self.encoding, exchange.limit)
-            except HttpError as exc:
-                self.early = exchange.failed(exc)
-                return
-        if self.content_length > exchange.limit:
-            raise TooLarge(f"body is {self.content_length} bytes; the limit is {exchange.limit} bytes "
-                           "(httpServerMaxBodySize)")
+        limit = exchange.limit
+        if self.content_length > limit:
+            raise TooLarge(f"body is {self.content_length} bytes; the limit is {limit} bytes (httpServerMaxBodySize)")
         if self.content_length > 0 and not self.budget.fits(self.content_length):
             raise over_budget(self.budget)
+        self.allowed = MAX_HEAD_SIZE + limit + READ_SLACK
+        if self.encoding:
+            try:  # inflated as it arrives, in on_body(): bounded by the limit after inflation
+                self.inflater = inflater_for(self.encoding, limit)
+            except HttpError as exc:
+                self.early = exchange.failed(exc)
+
+    def drop_body(self) -> bool:
+        """A body answered from its head: whether it is small enough to read and drop, keeping the connection (its
+        ``Content-Length`` is at most :data:`DRAIN_BYTES`; then no more may be received). If not, it is not read."""
+        if self.chunked or self.content_length > DRAIN_BYTES:
+            return False
+        self.allowed = MAX_HEAD_SIZE + DRAIN_BYTES + READ_SLACK
+        return True
+
+    def over(self) -> HttpError:
+        """The refusal for a request whose bytes received passed :attr:`allowed`."""
+        if self.exchange is None and self.early is None:
+            return HeadersTooLarge(f"request line and headers are over {MAX_HEAD_SIZE} bytes")
+        return TooLarge(f"the request is over {self.allowed - READ_SLACK} bytes as sent (head, chunk sizes, chunk "
+                        "extensions and trailers included); the body's limit is httpServerMaxBodySize")
 
     def take(self) -> tuple[Answer | tuple[Exchange, bytes], int]:
         """The finished request — its early answer, or its exchange and whole body — and the body bytes it holds in
@@ -137,6 +175,7 @@ class RequestReader:
         # ready for the next request (as _reset(), inline: this runs once per request)
         self.url, self.head_size, self.headers, self.content_type, self.content_length = b"", 0, [], "", -1
         self.expect, self.encoding, self.chunked, self.chunks, self.size, self.wire_size = False, "", False, [], 0, 0
+        self.upgrade, self.received, self.allowed = False, 0, MAX_HEAD_SIZE + READ_SLACK
         self.inflater = self.exchange = self.early = None
         return item, held
 

@@ -85,18 +85,23 @@ class Metrics:
 EndpointState = tuple[str, str, int, int, int]
 
 
+def encoder_for(accept: str) -> tuple[Callable[[Any], bytes], str]:
+    """The exposition format an ``Accept`` header asks for (OpenMetrics or Prometheus text): encoder, Content-Type."""
+    from prometheus_client.exposition import choose_encoder
+
+    return choose_encoder(accept)  # type: ignore[no-any-return]
+
+
 def render(metrics: Metrics, gauges: dict[str, tuple[str, float]], endpoints: list[EndpointState],
-           accept: str) -> tuple[bytes, str]:
-    """The Prometheus exposition of ``metrics`` (OpenMetrics when ``accept`` asks for it): body and Content-Type.
+           encoder: Callable[[Any], bytes]) -> bytes:
+    """The exposition of ``metrics`` in the format of ``encoder`` (:func:`encoder_for`).
 
     ``gauges``: name → (help, value), read now."""
     from prometheus_client import CollectorRegistry
-    from prometheus_client.exposition import choose_encoder
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(metrics, gauges, endpoints))
-    encoder, content_type = choose_encoder(accept)
-    return encoder(registry), content_type
+    return encoder(registry)
 
 
 class _Collector:

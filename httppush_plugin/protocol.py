@@ -6,11 +6,15 @@ application is called twice per request (``request.py``), ``app.head(head)`` whe
 
 Most requests are answered inside the parser's callback: no task and no coroutine per request. An answer that must wait
 is a :class:`~.answers.Later`; requests parsed behind it wait in a queue, and reading pauses while they do, so answers
-always go out in request order and a pipelining client cannot make the server read ahead without bound.
+always go out in request order and a pipelining client cannot make the server read ahead without bound. A client that
+does not read its answers is not read from, and what was parsed already waits in the queue (at most
+:data:`MAX_QUEUED` requests) until it does: nothing is answered while writing is paused.
 
 A request the parser cannot make sense of gets 400 and the connection is closed; so does one over a size limit (413,
-431, 503) or too slow (408). After such an answer the connection "lingers": what the client still sends is read and
-dropped for up to :data:`LINGER_S`, so that it reads the answer instead of a reset.
+431, 503) or too slow (408), and one answered from its head (404, 405, 401, 415, …) whose body is larger than
+:data:`~.incoming.DRAIN_BYTES` or chunked: such a body is not read. After such an answer the connection "lingers":
+what the client still sends is read and dropped for up to :data:`LINGER_S` and :data:`LINGER_BYTES`, so that it reads
+the answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -28,8 +32,13 @@ from .incoming import RequestReader
 from .request import Exchange, RequestHead, target_path
 from .wire import CONTINUE, encode
 
-#: After an answer that closes the connection mid-request, how long what the client still sends is read and dropped.
+#: After an answer that closes the connection mid-request, how long and how much of what the client still sends is
+#: read and dropped before the connection is closed regardless.
 LINGER_S = 2.0
+LINGER_BYTES = 8 * 1024 * 1024
+#: Requests parsed ahead of their answers on one connection (pipelined while one is owed, or while the client does not
+#: read); one more is refused with 503 and the connection closes after the answers owed.
+MAX_QUEUED = 1024
 _INF = float("inf")
 _now = time.monotonic
 
@@ -68,6 +77,7 @@ class HttpConnection(asyncio.Protocol):
         self._head_only = False  # the last request was HEAD: its answer has no body
         self._closing = False  # answer what is in flight, then close
         self._discarding = False  # input is no longer parsed (after a fatal error, while lingering)
+        self._dropped = 0  # bytes received and dropped since then
         self._shut = False  # our side is closed or closing: nothing more may be written
         self._paused = False
         self._write_paused = False
@@ -100,6 +110,17 @@ class HttpConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
+            self._dropped += len(data)
+            if self._dropped > LINGER_BYTES:  # enough read for the client to see the answer that ended it
+                if self.phase == LINGER:
+                    self._end_linger()
+                else:
+                    self._pause()  # until the answers owed are out; then the connection closes
+            return
+        reader = self.reader
+        reader.received += len(data)  # every byte, those llhttp reads without a callback too
+        if reader.received > reader.allowed:
+            self._fatal(reader.over())
             return
         try:
             self.parser.feed_data(data)
@@ -108,14 +129,16 @@ class HttpConnection(asyncio.Protocol):
             if not isinstance(cause, _Stop):
                 self._fatal(cause if isinstance(cause, Exception) else exc)
         except httptools.HttpParserError as exc:
-            self._fatal(BadRequest(f"malformed HTTP request: {exc}"))
+            if reader.url == b"*" and "PRI" in str(exc):  # PRI * HTTP/2.0: the HTTP/2 connection preface
+                self._fatal(BadRequest("HTTP/2 is not supported (the connection began with HTTP/2's preface); "
+                                       "use HTTP/1.1"))
+            else:
+                self._fatal(BadRequest(f"malformed HTTP request: {exc}"))
 
     def eof_received(self) -> bool | None:
         # The client is done sending. Answers still owed go out, then the connection closes.
         if self.phase == LINGER:  # it read our answer and closed: lingering is over
-            self.transport.close()
-            self.phase = CLOSING
-            self.deadline = _now() + LINGER_S
+            self._end_linger()
         elif self._idle():
             self._close()
         else:
@@ -131,8 +154,7 @@ class HttpConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._idle():
-            self._resume()
+        self._go_on()
 
     def _pause(self) -> None:
         if not self._paused:
@@ -164,8 +186,9 @@ class HttpConnection(asyncio.Protocol):
             if version == "0.9":
                 raise BadRequest("the request line has no HTTP version; send e.g. 'POST /path HTTP/1.1'")
             raise VersionNotSupported(f"HTTP/{version} is not supported; use HTTP/1.1")
-        if parser.should_upgrade():  # llhttp would hand what follows the head over as another protocol's
-            raise BadRequest("protocol upgrades (the 'Upgrade' header) are not supported; send plain HTTP/1.1")
+        if reader.upgrade or parser.should_upgrade():  # llhttp would not hand its body over as a body
+            raise BadRequest("protocol upgrades (the 'Upgrade' header) are not supported; send plain HTTP/1.1 "
+                             "without 'Upgrade'")
         raw = parser.get_method()
         method = _METHODS.get(raw) or raw.decode("ascii")
         self._head_only = method == "HEAD"
@@ -182,9 +205,9 @@ class HttpConnection(asyncio.Protocol):
             self._continue = True
             expect = False
         early = reader.early
-        if early is not None and has_body and (early.close or expect):
+        if early is not None and has_body and (early.close or expect or not reader.drop_body()):
             # Answered now and closed: the client need not send the body, and what it sends anyway costs at most
-            # LINGER_S of reading, not a whole body's.
+            # LINGER_S and LINGER_BYTES of reading, not a whole body's.
             self._fatal(early)
             raise _Stop
         self.phase = BODY
@@ -198,11 +221,16 @@ class HttpConnection(asyncio.Protocol):
         self.phase = BUSY
         self.deadline = _INF
         keep_alive = self.parser.should_keep_alive()
-        if self._busy is None and not self._queue:
+        queue = self._queue
+        if self._busy is None and not queue and not self._write_paused:
             self._process(item, keep_alive, self._head_only, held)
-        else:
-            self._queue.append((item, keep_alive, self._head_only, held))
+        else:  # behind an owed answer, or the client is not reading its answers
+            queue.append((item, keep_alive, self._head_only, held))
             self._pause()
+            if len(queue) >= MAX_QUEUED:
+                self._fatal(Unavailable(f"over {MAX_QUEUED} requests were sent ahead of their answers; read the "
+                                        "answers, or pipeline fewer"))
+                raise _Stop
 
     # -- answering --------------------------------------------------------------------------------------------
 
@@ -237,8 +265,14 @@ class HttpConnection(asyncio.Protocol):
         self._busy = None
         self.shared.budget.give(held)
         self._write(answer, keep_alive, head_only)
-        while self._queue and self._busy is None and not self._shut:
-            self._process(*self._queue.popleft())
+        self._go_on()
+
+    def _go_on(self) -> None:
+        """Answer what was queued, as long as nothing is owed and the client reads; then the 100 Continue a head may
+        be waiting for; then read again."""
+        queue = self._queue
+        while queue and self._busy is None and not self._shut and not self._write_paused:
+            self._process(*queue.popleft())
         if self._continue and self._idle():  # the head that asked for 100 Continue while answers were owed is next
             self._continue = False
             if self.phase == BODY and not self._shut and not self.transport.is_closing():
@@ -294,7 +328,7 @@ class HttpConnection(asyncio.Protocol):
         if self._shut or transport.is_closing():
             return
         self._shut = True  # nothing more is written
-        if linger and transport.can_write_eof():
+        if linger and self._dropped <= LINGER_BYTES and transport.can_write_eof():
             self._resume()
             transport.write_eof()
             self.phase = LINGER
@@ -313,9 +347,7 @@ class HttpConnection(asyncio.Protocol):
         elif self._write_paused or phase == CLOSING:  # the client does not read what we wrote
             self.abort()
         elif phase == LINGER:
-            self.transport.close()
-            self.phase = CLOSING
-            self.deadline = _now() + LINGER_S
+            self._end_linger()
         elif phase == HEAD:
             self._fatal(RequestTimeout(f"the request's headers did not arrive within "
                                        f"{self.config.read_header_timeout:g} s (httpServerReadHeaderTimeout)"))
@@ -328,6 +360,11 @@ class HttpConnection(asyncio.Protocol):
             self._close()
         else:
             self.abort()
+
+    def _end_linger(self) -> None:
+        self.transport.close()
+        self.phase = CLOSING
+        self.deadline = _now() + LINGER_S
 
     def close_when_idle(self) -> None:
         if self.phase == IDLE and self._idle():

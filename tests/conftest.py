@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from harness.net import free_port
-from tests.hostemu import PluginHost, install_zip, loopback_env
+from tests.hostemu import SEND_TIMEOUT_MS, PluginHost, install_zip, loopback_env
 from tests.support.pki import Pki, make_pki
 
 if TYPE_CHECKING:
@@ -101,15 +101,17 @@ def server_port() -> int:
 
 @pytest.fixture
 def make_host(installed: Path, host_python: str) -> Iterator[Callable[..., PluginHost]]:
-    """Start the installed plugin under the emulated host, its server on 127.0.0.1:``port`` plus ``extra_env``.
+    """Start the installed plugin under the emulated host, its server on 127.0.0.1:``port`` plus ``extra_env``
+    (``send_timeout_ms``: the ``sendTimeout`` the host passes, as eKuiper's ``portable.sendTimeout``).
 
     At teardown every plugin started must still be running (a test that makes it exit on purpose says
     ``may_exit=True``); then each is closed."""
     started: list[tuple[PluginHost, bool]] = []
 
-    def start(port: int, *, may_exit: bool = False, **extra_env: str) -> PluginHost:
-        started.append((PluginHost(installed, "pyhttppush", host_python, env=loopback_env(port, **extra_env)),
-                        may_exit))
+    def start(port: int, *, may_exit: bool = False, send_timeout_ms: int = SEND_TIMEOUT_MS,
+              **extra_env: str) -> PluginHost:
+        started.append((PluginHost(installed, "pyhttppush", host_python, env=loopback_env(port, **extra_env),
+                                   send_timeout_ms=send_timeout_ms), may_exit))
         return started[-1][0]
 
     yield start

@@ -177,7 +177,8 @@ class PluginHost:
         host.stop_source(ch)
     """
 
-    def __init__(self, plugin_dir: Path, name: str, python: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, plugin_dir: Path, name: str, python: str, env: dict[str, str] | None = None,
+                 send_timeout_ms: int = SEND_TIMEOUT_MS) -> None:
         self.plugin_dir = plugin_dir
         self.name = name
         self.descriptor = json.loads((plugin_dir / f"{name}.json").read_text())
@@ -190,7 +191,7 @@ class PluginHost:
         self._log = open(self.log_path, "ab")
         exe = str(plugin_dir / self.descriptor["executable"])
         self.process = subprocess.Popen(
-            [python, "-u", exe, json.dumps({"sendTimeout": SEND_TIMEOUT_MS}, separators=(",", ":"))],
+            [python, "-u", exe, json.dumps({"sendTimeout": send_timeout_ms}, separators=(",", ":"))],
             cwd=plugin_dir, env={**os.environ, **(env or {})}, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )

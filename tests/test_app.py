@@ -164,12 +164,13 @@ def test_meta_forwarded_address_headers_and_query(loop: asyncio.AbstractEventLoo
     assert sender.envelopes()[0]["meta"] == {"remoteAddr": "203.0.113.7", "x-site-id": "plant-7", "unit": "C"}
 
 
-def test_basic_auth_refuses_at_the_head_and_closes_when_a_body_follows(loop: asyncio.AbstractEventLoop) -> None:
+def test_basic_auth_refuses_at_the_head(loop: asyncio.AbstractEventLoop) -> None:
     endpoints = Endpoints()
     sender = endpoints.add({"datasource": "/api", "auth": {"type": "basic", "users": {"alice": "pw"}},
                             "meta": ["user"]})
     refused = answer(endpoints.request("/api"))
-    assert (refused.status, refused.close) == (401, True) and "Basic" in refused.headers["WWW-Authenticate"]
+    # answered from the head: whether the body is then read and dropped or the connection closes is the protocol's
+    assert refused.status == 401 and "Basic" in refused.headers["WWW-Authenticate"]
     good = "Basic " + base64.b64encode(b"alice:pw").decode()
     assert answer(endpoints.request("/api", headers={"Authorization": good})).status == 200
     assert sender.envelopes() == [{"message": {"t": 21.5}, "meta": {"user": "alice"}}]

@@ -6,6 +6,7 @@ import json
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -121,9 +122,10 @@ def test_unusable_keys_are_400(host: PluginHost, server_port: int) -> None:
     assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 
 
-def test_a_key_in_flight_gets_409_then_the_answer(host: PluginHost, server_port: int) -> None:
-    """The host stops reading: the first request's records wait, its key is in flight; a retry then is 409."""
-    ch = start(host)
+def test_a_key_in_flight_gets_409_then_the_answer(make_host: Callable[..., PluginHost], server_port: int) -> None:
+    """The host stops reading: the first request's records wait, its key is in flight; a retry then is 409. The host's
+    send timeout is 5 s: long enough to see the stall in ``/metrics``, which renders at most once a second."""
+    ch = start(make_host(server_port, send_timeout_ms=5000))
     ch.pause()
     filler = json.dumps([{"pad": "x" * 1000}] * 600)  # ~600 KB: more than the IPC socket buffers hold
     results: dict[str, Reply] = {}

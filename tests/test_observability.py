@@ -14,7 +14,7 @@ import pytest
 
 from harness.net import free_port
 from tests.hostemu import DataChannel, PluginHost
-from tests.support.http import parse_response, push, sender, wait_healthy
+from tests.support.http import RawClient, parse_response, push, request, sender, wait_healthy
 from tests.support.metrics import gauge_of, samples, value
 from tests.support.sentinel import assert_sentinel_next_on_channels
 
@@ -116,7 +116,9 @@ def test_metrics_count_requests_records_bytes_and_failures(host: PluginHost, ser
     assert push(server_port, "/csv", "1,2\n3,4\n").status == 200
     assert push(server_port, "/nowhere", "{}").status == 404
     assert push(server_port, "/api", "{}", method="GET").status == 405
-    assert push(server_port, "/api", b"x" * 11 * 1024 * 1024).status == 413  # over httpServerMaxBodySize: its head
+    with RawClient(server_port) as conn:  # over httpServerMaxBodySize: answered from its head, the body never read
+        conn.send(request(path="/api", headers={"Content-Length": str(11 * 1024 * 1024)}))
+        assert conn.read_response().status == 413
     assert ch.messages(4) == [{"a": 1}, {"a": 2}, {"a": 3}, {"a": 4}]
     found = samples(server_port)
     api = {"method": "POST", "path": "/api"}

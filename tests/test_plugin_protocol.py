@@ -256,8 +256,10 @@ def test_stalled_host_times_out_and_503_counts_exactly_what_arrives(host: Plugin
     assert_sentinel_next_on_channels(sender(server_port, "/stall"), ch)
 
 
-def test_slow_host_does_not_freeze_other_endpoints(host: PluginHost, server_port: int) -> None:
-    """One stalled host channel (open, not read) blocks only the requests for its own endpoint."""
+def test_slow_host_does_not_freeze_other_endpoints(make_host: Callable[..., PluginHost], server_port: int) -> None:
+    """One stalled host channel (open, not read) blocks only the requests for its own endpoint. The host's send
+    timeout is 5 s: long enough to see the stall in ``/metrics``, which renders at most once a second."""
+    host = make_host(server_port, send_timeout_ms=5000)
     fast = host.start_source("r1", "s1", {"datasource": "/fast"})
     slow = host.start_source("r2", "s2", {"datasource": "/slow"})
     assert push(server_port, "/slow", "{}").status == 200

@@ -13,7 +13,8 @@ import pytest
 from httppush_plugin.answers import Answer, Later, error_answer
 from httppush_plugin.budget import Budget
 from httppush_plugin.connections import ConnectionSet
-from httppush_plugin.protocol import BODY, IDLE, LINGER, HttpConnection
+from httppush_plugin.incoming import DRAIN_BYTES, MAX_HEAD_SIZE, MAX_HEADERS, READ_SLACK
+from httppush_plugin.protocol import BODY, IDLE, LINGER, LINGER_BYTES, MAX_QUEUED, HttpConnection
 from httppush_plugin.request import RequestHead
 from httppush_plugin.settings import ServerConfig
 from httppush_plugin.wire import encode, status_line
@@ -325,3 +326,108 @@ def test_status_lines_come_from_http_status() -> None:
     assert status_line(413).startswith(b"HTTP/1.1 413 ") and status_line(202) == b"HTTP/1.1 202 Accepted\r\n"
     assert status_line(299) == b"HTTP/1.1 299 \r\n"  # no registered phrase: an empty one, never an exception
     assert encode(Answer(204, b"", {"Vary": "Origin"}), b"") == b"HTTP/1.1 204 No Content\r\nVary: Origin\r\n\r\n"
+
+
+# -- refusals don't read; every byte counts; nothing is answered to a client that does not read ------------------
+
+
+def test_a_head_time_answer_with_a_large_or_chunked_body_closes_without_reading_it() -> None:
+    for extra, body in ((f"Content-Length: {DRAIN_BYTES + 1}\r\n", b""),
+                        ("Transfer-Encoding: chunked\r\n", b"")):
+        app = FakeApp(early={"/nope": Answer(404, b'{"error":"no"}')})
+        conn, transport = connect(app)
+        conn.data_received(f"POST /nope HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode() + body)
+        assert [status for status, _, _ in transport.answers()] == [404]
+        assert transport.eof and conn.phase == LINGER, extra  # answered and shut at once: the body is not awaited
+        conn.data_received(post())  # what the client sends anyway is dropped, not parsed
+        assert len(transport.answers()) == 1 and [call[0] for call in app.calls] == ["head"]
+
+
+def test_lingering_reads_a_bounded_amount_then_closes() -> None:
+    conn, transport = connect(FakeApp(early={"/nope": Answer(404, b"{}")}))
+    conn.data_received(f"POST /nope HTTP/1.1\r\nContent-Length: {200 << 20}\r\n\r\n".encode())
+    assert conn.phase == LINGER and not transport.closed
+    chunk = b"x" * (256 * 1024)
+    for _ in range(LINGER_BYTES // len(chunk)):
+        conn.data_received(chunk)
+    assert not transport.closed
+    conn.data_received(chunk)
+    assert transport.closed  # past LINGER_BYTES: closed whether or not the client has read the answer
+
+
+def test_the_413_for_content_length_comes_first_even_when_another_refusal_applies() -> None:
+    conn, transport = connect(FakeApp())  # the fake exchange's limit is 1000 bytes
+    conn.data_received(b"POST /a HTTP/1.1\r\nContent-Encoding: br\r\nContent-Length: 5000\r\n\r\n")
+    assert [status for status, _, _ in transport.answers()] == [413] and transport.eof
+
+
+def test_chunk_extensions_and_trailers_count_toward_the_limit() -> None:
+    app = FakeApp()
+    conn, transport = connect(app)  # limit 1000: allowed = head limit + 1000 + one read's slack
+    conn.data_received(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=")
+    extension = b"x" * (64 * 1024)
+    for _ in range((MAX_HEAD_SIZE + 1000 + READ_SLACK) // len(extension) + 1):
+        if transport.answers():
+            break
+        conn.data_received(extension)
+    (status, _, body), = transport.answers()
+    assert status == 413 and b"chunk extensions" in body and ("failed", "/a", "TooLarge") in app.calls
+
+
+def test_a_header_value_cannot_grow_past_the_head_limit_unseen() -> None:
+    conn, transport = connect(FakeApp())
+    conn.data_received(b"POST /a HTTP/1.1\r\nX-Big: ")
+    for _ in range(100):  # llhttp gathers one header's value before the callback: the bytes received are counted
+        if transport.answers():
+            break
+        conn.data_received(b"x" * (64 * 1024))
+    assert [status for status, _, _ in transport.answers()] == [431]
+
+
+def test_too_many_header_lines_are_431() -> None:
+    conn, transport = connect(FakeApp())
+    headers = "".join(f"X-{n}: 1\r\n" for n in range(MAX_HEADERS + 1))
+    conn.data_received(f"GET /a HTTP/1.1\r\n{headers}\r\n".encode())
+    (status, _, body), = transport.answers()
+    assert status == 431 and str(MAX_HEADERS).encode() in body
+
+
+@pytest.mark.parametrize("upgrade", ["Upgrade: websocket\r\n", "Connection: Upgrade\r\nUpgrade: websocket\r\n",
+                                     "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AA\r\n"])
+def test_an_upgrade_is_refused_at_its_head_and_never_reaches_the_application(upgrade: str) -> None:
+    app = FakeApp()
+    conn, transport = connect(app)
+    conn.data_received(post(body=b"hello world", extra=upgrade))
+    (status, _, body), = transport.answers()
+    assert status == 400 and b"Upgrade" in body and not any(call[0] == "body" for call in app.calls)
+
+
+def test_the_http2_preface_is_named() -> None:
+    conn, transport = connect(FakeApp())
+    conn.data_received(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    (status, _, body), = transport.answers()
+    assert status == 400 and b"HTTP/2" in body
+
+
+def test_nothing_is_answered_while_the_client_does_not_read() -> None:
+    app = FakeApp(early={"/m": Answer(200, b"metrics" * 100)})
+    conn, transport = connect(app)
+    get = b"GET /m HTTP/1.1\r\n\r\n"
+    conn.data_received(get)
+    conn.pause_writing()  # the transport's buffer is full: the client is not reading
+    conn.data_received(get * 5)  # parsed from one read already taken: queued, not answered
+    assert len(transport.answers()) == 1 and not transport.reading
+    conn.resume_writing()
+    assert len(transport.answers()) == 6 and transport.reading
+
+
+def test_answers_queued_per_connection_are_bounded() -> None:
+    app = FakeApp(early={"/m": Answer(200, b"{}")})
+    conn, transport = connect(app)
+    conn.pause_writing()
+    conn.data_received(b"GET /m HTTP/1.1\r\n\r\n" * (MAX_QUEUED + 500))
+    heads = sum(call[0] == "head" for call in app.calls)
+    assert heads == MAX_QUEUED  # parsing stopped at the bound
+    conn.resume_writing()
+    statuses = [status for status, _, _ in transport.answers()]
+    assert statuses == [200] * MAX_QUEUED + [503] and transport.eof

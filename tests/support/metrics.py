@@ -4,8 +4,11 @@ gauges other tests wait on (``httppush_buffered_bytes``: bytes of bodies and of 
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client.parser import text_string_to_metric_families
 
+from httppush_plugin.admin import METRICS_MAX_AGE_S
 from tests.support.http import push
 
 #: Samples by (name, labels): what :func:`samples` returns.
@@ -13,8 +16,10 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def samples(port: int, path: str = "/metrics") -> Samples:
-    """Every sample of the plugin's metrics, by (name, labels). An empty label is dropped, as Prometheus does
-    (``method=""`` is no ``method``)."""
+    """Every sample of the plugin's metrics, by (name, labels), counting everything done before the call: the plugin
+    answers one rendering for up to ``METRICS_MAX_AGE_S``, so the call first waits that long. An empty label is
+    dropped, as Prometheus does (``method=""`` is no ``method``)."""
+    time.sleep(METRICS_MAX_AGE_S + 0.05)  # the stimulus: let any rendering made before the call expire
     reply = push(port, path, b"", method="GET")
     content_type = reply.headers.get("Content-Type", "")
     assert reply.status == 200 and content_type.startswith("text/plain"), (reply.status, reply.headers, reply.raw[:200])
