@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from .answers import Answer
-from .metrics import encoder_for, render
+from .metrics import encoder_for, render, warm
 from .request import RequestHead
 from .routing import EndpointTable
 
@@ -41,6 +41,8 @@ class Admin:
         self.gauges = gauges
         #: Content-Type → (when rendered, the answer): the last rendering of each format
         self._rendered: dict[str, tuple[float, Answer]] = {}
+        if metrics_path:
+            warm()
 
     def answer(self, head: RequestHead) -> Answer | None:
         """The answer to ``GET``/``HEAD`` on one of the server's paths; ``None`` for any other request."""

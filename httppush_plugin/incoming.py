@@ -18,11 +18,14 @@ already (``early``: the body is read and dropped) or an :class:`~.request.Exchan
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from .answers import Answer, HeadersTooLarge, HttpError, TooLarge, Unavailable
+import httptools
+
+from .answers import Answer, BadRequest, HeadersTooLarge, HttpError, TooLarge, Unavailable, VersionNotSupported
 from .budget import Budget
 from .encoding import Inflater, inflater_for
-from .request import Exchange
+from .request import Exchange, RequestHead, target_path
 
 #: Request line plus headers, in bytes; more gets 431.
 MAX_HEAD_SIZE = 16 * 1024
@@ -35,11 +38,14 @@ READ_SLACK = 256 * 1024
 #: ``Content-Length`` is at most this; a larger or chunked one is not read: the connection closes after the answer.
 DRAIN_BYTES = 64 * 1024
 
+_METHODS = {method.encode(): method for method in ("POST", "PUT", "GET", "HEAD", "OPTIONS")}
+_new_head = tuple.__new__  # a RequestHead without the generated __new__'s Python frame: this is once per request
+
 
 class RequestReader:
     __slots__ = ("budget", "url", "head_size", "headers", "content_type", "content_length", "expect", "encoding",
-                 "chunked", "upgrade", "chunks", "size", "wire_size", "received", "allowed", "inflater", "exchange",
-                 "early",
+                 "chunked", "upgrade", "http10", "chunks", "size", "wire_size", "received", "allowed", "inflater",
+                 "exchange", "early",
                  # the connection's milestones, called by the parser directly
                  "on_message_begin", "on_headers_complete", "on_message_complete")
 
@@ -61,6 +67,7 @@ class RequestReader:
         self.encoding = ""  # Content-Encoding
         self.chunked = False  # Transfer-Encoding
         self.upgrade = False  # an Upgrade header: refused at the head
+        self.http10 = False  # the request is HTTP/1.0 (set by head())
         self.chunks: list[bytes] = []
         self.size = 0  # body bytes held (inflated), counted in the budget
         self.wire_size = 0  # bytes of a compressed body as received
@@ -124,6 +131,28 @@ class RequestReader:
 
     # -- the connection's side -------------------------------------------------------------------------------
 
+    def head(self, parser: httptools.HttpRequestParser, remote: str, peercert: dict[str, Any] | None) -> RequestHead:
+        """The complete head, as the application gets it. Raises 400 (no HTTP version; an upgrade, whose body llhttp
+        would not hand over as a body) or 505 (a version other than 1.0 and 1.1)."""
+        version = parser.get_http_version()
+        self.http10 = version == "1.0"
+        if version != "1.1" and not self.http10:
+            if version == "0.9":
+                raise BadRequest("the request line has no HTTP version; send e.g. 'POST /path HTTP/1.1'")
+            raise VersionNotSupported(f"HTTP/{version} is not supported; use HTTP/1.1")
+        if self.upgrade or parser.should_upgrade():
+            raise BadRequest("protocol upgrades (the 'Upgrade' header) are not supported; send plain HTTP/1.1 "
+                             "without 'Upgrade'")
+        raw = parser.get_method()
+        return _new_head(RequestHead, (_METHODS.get(raw) or raw.decode("ascii"), target_path(self.url), self.url,
+                                       self.headers, self.content_type, remote, self.has_body, peercert))
+
+    def malformed(self, exc: httptools.HttpParserError) -> BadRequest:
+        """The 400 for what llhttp could not parse."""
+        if self.url == b"*" and "PRI" in str(exc):  # PRI * HTTP/2.0: the HTTP/2 connection preface
+            return BadRequest("HTTP/2 is not supported (the connection began with HTTP/2's preface); use HTTP/1.1")
+        return BadRequest(f"malformed HTTP request: {exc}")
+
     @property
     def has_body(self) -> bool:
         return self.content_length > 0 or (self.content_length < 0 and self.chunked)
@@ -152,6 +181,13 @@ class RequestReader:
             return False
         self.allowed = MAX_HEAD_SIZE + DRAIN_BYTES + READ_SLACK
         return True
+
+    def refusal(self, exc: BaseException) -> Answer | None:
+        """The answer to this request when it cannot go on (``exc``): the one decided from its head already, or its
+        exchange's; ``None`` before it has either."""
+        if self.early is not None:
+            return self.early
+        return self.exchange.failed(exc) if self.exchange is not None else None
 
     def over(self) -> HttpError:
         """The refusal for a request whose bytes received passed :attr:`allowed`."""

@@ -1,20 +1,16 @@
-"""HTTP/1.1 on ``httptools`` (the llhttp parser): one connection's parsing, limits on time, keep-alive, pipelining
-order, flow control and ``Expect: 100-continue``. Nothing here knows routes, auth, CORS, idempotency or metrics: the
-application is called twice per request (``request.py``), ``app.head(head)`` when the head is complete and
-``exchange.body(data)`` when the body is. The limits on bytes are :mod:`.incoming`'s, the answer's bytes
-:mod:`.wire`'s, the deadlines' sweep and the shutdown :mod:`.connections`'.
+"""HTTP/1.1 on ``httptools`` (llhttp): one connection's parsing, time limits, keep-alive, pipelining order, flow
+control and ``Expect: 100-continue``. The application is called twice per request (``request.py``): ``app.head(head)``
+when the head is complete, ``exchange.body(data)`` when the body is; nothing here knows routes, auth or metrics. The
+limits on bytes are :mod:`.incoming`'s, the answers' bytes :mod:`.wire`'s, the deadlines' sweep :mod:`.connections`'.
 
-Most requests are answered inside the parser's callback: no task and no coroutine per request. An answer that must wait
-is a :class:`~.answers.Later`; requests parsed behind it wait in a queue, and reading pauses while they do, so answers
-always go out in request order and a pipelining client cannot make the server read ahead without bound. A client that
-does not read its answers is not read from, and what was parsed already waits in the queue (at most
-:data:`MAX_QUEUED` requests) until it does: nothing is answered while writing is paused.
+Most requests are answered inside the parser's callback: no task per request. An answer that must wait is a
+:class:`~.answers.Later`; requests parsed behind it are queued (at most :data:`MAX_QUEUED`) and reading pauses, so
+answers go out in request order. A client that does not read its answers is neither answered nor read from.
 
-A request the parser cannot make sense of gets 400 and the connection is closed; so does one over a size limit (413,
-431, 503) or too slow (408), and one answered from its head (404, 405, 401, 415, …) whose body is larger than
-:data:`~.incoming.DRAIN_BYTES` or chunked: such a body is not read. After such an answer the connection "lingers":
-what the client still sends is read and dropped for up to :data:`LINGER_S` and :data:`LINGER_BYTES`, so that it reads
-the answer instead of a reset.
+A request that cannot go on — malformed (400), over a limit (413, 431, 503), too slow (408), or answered from its head
+with a body over :data:`~.incoming.DRAIN_BYTES` or chunked — is answered and the connection closed, its body unread.
+First the connection "lingers": what the client still sends is dropped for up to :data:`LINGER_S` and
+:data:`LINGER_BYTES`, so that the client reads the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -26,10 +22,10 @@ from typing import Any
 
 import httptools
 
-from .answers import Answer, BadRequest, HttpError, Later, RequestTimeout, Unavailable, VersionNotSupported
+from .answers import Answer, HttpError, Later, RequestTimeout, Unavailable
 from .connections import ConnectionSet
 from .incoming import RequestReader
-from .request import Exchange, RequestHead, target_path
+from .request import Exchange
 from .wire import CONTINUE, encode
 
 #: After an answer that closes the connection mid-request, how long and how much of what the client still sends is
@@ -45,9 +41,6 @@ _now = time.monotonic
 # Phases of a connection (what its deadline means).
 IDLE, HEAD, BODY, BUSY, LINGER, CLOSING = range(6)
 
-_METHODS = {method.encode(): method for method in ("POST", "PUT", "GET", "HEAD", "OPTIONS")}
-_new_head = tuple.__new__  # a RequestHead without the generated __new__'s Python frame: this is once per request
-
 #: A request waiting for its turn to be answered: (answer or (exchange, body), keep-alive, HEAD, body bytes held)
 Queued = tuple[Answer | tuple[Exchange, bytes], bool, bool, int]
 
@@ -60,7 +53,10 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, shared: ConnectionSet) -> None:
         self.shared = shared
         self.app = shared.app
-        self.config = shared.config
+        self.config = config = shared.config
+        #: (seconds, what) for the head and the body
+        self._timeouts = ((config.read_header_timeout, "headers", "httpServerReadHeaderTimeout"),
+                          (config.read_body_timeout, "body", "httpServerReadBodyTimeout"))
         #: the request being read; the parser calls it for the bytes and this connection for the milestones
         self.reader = RequestReader(shared.budget, self.on_message_begin, self.on_headers_complete,
                                     self.on_message_complete)
@@ -79,8 +75,7 @@ class HttpConnection(asyncio.Protocol):
         self._discarding = False  # input is no longer parsed (after a fatal error, while lingering)
         self._dropped = 0  # bytes received and dropped since then
         self._shut = False  # our side is closed or closing: nothing more may be written
-        self._paused = False
-        self._write_paused = False
+        self._paused = self._write_paused = False
         self._continue = False  # a head that asked for 100 Continue waits until the answers owed before it are out
 
     # -- asyncio callbacks ------------------------------------------------------------------------------------
@@ -111,11 +106,8 @@ class HttpConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._discarding:
             self._dropped += len(data)
-            if self._dropped > LINGER_BYTES:  # enough read for the client to see the answer that ended it
-                if self.phase == LINGER:
-                    self._end_linger()
-                else:
-                    self._pause()  # until the answers owed are out; then the connection closes
+            if self._dropped > LINGER_BYTES:  # enough for the client to see the answer; if it is still owed, wait
+                self._end_linger() if self.phase == LINGER else self._pause()
             return
         reader = self.reader
         reader.received += len(data)  # every byte, those llhttp reads without a callback too
@@ -129,11 +121,7 @@ class HttpConnection(asyncio.Protocol):
             if not isinstance(cause, _Stop):
                 self._fatal(cause if isinstance(cause, Exception) else exc)
         except httptools.HttpParserError as exc:
-            if reader.url == b"*" and "PRI" in str(exc):  # PRI * HTTP/2.0: the HTTP/2 connection preface
-                self._fatal(BadRequest("HTTP/2 is not supported (the connection began with HTTP/2's preface); "
-                                       "use HTTP/1.1"))
-            else:
-                self._fatal(BadRequest(f"malformed HTTP request: {exc}"))
+            self._fatal(reader.malformed(exc))
 
     def eof_received(self) -> bool | None:
         # The client is done sending. Answers still owed go out, then the connection closes.
@@ -165,10 +153,8 @@ class HttpConnection(asyncio.Protocol):
         if self._paused and not self.transport.is_closing():
             self._paused = False
             self.transport.resume_reading()
-            if self.phase == HEAD:
-                self.deadline = _now() + self.config.read_header_timeout
-            elif self.phase == BODY:
-                self.deadline = _now() + self.config.read_body_timeout
+            if self.phase in (HEAD, BODY):
+                self.deadline = _now() + self._timeouts[self.phase == BODY][0]
 
     # -- parser callbacks -------------------------------------------------------------------------------------
 
@@ -179,22 +165,11 @@ class HttpConnection(asyncio.Protocol):
             self._pause()
 
     def on_headers_complete(self) -> None:
-        parser, reader = self.parser, self.reader
-        version = parser.get_http_version()
-        self._http10 = http10 = version == "1.0"
-        if version != "1.1" and not http10:
-            if version == "0.9":
-                raise BadRequest("the request line has no HTTP version; send e.g. 'POST /path HTTP/1.1'")
-            raise VersionNotSupported(f"HTTP/{version} is not supported; use HTTP/1.1")
-        if reader.upgrade or parser.should_upgrade():  # llhttp would not hand its body over as a body
-            raise BadRequest("protocol upgrades (the 'Upgrade' header) are not supported; send plain HTTP/1.1 "
-                             "without 'Upgrade'")
-        raw = parser.get_method()
-        method = _METHODS.get(raw) or raw.decode("ascii")
-        self._head_only = method == "HEAD"
-        has_body = reader.content_length > 0 or (reader.content_length < 0 and reader.chunked)
-        head = _new_head(RequestHead, (method, target_path(reader.url), reader.url, reader.headers, reader.content_type,
-                                       self.remote, has_body, self.peercert))
+        reader = self.reader
+        head = reader.head(self.parser, self.remote, self.peercert)
+        self._http10 = http10 = reader.http10
+        self._head_only = head.method == "HEAD"
+        has_body = head.has_body
         decided = self.app.head(head)  # the application's first call: answer now, or read the body
         if isinstance(decided, Answer):
             reader.early = decided
@@ -228,8 +203,7 @@ class HttpConnection(asyncio.Protocol):
             queue.append((item, keep_alive, self._head_only, held))
             self._pause()
             if len(queue) >= MAX_QUEUED:
-                self._fatal(Unavailable(f"over {MAX_QUEUED} requests were sent ahead of their answers; read the "
-                                        "answers, or pipeline fewer"))
+                self._fatal(Unavailable(f"over {MAX_QUEUED} requests were sent ahead of their answers; read them"))
                 raise _Stop
 
     # -- answering --------------------------------------------------------------------------------------------
@@ -304,19 +278,13 @@ class HttpConnection(asyncio.Protocol):
             self.shared.budget.give(reader.drop())
         if self._shut or self.transport.is_closing():
             return
-        if isinstance(what, Answer):
-            answer = what
-        elif reader is not None and reader.early is not None:
-            answer = reader.early  # decided from the head already: the body was being dropped anyway
-        elif reader is not None and reader.exchange is not None:
-            answer = reader.exchange.failed(what)
-        else:
-            answer = self.app.failed(what, None, self.remote)
+        if not isinstance(what, Answer):
+            what = (reader.refusal(what) if reader is not None else None) or self.app.failed(what, None, self.remote)
         self._closing = True
         if not self._idle():
-            self._queue.append((answer, False, False, 0))
+            self._queue.append((what, False, False, 0))
             return
-        self._write(answer, False, False)
+        self._write(what, False, False)
 
     def _close(self, linger: bool = False) -> None:
         """Close once what was written has gone out. With ``linger`` (an answer given mid-request), first shut
@@ -348,13 +316,9 @@ class HttpConnection(asyncio.Protocol):
             self.abort()
         elif phase == LINGER:
             self._end_linger()
-        elif phase == HEAD:
-            self._fatal(RequestTimeout(f"the request's headers did not arrive within "
-                                       f"{self.config.read_header_timeout:g} s (httpServerReadHeaderTimeout)"))
-            self.deadline = _now() + LINGER_S
-        elif phase == BODY:
-            self._fatal(RequestTimeout(f"the request's body did not arrive within "
-                                       f"{self.config.read_body_timeout:g} s (httpServerReadBodyTimeout)"))
+        elif phase in (HEAD, BODY):
+            limit, what, setting = self._timeouts[phase == BODY]
+            self._fatal(RequestTimeout(f"the request's {what} did not arrive within {limit:g} s ({setting})"))
             self.deadline = _now() + LINGER_S
         elif phase == IDLE:
             self._close()

@@ -38,10 +38,13 @@ def plugin(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[P
 
 
 def blast(port: int, head: bytes, total: int, stall_s: float = 3.0) -> tuple[bytes, int]:
-    """Send ``head`` then up to ``total`` body bytes as fast as the server takes them, reading whatever it answers;
-    stop at an error, at the end, or when nothing more is taken for ``stall_s``. Returns (what was read, body bytes
-    the server took)."""
+    """Send ``head`` then up to ``total`` body bytes as fast as the server takes them (chunks of 1 MiB when the head
+    says chunked), reading whatever it answers; stop at an error, at the end, or when nothing more is taken for
+    ``stall_s``. Returns (what was read, body bytes the server took)."""
     piece = b"x" * (1 << 20)
+    if b"chunked" in head:
+        piece = b"100000\r\n" + piece + b"\r\n"
+        total = total // (1 << 20) * len(piece)
     got, sent = b"", 0
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head)
