@@ -297,10 +297,10 @@ def oracle_compressed(body: bytes, encoding: bytes | None = None) -> Expect:
     name = (encoding or b"").decode("latin-1").strip().lower()
     if name in ("", "identity"):
         return oracle_json(body)
+    if len(body) > MAX_BODY:  # the Content-Length limit is checked first, whatever the encoding
+        return _too_large()
     if name not in ("gzip", "x-gzip", "deflate"):
         return Expect(415, words=("Content-Encoding",))
-    if len(body) > MAX_BODY:
-        return _too_large()
     inflated = inflate(body, "deflate" if name == "deflate" else "gzip")
     return inflated if isinstance(inflated, Expect) else oracle_json(inflated)
 
