@@ -22,7 +22,16 @@ from .auth import Authenticator, parse_auth
 from .cors import CorsConfig, parse_cors
 from .errors import ConfigError
 from .idempotency import IdempotencyConfig, parse_idempotency
-from .meta import META_FIELDS, Network, parse_meta, parse_meta_headers, parse_meta_query, parse_trusted_proxies
+from .meta import (
+    META_FIELDS,
+    PROXY_HEADERS,
+    Network,
+    parse_meta,
+    parse_meta_headers,
+    parse_meta_query,
+    parse_proxy_header,
+    parse_trusted_proxies,
+)
 
 METHODS = ("POST", "PUT")
 FORMATS = ("json", "binary", "delimited", "urlencoded", "protobuf", "custom")
@@ -101,6 +110,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("metaHeaders", "meta_headers", [], parse_meta_headers, "list", "list_string"),
     Property("metaQuery", "meta_query", [], parse_meta_query, "list", "list_string"),
     Property("trustedProxies", "trusted_proxies", [], parse_trusted_proxies, "list", "list_string"),
+    Property("proxyHeader", "proxy_header", PROXY_HEADERS[0], parse_proxy_header, "select", values=PROXY_HEADERS),
     Property("idempotency", "idempotency", {}, parse_idempotency, "list", "object"),
 )
 _DEFAULTS = {prop.field: prop.check(prop.default) for prop in PROPERTIES}
@@ -129,6 +139,7 @@ class EndpointConfig:
     meta_headers: tuple[str, ...] = _DEFAULTS["meta_headers"]
     meta_query: bool | tuple[str, ...] = _DEFAULTS["meta_query"]
     trusted_proxies: tuple[Network, ...] = _DEFAULTS["trusted_proxies"]
+    proxy_header: str = _DEFAULTS["proxy_header"]
     idempotency: IdempotencyConfig | None = _DEFAULTS["idempotency"]
 
     @classmethod

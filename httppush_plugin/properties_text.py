@@ -176,17 +176,31 @@ TEXTS: dict[str, Words] = {
         see="metadata.md#request-metadata",
     ),
     "trustedProxies": Words(
-        doc=("Proxies (IP addresses or CIDR networks) whose X-Forwarded-For / Forwarded headers name the client: "
-            "when the peer is one of them, meta(remoteAddr) is the nearest address in those headers that is not. "
-            "Others' headers are ignored. Example: trustedProxies: [10.0.0.0/8, \"::1\"]"),
+        doc=("Proxies (IP addresses or CIDR networks) whose X-Forwarded-For (or Forwarded, see proxyHeader) names "
+            "the client: when the peer is one of them, meta(remoteAddr) is the rightmost address of that header "
+            "(all its lines joined in order) that is not a trusted proxy. Other peers' headers are ignored. Example:"
+            " trustedProxies: [10.0.0.0/8, \"::1\"]"),
         label_en="Trusted proxies",
         label_zh="可信代理",
-        hint_en=("IP addresses or CIDR networks of proxies whose X-Forwarded-For / Forwarded headers name the client: "
-            "meta(remoteAddr) is then the nearest address there that is not a trusted proxy. Other peers' headers"
-            " are ignored."),
+        hint_en=("IP addresses or CIDR networks of proxies whose X-Forwarded-For (or Forwarded, see proxyHeader) names"
+            " the client: meta(remoteAddr) is then the rightmost address there that is not a trusted proxy. Other "
+            "peers' headers are ignored."),
         hint_zh=("可信代理的 IP 地址或 CIDR 网段：来自它们的请求按 X-Forwarded-For"
-            " / Forwarded 确定客户端，meta(remoteAddr) "
-            "为其中最近的非可信代理地址。其他来源的这些请求头被忽略。"),
+            "（或 Forwarded，见 proxyHeader）确定客户端，meta(remoteAddr) "
+            "为其中从右起第一个非可信代理地址。其他来源的这些请求头被忽略。"),
+        see="metadata.md#request-metadata",
+    ),
+    "proxyHeader": Words(
+        doc=("Which header trustedProxies name the client in: X-Forwarded-For (the default; what nginx's "
+            "$proxy_add_x_forwarded_for and HAProxy's option forwardfor send) or Forwarded (RFC 7239 for=). Only "
+            "that header is read: a client cannot slip its own address in through the other one. Example: "
+            "proxyHeader: Forwarded"),
+        label_en="Proxy header",
+        label_zh="代理请求头",
+        hint_en=("The header trusted proxies name the client in: X-Forwarded-For (default) or Forwarded (RFC 7239). "
+            "The other one is ignored."),
+        hint_zh=("可信代理用来标明客户端地址的请求头：X-Forwarded-For（默认）或 "
+            "Forwarded（RFC 7239）。另一个请求头被忽略。"),
         see="metadata.md#request-metadata",
     ),
     "idempotency": Words(

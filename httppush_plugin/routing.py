@@ -153,7 +153,7 @@ class Route:
         for sub in self.subscriptions:
             endpoint = sub.endpoint
             spec = meta_spec(endpoint.meta, endpoint.meta_headers, endpoint.meta_query, endpoint.trusted_proxies,
-                             variables)
+                             variables, endpoint.proxy_header)
             key = (sub.decoder.key, spec)
             if key not in grouped:
                 grouped[key] = Group(sub.decoder, spec, [])

@@ -230,12 +230,41 @@ def test_meta_trusted_proxy_forwarded_for_honoured(host: PluginHost, server_port
                                         "trustedProxies": ["127.0.0.0/8", "10.0.0.0/8"]})
     cases = [({"X-Forwarded-For": "203.0.113.7, 10.1.2.3"}, "203.0.113.7"),
              ({"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}, "203.0.113.7"),  # the nearest untrusted hop
-             ({"Forwarded": 'for="[2001:db8::1]:4711";proto=https, for=10.0.0.9'}, "2001:db8::1"),
              ({"X-Forwarded-For": "unknown"}, "127.0.0.1"),
              ({}, "127.0.0.1")]
     for headers, expected in cases:
         assert push(server_port, "/p", "{}", headers=headers).status == 200
         assert ch.take(1)[0]["meta"] == {"remoteAddr": expected}, headers
+
+
+def test_meta_client_cannot_name_itself_behind_a_proxy_that_appends(host: PluginHost, server_port: int) -> None:
+    """Behind nginx ($proxy_add_x_forwarded_for: appended to the client's line) or HAProxy (option forwardfor: a line
+    of its own after the client's), what the client wrote is left of the proxy's hop: the rightmost untrusted address
+    wins, every X-Forwarded-For line counts, and Forwarded is not read unless proxyHeader says so."""
+    ch = host.start_source("r1", "s1", {"datasource": "/p", "meta": ["remoteAddr"],
+                                        "trustedProxies": ["127.0.0.0/8", "10.0.0.0/8"]})
+    cases = [({"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}, "203.0.113.7"),  # nginx
+             ({"X-Forwarded-For": "6.6.6.6", "x-forwarded-for": "203.0.113.7"}, "203.0.113.7"),  # HAProxy
+             ({"X-Forwarded-For": "6.6.6.6", "x-forwarded-for": "203.0.113.7, 10.0.0.2"}, "203.0.113.7"),
+             ({"Forwarded": "for=6.6.6.6", "X-Forwarded-For": "203.0.113.7"}, "203.0.113.7"),
+             ({"Forwarded": "for=6.6.6.6"}, "127.0.0.1")]
+    for headers, expected in cases:
+        assert push(server_port, "/p", "{}", headers=headers).status == 200
+        assert ch.take(1)[0]["meta"] == {"remoteAddr": expected}, headers
+
+
+def test_meta_proxy_header_forwarded(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/f", "meta": ["remoteAddr"], "proxyHeader": "forwarded",
+                                        "trustedProxies": ["127.0.0.0/8", "10.0.0.0/8"]})
+    cases = [({"Forwarded": 'for="[2001:db8::1]:4711";proto=https, for=10.0.0.9'}, "2001:db8::1"),
+             ({"Forwarded": "for=6.6.6.6", "forwarded": "for=203.0.113.7:80"}, "203.0.113.7"),
+             ({"Forwarded": "for=203.0.113.7", "X-Forwarded-For": "6.6.6.6"}, "203.0.113.7"),
+             ({"X-Forwarded-For": "6.6.6.6"}, "127.0.0.1")]
+    for headers, expected in cases:
+        assert push(server_port, "/f", "{}", headers=headers).status == 200
+        assert ch.take(1)[0]["meta"] == {"remoteAddr": expected}, headers
+    bad = host.start_source("r2", "s2", {"datasource": "/x", "proxyHeader": "X-Real-IP"}, expect_ok=False)
+    assert isinstance(bad, str) and "property 'proxyHeader' is 'X-Real-IP'" in bad, bad
 
 
 def test_meta_untrusted_peer_forwarded_for_ignored(host: PluginHost, server_port: int) -> None:
