@@ -35,6 +35,8 @@ MAX_META_TEXT = 256
 #: Largest ``meta`` of one record, as JSON: a request whose configured metadata is larger is refused with 431, not
 #: cut, so that a rule never sees part of what it was configured to get.
 MAX_META_BYTES = 4096
+#: A path template's variable: ``{name}`` filling a whole segment (``routing.Template``).
+TEMPLATE_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 #: ``proxyHeader``: the header trusted proxies name the client in; ``Forwarded`` (RFC 7239) only when chosen.
 PROXY_HEADERS = ("X-Forwarded-For", "Forwarded")
 
@@ -60,16 +62,43 @@ class MetaSpec:
     proxies: tuple[Network, ...] = ()
     #: ``proxyHeader``, lower-cased: where trusted proxies name the client
     proxy_header: bytes = b"x-forwarded-for"
+    #: lower-cased names no header or query parameter may fill (:func:`reserved_names`)
+    reserved: frozenset[str] = frozenset()
 
 
 def meta_spec(fields: tuple[str, ...], header_globs: tuple[str, ...], query: bool | tuple[str, ...],
               proxies: tuple[Network, ...], variables: Callable[[str], dict[str, str]] | None,
-              proxy_header: str = PROXY_HEADERS[0]) -> MetaSpec | None:
-    """``None`` when records carry no meta (the default: no work per request)."""
+              proxy_header: str = PROXY_HEADERS[0], path: str = "") -> MetaSpec | None:
+    """``None`` when records carry no meta (the default: no work per request). ``path``: the DATASOURCE, whose
+    template variables are reserved like the facts."""
     if not fields and variables is None and not header_globs and not query:
         return None
     headers = re.compile("|".join(fnmatch.translate(glob) for glob in header_globs)) if header_globs else None
-    return MetaSpec(fields, variables, headers, query, proxies, proxy_header.lower().encode("latin-1"))
+    return MetaSpec(fields, variables, headers, query, proxies, proxy_header.lower().encode("latin-1"),
+                    frozenset(name.lower() for name in reserved_names(path)))
+
+
+def reserved_names(path: str) -> tuple[str, ...]:
+    """The meta names only the plugin fills: the facts of :data:`META_FIELDS` (whether ``meta`` lists them or not)
+    and the variables of the path template ``path``. No header or query parameter is ever copied to one of them,
+    compared case-insensitively (``X-User`` is not one; ``User`` and ``REMOTEADDR`` are)."""
+    return META_FIELDS + tuple(TEMPLATE_VARIABLE.findall(path))
+
+
+def check_reserved(path: str, header_globs: tuple[str, ...], query: bool | tuple[str, ...]) -> None:
+    """Refuse (:class:`ConfigError`) a ``metaHeaders`` name or a ``metaQuery`` name that is a reserved one (globs and
+    ``metaQuery: true`` are not refused: they skip reserved names per request)."""
+    reserved = {name.lower(): name for name in reserved_names(path)}
+    named = [("metaHeaders", glob) for glob in header_globs if not any(c in glob for c in "*?[")]
+    named += [("metaQuery", name) for name in query] if query is not True else []
+    for prop, name in named:
+        other = reserved.get(name.lower())
+        if other is None:
+            continue
+        side = (f"the path template's variable {{{other}}} (DATASOURCE {path!r})" if other not in META_FIELDS else
+                f"the request fact meta({other}), which only the plugin fills")
+        raise ConfigError(f"property '{prop}' has {name!r}, which would fill the same meta name as {side}; a client "
+                          f"must not be able to set it: remove {name!r} from '{prop}'")
 
 
 def request_id(head: RequestHead) -> str:
@@ -84,12 +113,12 @@ def build(spec: MetaSpec, head: RequestHead, user: str | None = None, rid: str =
     first: query parameters, headers, template variables, request facts."""
     meta: dict[str, Any] = {}
     if spec.query:
-        meta.update(_query(head.target, spec.query))
+        meta.update(_query(head.target, spec.query, spec.reserved))
     if spec.headers is not None:
         copied: set[str] = set()
         for raw_name, raw_value in head.headers:
             name = raw_name.decode("latin-1").lower()
-            if spec.headers.match(name):
+            if spec.headers.match(name) and name not in spec.reserved:
                 value = raw_value.decode("latin-1")
                 meta[name] = clip(f"{meta[name]}, {value}" if name in copied else value)  # repeated: joined
                 copied.add(name)
@@ -110,14 +139,15 @@ def build(spec: MetaSpec, head: RequestHead, user: str | None = None, rid: str =
     return data
 
 
-def _query(target: bytes, wanted: bool | tuple[str, ...]) -> dict[str, Any]:
-    """``metaQuery``: parameters of the request target's query, clipped; a repeated one becomes a list."""
+def _query(target: bytes, wanted: bool | tuple[str, ...], reserved: frozenset[str]) -> dict[str, Any]:
+    """``metaQuery``: parameters of the request target's query, clipped; a repeated one becomes a list; a reserved
+    name (any case) is not taken."""
     start = target.find(b"?")
     if start < 0:
         return {}
     params: dict[str, Any] = {}
     for name, value in parse_qsl(target[start + 1:].decode("latin-1"), keep_blank_values=True):
-        if wanted is not True and name not in wanted:
+        if (wanted is not True and name not in wanted) or name.lower() in reserved:
             continue
         name, value = clip(name), clip(value)
         if name not in params:

@@ -26,6 +26,7 @@ from .meta import (
     META_FIELDS,
     PROXY_HEADERS,
     Network,
+    check_reserved,
     parse_meta,
     parse_meta_headers,
     parse_meta_query,
@@ -153,6 +154,7 @@ class EndpointConfig:
             )
         values = {prop.field: prop.check(props[prop.name]) if prop.name in props else _DEFAULTS[prop.field]
                   for prop in PROPERTIES}
+        check_reserved(path, values["meta_headers"], values["meta_query"])
         fmt = str(props.get("format") or "json").lower()
         schema_id = str(props.get("schemaId") or "")
         if values["decoder"]:

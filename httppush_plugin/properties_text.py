@@ -154,25 +154,32 @@ TEXTS: dict[str, Words] = {
     "metaHeaders": Words(
         doc=("Request headers each record carries in meta, by name or * glob, case-insensitive; the meta key is "
             "the header name lower-cased (meta(`x-device-id`)), the value cut to 256 characters, a repeated "
-            "header joined with \", \". Example: metaHeaders: [\"X-Device-*\", \"User-Agent\"]"),
+            "header joined with \", \". Never one whose name is a reserved meta name (user, method, path, remoteAddr, "
+            "contentType, requestId, a template variable; any case): naming one is refused at start, a glob skips it."
+            " Example: metaHeaders: [\"X-Device-*\", \"User-Agent\"]"),
         label_en="Metadata headers",
         label_zh="元数据请求头",
         hint_en=("Request headers each record carries in meta, by name or * glob, case-insensitive (e.g. X-Device-*); "
-            "the meta key is the lower-cased header name, the value cut to 256 characters."),
+            "the meta key is the lower-cased header name, the value cut to 256 characters. Reserved names (user, "
+            "method, path, remoteAddr, contentType, requestId, template variables) are never taken."),
         hint_zh=("每条记录在 meta 中携带的请求头，按名称或 * 通配符匹配，不区分大小写（如 "
-            "X-Device-*）；meta 键为小写的请求头名，值最多 256 个字符。"),
+            "X-Device-*）；meta 键为小写的请求头名，值最多 256 个字符。保留名称（user、"
+            "method、path、remoteAddr、contentType、requestId、路径模板变量）不会从请求头获取。"),
         see="metadata.md#request-metadata",
     ),
     "metaQuery": Words(
         doc=("Query parameters each record carries in meta: true for all, or a list of names; a repeated one "
-            "becomes a list. Headers, template variables and the meta facts win over a parameter of the same "
-            "name. Example: metaQuery: [site]"),
+            "becomes a list. A header wins over a parameter of the same name. Never a reserved meta name (user, "
+            "method, path, remoteAddr, contentType, requestId, a template variable; any case): listing one is "
+            "refused at start, true skips it. Example: metaQuery: [site]"),
         label_en="Metadata query parameters",
         label_zh="元数据查询参数",
         hint_en=("Query parameters each record carries in meta: true for all, or a list of names; a repeated parameter"
-            " becomes a list."),
+            " becomes a list. Reserved names (user, method, path, remoteAddr, contentType, requestId, template "
+            "variables) are never taken."),
         hint_zh=("每条记录在 meta 中携带的查询参数：true "
-            "表示全部，或参数名列表；重复的参数成为列表。"),
+            "表示全部，或参数名列表；重复的参数成为列表。保留名称（user、method、path、remoteAddr、"
+            "contentType、requestId、路径模板变量）不会从查询参数获取。"),
         see="metadata.md#request-metadata",
     ),
     "trustedProxies": Words(

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -23,12 +22,11 @@ from .cors import CorsConfig
 from .decoders import Decoder
 from .errors import ConfigError
 from .idempotency import KeyStore, KeyStores
-from .meta import MetaSpec, meta_spec
+from .meta import TEMPLATE_VARIABLE, MetaSpec, meta_spec
 from .metrics import EndpointStats, Metrics
 from .properties import EndpointConfig
 
 _ids = itertools.count(1)
-_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True)
@@ -44,7 +42,7 @@ class Template:
     def parse(cls, path: str) -> Template:
         parts: list[tuple[str, bool]] = []
         for segment in path.split("/"):
-            variable = _VARIABLE.fullmatch(segment)
+            variable = TEMPLATE_VARIABLE.fullmatch(segment)
             if variable is not None:
                 parts.append((variable.group(1), True))
             elif "{" in segment or "}" in segment:
@@ -153,7 +151,7 @@ class Route:
         for sub in self.subscriptions:
             endpoint = sub.endpoint
             spec = meta_spec(endpoint.meta, endpoint.meta_headers, endpoint.meta_query, endpoint.trusted_proxies,
-                             variables, endpoint.proxy_header)
+                             variables, endpoint.proxy_header, endpoint.path)
             key = (sub.decoder.key, spec)
             if key not in grouped:
                 grouped[key] = Group(sub.decoder, spec, [])

@@ -301,3 +301,31 @@ def test_meta_size_cap_431_and_nothing_delivered(host: PluginHost, server_port: 
     answer = push(server_port, "/big", "{}", headers=headers)
     assert answer.status == 431 and "4096" in answer.body["error"], answer
     assert_sentinel_next_on_channels(sender(server_port, "/big"), ch)
+
+
+def test_meta_reserved_names_never_come_from_headers_or_query(host: PluginHost, server_port: int) -> None:
+    """``metaHeaders: ["*"]`` and ``metaQuery: true`` skip the names the plugin fills (the facts, listed in ``meta``
+    or not, and the template's variables), in any case; other headers and parameters still arrive."""
+    ch = host.start_source("r1", "s1", {"datasource": "/r/{id}", "meta": ["path"], "metaHeaders": ["*"],
+                                        "metaQuery": True})
+    headers = {"User": "mallory", "Path": "/forged", "RemoteAddr": "6.6.6.6", "requestid": "r-1", "ID": "x",
+               "Method": "GET", "X-Ok": "yes"}
+    target = "/r/42?user=m&Method=PUT&contentType=a&ID=7&site=north"
+    assert push(server_port, target, "{}", headers=headers).status == 200
+    meta = ch.take(1)[0]["meta"]
+    assert (meta["id"], meta["path"], meta["x-ok"], meta["site"]) == ("42", "/r/42", "yes", "north"), meta
+    taken = {name.lower() for name in meta} & {"user", "remoteaddr", "requestid", "method", "contenttype"}
+    assert not taken, meta
+    assert_sentinel_next_on_channels(sender(server_port, "/r/7"), ch)
+
+
+def test_meta_reserved_names_named_in_the_config_refused_at_start(host: PluginHost, server_port: int) -> None:
+    answer = host.start_source("r1", "s1", {"datasource": "/a", "metaHeaders": ["X-Site", "User"]}, expect_ok=False)
+    assert isinstance(answer, str) and "property 'metaHeaders' has 'user'" in answer and "meta(user)" in answer, answer
+    answer = host.start_source("r2", "s2", {"datasource": "/d/{site}", "metaQuery": ["site"]}, expect_ok=False)
+    assert isinstance(answer, str) and "property 'metaQuery' has 'site'" in answer and "{site}" in answer, answer
+    answer = host.start_source("r3", "s3", {"datasource": "/b", "metaQuery": ["remoteaddr"]}, expect_ok=False)
+    assert isinstance(answer, str) and "meta(remoteAddr)" in answer, answer
+    ch = host.start_source("r4", "s4", {"datasource": "/c", "metaHeaders": ["X-User"], "metaQuery": ["username"]})
+    assert push(server_port, "/c?username=u", "{}", headers={"X-User": "x"}).status == 200
+    assert ch.take(1)[0]["meta"] == {"x-user": "x", "username": "u"}
