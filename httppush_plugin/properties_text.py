@@ -94,25 +94,29 @@ TEXTS: dict[str, Words] = {
         doc=("Who may push: {} (or {type: none}) lets anyone. Otherwise {type: basic, users: {<name>: <password>, "
             "...}}, {type: bearer, tokens: {<name>: <token>, ...}} (or a list of tokens), {type: hmac, secret: "
             "<secret>} (a signature of the body in X-Hub-Signature-256, as GitHub sends it; also header, "
-            "algorithm, encoding, prefix) or {type: clientcert} (mutual TLS: httpServerTls.cafile in the plugin's"
-            " etc/kuiper.yaml). Any secret may be {env: NAME}, read from the environment: better, as eKuiper logs"
-            " a source's properties at every rule start. Refused requests get 401. Keys in this file reach the "
-            "plugin lower-cased, names of users and tokens included. Streams on one path and method must use the "
-            "same auth. Examples below."),
+            "algorithm, encoding, prefix; with timestampHeader (and window, default 300 s) the signature covers "
+            "\"<timestamp>\\n<method>\\n<target>\\n<body>\" and a time outside the window is refused) or {type: "
+            "clientcert} (mutual TLS: httpServerTls.cafile in the plugin's etc/kuiper.yaml; the one CN of the "
+            "subject; names: [CNs] and/or subjects: [RFC 4514 subjects] admit only those, others get 403). Any "
+            "secret may be {env: NAME}, read from the environment: better, as eKuiper logs a source's properties "
+            "at every rule start. Refused requests get 401. Keys in this file reach the plugin lower-cased, names "
+            "of users and tokens included. Streams on one path and method must use the same auth. Examples below."),
         label_en="Authentication",
         label_zh="认证",
         hint_en=("Who may push; empty: anyone. type: basic (users: {name: password}), bearer (tokens: {name: token} or"
             " a list), hmac (secret; header X-Hub-Signature-256, algorithm sha256, encoding hex, prefix sha256= "
-            "by default, as GitHub webhooks) or clientcert (mutual TLS, needs httpServerTls.cafile). A secret may"
-            " be {env: NAME}. Refused requests get 401 with WWW-Authenticate; the principal is meta(user). "
-            "Streams on one path and method must use the same auth."),
+            "by default, as GitHub webhooks; timestampHeader and window (300 s) sign time, method, path and body)"
+            " or clientcert (mutual TLS, needs httpServerTls.cafile; names / subjects limit who). A secret may be "
+            "{env: NAME}. Refused requests get 401 with WWW-Authenticate; the principal is "
+            "meta(user). Streams on one path and method must use the same auth."),
         hint_zh=("允许推送的客户端；为空表示不限制。type：basic（users：{用户名: "
             "密码}）、bearer（tokens：{名称: 令牌} "
             "或令牌列表）、hmac（secret；默认 header 为 "
             "X-Hub-Signature-256、algorithm 为 "
             "sha256、encoding 为 hex、prefix 为 sha256=，与 "
-            "GitHub webhook 相同）或 clientcert（双向 TLS，需设置 "
-            "httpServerTls.cafile）。密钥可写为 {env: "
+            "GitHub webhook 相同；设置 timestampHeader 和 window（默认 300 秒）时签名覆盖时间戳、"
+            "方法、路径和请求体）或 clientcert（双向 TLS，需设置 "
+            "httpServerTls.cafile；names / subjects 限定允许的证书）。密钥可写为 {env: "
             "环境变量名}。认证失败返回 401 及 WWW-Authenticate；认证身份可用 "
             "meta(user) 读取。同一路径和方法上的流必须使用相同的 auth。"),
         see="auth.md",

@@ -34,7 +34,7 @@ from httppush_plugin.settings import ServerConfig, TlsConfig, load_server_config
 from tests.hostemu import PluginHost
 from tests.realhost_support import PLUGIN, Ctx, uid
 from tests.support.http import RawClient, push, request, sender
-from tests.support.pki import Pki, client_context, mtls_env
+from tests.support.pki import Pki, client_context, mtls_env, openssl_subject
 from tests.support.sentinel import assert_sentinel_next_on_channels
 
 PASSWORD = "pw-4f1c9e-alice"
@@ -123,7 +123,16 @@ def test_parse_auth_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> 
     ({"type": "hmac", "secret": SECRET, "header": "X Sig"}, "property 'auth.header' is 'X Sig'; must be an HTTP "
                                                             "header name"),
     ({"type": "clientcert", "users": {}}, "property 'auth' has the key 'users', unknown for type 'clientcert'; it "
-                                          "takes nothing else"),
+                                          "takes names, subjects"),
+    ({"type": "clientcert", "names": "gateway-9"}, "property 'auth.names' is 'gateway-9'; must be a list of common "
+                                                   "names"),
+    ({"type": "clientcert", "subjects": [""]}, "property 'auth.subjects' is ['']; must be a list of subjects"),
+    ({"type": "hmac", "secret": SECRET, "timestampHeader": "X Time"}, "property 'auth.timestampHeader' is 'X Time'; "
+                                                                      "must be an HTTP header name"),
+    ({"type": "hmac", "secret": SECRET, "window": 60}, "property 'auth.window' is set, but 'auth.timestampHeader' is "
+                                                       "not"),
+    ({"type": "hmac", "secret": SECRET, "timestampHeader": "X-Timestamp", "window": -1},
+     "property 'auth.window' is -1; must be more than 0"),
 ])
 def test_parse_auth_errors_name_key_value_and_rule_never_the_secret(value: Any, needle: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(needle)) as caught:
@@ -433,6 +442,87 @@ def test_ca_file_without_certificates_is_a_bind_error(pki: Pki, tmp_path: Path) 
     context = _ssl_context(ServerConfig(tls=TlsConfig(str(pki.server_cert), str(pki.server_key), str(pki.ca),
                                                       "optional")))
     assert context is not None and context.verify_mode == ssl.CERT_OPTIONAL
+
+
+def test_clientcert_refuses_a_subject_with_several_common_names(make_host: Callable[..., PluginHost],
+                                                                pki: Pki) -> None:
+    """``CN=alice/CN=admin`` names no one: 401, not the last (or first) CN."""
+    port = free_port()
+    host = make_host(port, **mtls_env(pki))
+    ch = host.start_source("r1", "s1", {"datasource": "/m", "auth": {"type": "clientcert"}, "meta": ["user"]})
+    reply = push(port, "/m", RECORD, tls=client_context(pki, pki.two_names))
+    assert "2 common names (CN)" in assert_401(reply, 'ClientCertificate realm="httppush"')
+    assert push(port, "/m", RECORD, tls=client_context(pki, pki.client)).status == 200
+    assert ch.take(1)[0]["meta"] == {"user": "gateway-9"}
+    assert_sentinel_next_on_channels(sender(port, "/m", tls=client_context(pki, pki.client)), ch)
+
+
+def test_clientcert_allow_list_by_name_and_by_subject(make_host: Callable[..., PluginHost], pki: Pki) -> None:
+    """Only the listed CNs or whole subjects (RFC 4514, as ``openssl x509 -subject -nameopt RFC2253`` prints them) are
+    admitted; another certificate from the same CA gets 403."""
+    other_subject = openssl_subject(pki.other[0])
+    assert other_subject == "CN=gateway-10,O=httppush tests"
+    port = free_port()
+    host = make_host(port, **mtls_env(pki))
+    by_name = host.start_source("r1", "s1", {"datasource": "/n", "meta": ["user"],
+                                             "auth": {"type": "clientcert", "names": ["gateway-9"]}})
+    by_subject = host.start_source("r2", "s2", {"datasource": "/s", "meta": ["user"],
+                                                "auth": {"type": "clientcert", "subjects": [other_subject]}})
+    gateway9, gateway10 = client_context(pki, pki.client), client_context(pki, pki.other)
+    assert push(port, "/n", RECORD, tls=gateway9).status == 200
+    assert by_name.take(1)[0]["meta"] == {"user": "gateway-9"}
+    assert push(port, "/s", RECORD, tls=gateway10).status == 200
+    assert by_subject.take(1)[0]["meta"] == {"user": "gateway-10"}
+    for path, tls in (("/n", gateway10), ("/s", gateway9)):
+        refused = push(port, path, RECORD, tls=tls)
+        assert refused.status == 403 and "not among those this endpoint admits" in refused.body["error"], refused
+    assert_sentinel_next_on_channels(sender(port, "/n", tls=gateway9), by_name)
+    assert_sentinel_next_on_channels(sender(port, "/s", tls=gateway10), by_subject)
+
+
+def stamped(body: bytes | str, path: str, when: float | None = None, method: str = "POST", secret: str = SECRET
+            ) -> dict[str, str]:
+    """A Slack/Stripe-style sender: the Unix time in X-Timestamp, and a signature of time, method, target and body."""
+    data = body.encode() if isinstance(body, str) else body
+    stamp = str(int(time.time() if when is None else when))
+    signed_text = f"{stamp}\n{method}\n{path}\n".encode() + data
+    return {"X-Timestamp": stamp,
+            "X-Signature": "sha256=" + hmac.new(secret.encode(), signed_text, hashlib.sha256).hexdigest()}
+
+
+def test_hmac_timestamped_signs_time_method_and_target(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/stamped", "meta": ["user"], "auth": {
+        "type": "hmac", "secret": SECRET, "header": "X-Signature", "timestampheader": "X-Timestamp", "window": 60}})
+    assert push(server_port, "/stamped", RECORD, headers=stamped(RECORD, "/stamped")).status == 200
+    assert ch.take(1)[0] == {"message": {"t": 21.5}, "meta": {"user": "hmac"}}
+    target = "/stamped?site=north"
+    assert push(server_port, target, RECORD, headers=stamped(RECORD, target)).status == 200
+    ch.take(1)
+
+    challenge = 'HMAC realm="httppush", header="X-Signature", algorithm="sha256", timestamp="X-Timestamp"'
+    now = time.time()
+    stale = assert_401(push(server_port, "/stamped", RECORD, headers=stamped(RECORD, "/stamped", now - 130)),
+                       challenge)
+    assert "behind the server's clock" in stale and "at most 60 s" in stale, stale
+    ahead = assert_401(push(server_port, "/stamped", RECORD, headers=stamped(RECORD, "/stamped", now + 130)),
+                       challenge)
+    assert "ahead of the server's clock" in ahead, ahead
+    for sent_to, headers in (("/stamped", stamped(RECORD, "/elsewhere")),
+                             ("/stamped", stamped(RECORD, "/stamped", method="PUT")),
+                             (target, stamped(RECORD, "/stamped?site=south")),
+                             ("/stamped", stamped(RECORD + " ", "/stamped")),
+                             ("/stamped", stamped(RECORD, "/stamped", secret="wrong"))):
+        reply = push(server_port, sent_to, RECORD, headers=headers)
+        assert "does not match the timestamp, method, path and body" in assert_401(reply, challenge)
+    body_only = {"X-Signature": signed(RECORD)["X-Hub-Signature-256"], "X-Timestamp": str(int(now))}
+    assert_401(push(server_port, "/stamped", RECORD, headers=body_only), challenge)  # GitHub-style: not enough
+    unstamped = {"X-Signature": stamped(RECORD, "/stamped")["X-Signature"]}
+    assert "'X-Timestamp'" in assert_401(push(server_port, "/stamped", RECORD, headers=unstamped), challenge)
+    garbled = {**stamped(RECORD, "/stamped"), "X-Timestamp": "1e9"}
+    assert "Unix time in whole seconds" in assert_401(push(server_port, "/stamped", RECORD, headers=garbled),
+                                                      challenge)
+    assert_sentinel_next_on_channels(
+        lambda body: push(server_port, "/stamped", body, headers=stamped(body, "/stamped")).status, ch)
 
 
 # -- through a real eKuiper ----------------------------------------------------------------------------------------
