@@ -152,6 +152,15 @@ class Unprocessable(HttpError):
     status = 422
 
 
+class TooManyRequests(HttpError):
+    """429: the client is asked to wait ``retry_after`` seconds (``Retry-After``)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after)})
+
+
 class HeadersTooLarge(HttpError):
     status = 431
 

@@ -99,15 +99,16 @@ TEXTS: dict[str, Words] = {
             "clientcert} (mutual TLS: httpServerTls.cafile in the plugin's etc/kuiper.yaml; the one CN of the "
             "subject; names: [CNs] and/or subjects: [RFC 4514 subjects] admit only those, others get 403). Any "
             "secret may be {env: NAME}, read from the environment: better, as eKuiper logs a source's properties "
-            "at every rule start. Refused requests get 401. Keys in this file reach the plugin lower-cased, names "
-            "of users and tokens included. Streams on one path and method must use the same auth. Examples below."),
+            "at every rule start. Refused requests get 401; a client address with 10 failures within 60 s gets 429 "
+            "for the rest of that minute. Keys in this file reach the plugin lower-cased, names of users and tokens "
+            "included. Streams on one path and method must use the same auth. Examples below."),
         label_en="Authentication",
         label_zh="认证",
         hint_en=("Who may push; empty: anyone. type: basic (users: {name: password}), bearer (tokens: {name: token} or"
             " a list), hmac (secret; header X-Hub-Signature-256, algorithm sha256, encoding hex, prefix sha256= "
             "by default, as GitHub webhooks; timestampHeader and window (300 s) sign time, method, path and body)"
             " or clientcert (mutual TLS, needs httpServerTls.cafile; names / subjects limit who). A secret may be "
-            "{env: NAME}. Refused requests get 401 with WWW-Authenticate; the principal is "
+            "{env: NAME}. Refused requests get 401 with WWW-Authenticate, repeated failures 429; the principal is "
             "meta(user). Streams on one path and method must use the same auth."),
         hint_zh=("允许推送的客户端；为空表示不限制。type：basic（users：{用户名: "
             "密码}）、bearer（tokens：{名称: 令牌} "
@@ -117,7 +118,7 @@ TEXTS: dict[str, Words] = {
             "GitHub webhook 相同；设置 timestampHeader 和 window（默认 300 秒）时签名覆盖时间戳、"
             "方法、路径和请求体）或 clientcert（双向 TLS，需设置 "
             "httpServerTls.cafile；names / subjects 限定允许的证书）。密钥可写为 {env: "
-            "环境变量名}。认证失败返回 401 及 WWW-Authenticate；认证身份可用 "
+            "环境变量名}。认证失败返回 401 及 WWW-Authenticate，多次失败返回 429；认证身份可用 "
             "meta(user) 读取。同一路径和方法上的流必须使用相同的 auth。"),
         see="auth.md",
     ),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import socket
@@ -491,8 +492,14 @@ def stamped(body: bytes | str, path: str, when: float | None = None, method: str
 
 
 def test_hmac_timestamped_signs_time_method_and_target(host: PluginHost, server_port: int) -> None:
-    ch = host.start_source("r1", "s1", {"datasource": "/stamped", "meta": ["user"], "auth": {
-        "type": "hmac", "secret": SECRET, "header": "X-Signature", "timestampheader": "X-Timestamp", "window": 60}})
+    ch = host.start_source("r1", "s1", {"datasource": "/stamped", "meta": ["user"], "trustedProxies": ["127.0.0.1"],
+                                        "auth": {"type": "hmac", "secret": SECRET, "header": "X-Signature",
+                                                 "timestampheader": "X-Timestamp", "window": 60}})
+    clients = (f"203.0.113.{n}" for n in itertools.count(1))  # each refusal from its own client: none backs off
+
+    def push_from_new_client(target: str, body: str, headers: dict[str, str]) -> Any:
+        return push(server_port, target, body, headers={**headers, "X-Forwarded-For": next(clients)})
+
     assert push(server_port, "/stamped", RECORD, headers=stamped(RECORD, "/stamped")).status == 200
     assert ch.take(1)[0] == {"message": {"t": 21.5}, "meta": {"user": "hmac"}}
     target = "/stamped?site=north"
@@ -501,10 +508,10 @@ def test_hmac_timestamped_signs_time_method_and_target(host: PluginHost, server_
 
     challenge = 'HMAC realm="httppush", header="X-Signature", algorithm="sha256", timestamp="X-Timestamp"'
     now = time.time()
-    stale = assert_401(push(server_port, "/stamped", RECORD, headers=stamped(RECORD, "/stamped", now - 130)),
+    stale = assert_401(push_from_new_client("/stamped", RECORD, headers=stamped(RECORD, "/stamped", now - 130)),
                        challenge)
     assert "behind the server's clock" in stale and "at most 60 s" in stale, stale
-    ahead = assert_401(push(server_port, "/stamped", RECORD, headers=stamped(RECORD, "/stamped", now + 130)),
+    ahead = assert_401(push_from_new_client("/stamped", RECORD, headers=stamped(RECORD, "/stamped", now + 130)),
                        challenge)
     assert "ahead of the server's clock" in ahead, ahead
     for sent_to, headers in (("/stamped", stamped(RECORD, "/elsewhere")),
@@ -512,17 +519,47 @@ def test_hmac_timestamped_signs_time_method_and_target(host: PluginHost, server_
                              (target, stamped(RECORD, "/stamped?site=south")),
                              ("/stamped", stamped(RECORD + " ", "/stamped")),
                              ("/stamped", stamped(RECORD, "/stamped", secret="wrong"))):
-        reply = push(server_port, sent_to, RECORD, headers=headers)
+        reply = push_from_new_client(sent_to, RECORD, headers)
         assert "does not match the timestamp, method, path and body" in assert_401(reply, challenge)
     body_only = {"X-Signature": signed(RECORD)["X-Hub-Signature-256"], "X-Timestamp": str(int(now))}
-    assert_401(push(server_port, "/stamped", RECORD, headers=body_only), challenge)  # GitHub-style: not enough
+    assert_401(push_from_new_client("/stamped", RECORD, headers=body_only), challenge)  # GitHub-style: not enough
     unstamped = {"X-Signature": stamped(RECORD, "/stamped")["X-Signature"]}
-    assert "'X-Timestamp'" in assert_401(push(server_port, "/stamped", RECORD, headers=unstamped), challenge)
+    assert "'X-Timestamp'" in assert_401(push_from_new_client("/stamped", RECORD, headers=unstamped), challenge)
     garbled = {**stamped(RECORD, "/stamped"), "X-Timestamp": "1e9"}
-    assert "Unix time in whole seconds" in assert_401(push(server_port, "/stamped", RECORD, headers=garbled),
+    assert "Unix time in whole seconds" in assert_401(push_from_new_client("/stamped", RECORD, headers=garbled),
                                                       challenge)
     assert_sentinel_next_on_channels(
         lambda body: push(server_port, "/stamped", body, headers=stamped(body, "/stamped")).status, ch)
+
+
+# -- failed authentication backs off -------------------------------------------------------------------------------
+
+def test_repeated_failures_from_one_client_get_429_before_credentials(host: PluginHost, server_port: int) -> None:
+    """After 10 refused credentials from one client (behind a trusted proxy: the address it names) within 60 s, that
+    client gets 429 with Retry-After on every endpoint with auth — even with the right credentials, which are not
+    checked — while another client behind the same proxy is served."""
+    props = {"auth": BASIC, "meta": ["user", "remoteAddr"], "trustedProxies": ["127.0.0.0/8"]}
+    ch = host.start_source("r1", "s1", {"datasource": "/b", **props})
+    hook = host.start_source("r2", "s2", {"datasource": "/h", "auth": HMAC, "trustedProxies": ["127.0.0.0/8"]})
+    open_ch = host.start_source("r3", "s3", {"datasource": "/open", "trustedProxies": ["127.0.0.0/8"]})
+    mallory, alice = {"X-Forwarded-For": "203.0.113.66"}, {"X-Forwarded-For": "203.0.113.5"}
+    for attempt in range(10):
+        assert push(server_port, "/b", RECORD, headers={**mallory, **basic("alice", f"guess-{attempt}")}).status == 401
+    refused = push(server_port, "/b", RECORD, headers={**mallory, **basic("alice", PASSWORD)})
+    assert refused.status == 429 and "10 failed authentications" in refused.body["error"], refused
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60, refused.headers
+    assert push(server_port, "/h", RECORD, headers={**mallory, **signed(RECORD)}).status == 429  # any auth endpoint
+    with RawClient(server_port) as conn:  # refused from the head: the body is never read
+        conn.send(request(path="/b", headers={**mallory, **basic("alice", PASSWORD), "Content-Length": "100000"}))
+        answer = conn.read_response(timeout=2.0)
+        assert answer.status == 429 and answer.header("Connection") == "close", answer
+    assert push(server_port, "/open", RECORD, headers=mallory).status == 200  # no auth: nothing to back off from
+    assert open_ch.messages(1) == [{"t": 21.5}]
+    assert push(server_port, "/b", RECORD, headers={**alice, **basic("alice", PASSWORD)}).status == 200
+    assert ch.take(1)[0]["meta"] == {"user": "alice", "remoteAddr": "203.0.113.5"}  # the 429s delivered nothing
+    assert_sentinel_next_on_channels(sender(server_port, "/b", headers={**alice, **basic("alice", PASSWORD)}), ch)
+    assert_sentinel_next_on_channels(
+        lambda body: push(server_port, "/h", body, headers={**alice, **signed(body)}).status, hook)
 
 
 # -- through a real eKuiper ----------------------------------------------------------------------------------------
