@@ -222,7 +222,8 @@ TEXTS: dict[str, Words] = {
             "stored status and body, with Idempotent-Replayed: true. The same key for another request (method, "
             "path, Content-Type or body differ) gets 422; while the first is still being handled, 409 with "
             "Retry-After. Any other answer forgets the key: a retry is handled afresh. Keys are per endpoint and "
-            "per user (auth); at most maxKeys per endpoint, the oldest forgotten first. They live in the plugin "
+            "per user (auth); at most maxKeys per endpoint, shared fairly: the oldest key of the user holding the "
+            "most is forgotten first, so with N users each keeps at least maxKeys / N. They live in the plugin "
             "process: a rule restart keeps them, a restart of the plugin or of eKuiper forgets them. Without it "
             "the header is ignored. Streams on one path and method must agree on it. Example: idempotency: "
             "{window: 600, maxKeys: 50000}"),
@@ -233,7 +234,8 @@ TEXTS: dict[str, Words] = {
             "visible ASCII characters) repeats one answered 2xx within the window is not delivered again and gets"
             " the stored answer with Idempotent-Replayed: true; the same key for another request (method, path, "
             "Content-Type or body) gets 422, while the first is in flight 409. Other answers forget the key. Keys"
-            " are per endpoint and user; a rule restart keeps them, a plugin or eKuiper restart forgets them. "
+            " are per endpoint and user, maxKeys shared fairly between users; a rule restart keeps them, a plugin "
+            "or eKuiper restart forgets them. "
             "Streams on one path and method must use the same setting."),
         hint_zh=("幂等重试；为空表示关闭（忽略 Idempotency-Key 请求头）。true，或 "
             "{window: 秒（默认 300）, maxKeys: 每个端点的键数（默认 "
@@ -242,7 +244,7 @@ TEXTS: dict[str, Words] = {
             "Idempotent-Replayed: "
             "true；同一个键用于不同的请求（方法、路径、Content-Type 或请求体不同）返回"
             " 422，前一个请求仍在处理时返回 "
-            "409。其他响应会忘记该键。键按端点和用户区分；重启规则时保留，重启插件或 eKuiper"
+            "409。其他响应会忘记该键。键按端点和用户区分，maxKeys 在用户间公平分配；重启规则时保留，重启插件或 eKuiper"
             " 后丢失。同一路径和方法上的流必须使用相同的设置。"),
         see="operations.md#idempotent-retries",
     ),
