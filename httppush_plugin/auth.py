@@ -191,7 +191,7 @@ def subject_text(subject: Any) -> str:
 
 
 def _escape(value: str) -> str:
-    out = "".join("\\" + char if char in ',+"\\<>;=' else char for char in value)
+    out = "".join("\\" + char if char in ',+"\\<>;' else char for char in value)
     if out.startswith((" ", "#")):
         out = "\\" + out
     return out[:-1] + "\\ " if out.endswith(" ") and not out.endswith("\\ ") else out

@@ -481,6 +481,15 @@ def test_clientcert_allow_list_by_name_and_by_subject(make_host: Callable[..., P
     assert_sentinel_next_on_channels(sender(port, "/s", tls=gateway10), by_subject)
 
 
+def test_subject_text_escapes_as_openssl_prints_rfc2253() -> None:
+    """Checked once against ``openssl x509 -noout -subject -nameopt RFC2253`` of a certificate made with ``-subj
+    '/O=A, B\\+C;x<y>"q"/OU=u=v/CN=a\\+CN=b/CN= #lead'``: this is what it printed."""
+    subject = ((("organizationName", 'A, B+C;x<y>"q"'),), (("organizationalUnitName", "u=v"),),
+               (("commonName", "a+CN=b"),), (("commonName", " #lead"),))
+    assert auth_module.subject_text(subject) == 'CN=\\ #lead,CN=a\\+CN=b,OU=u=v,O=A\\, B\\+C\\;x\\<y\\>\\"q\\"'
+    assert auth_module.subject_text(((("commonName", "x "), ("organizationName", "y")),)) == "CN=x\\ +O=y"
+
+
 def stamped(body: bytes | str, path: str, when: float | None = None, method: str = "POST", secret: str = SECRET
             ) -> dict[str, str]:
     """A Slack/Stripe-style sender: the Unix time in X-Timestamp, and a signature of time, method, target and body."""
