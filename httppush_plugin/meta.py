@@ -86,8 +86,15 @@ def reserved_names(path: str) -> tuple[str, ...]:
 
 
 def check_reserved(path: str, header_globs: tuple[str, ...], query: bool | tuple[str, ...]) -> None:
-    """Refuse (:class:`ConfigError`) a ``metaHeaders`` name or a ``metaQuery`` name that is a reserved one (globs and
-    ``metaQuery: true`` are not refused: they skip reserved names per request)."""
+    """Refuse (:class:`ConfigError`) a template variable named like a request fact (``/d/{user}``: the path would
+    name the user), and a ``metaHeaders`` or ``metaQuery`` name that is a reserved one (globs and ``metaQuery: true``
+    are not refused: they skip reserved names per request)."""
+    facts = {name.lower(): name for name in META_FIELDS}
+    for variable in TEMPLATE_VARIABLE.findall(path):
+        if variable.lower() in facts:
+            raise ConfigError(f"DATASOURCE is {path!r}; its template variable {{{variable}}} would fill the same meta "
+                              f"name as the request fact meta({facts[variable.lower()]}), which only the plugin "
+                              "fills: a client would choose it in the path; rename the variable (e.g. {device})")
     reserved = {name.lower(): name for name in reserved_names(path)}
     named = [("metaHeaders", glob) for glob in header_globs if not any(c in glob for c in "*?[")]
     named += [("metaQuery", name) for name in query] if query is not True else []

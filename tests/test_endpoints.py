@@ -326,6 +326,9 @@ def test_meta_reserved_names_named_in_the_config_refused_at_start(host: PluginHo
     assert isinstance(answer, str) and "property 'metaQuery' has 'site'" in answer and "{site}" in answer, answer
     answer = host.start_source("r3", "s3", {"datasource": "/b", "metaQuery": ["remoteaddr"]}, expect_ok=False)
     assert isinstance(answer, str) and "meta(remoteAddr)" in answer, answer
+    for path in ("/d/{user}", "/d/{Path}/x"):  # a variable named like a fact: the path would choose meta(user)
+        answer = host.start_source("r5", "s5", {"datasource": path}, expect_ok=False)
+        assert isinstance(answer, str) and f"DATASOURCE is {path!r}; its template variable" in answer, answer
     ch = host.start_source("r4", "s4", {"datasource": "/c", "metaHeaders": ["X-User"], "metaQuery": ["username"]})
     assert push(server_port, "/c?username=u", "{}", headers={"X-User": "x"}).status == 200
     assert ch.take(1)[0]["meta"] == {"x-user": "x", "username": "u"}
