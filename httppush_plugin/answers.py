@@ -11,7 +11,9 @@ Example: ``error_answer(TooLarge("body is over 10 bytes"))`` → ``Answer(413, b
 from __future__ import annotations
 
 import logging
+import re
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +23,16 @@ log = logging.getLogger(__name__)
 
 #: Seconds a client is asked to wait before retrying a 503 or 409.
 RETRY_AFTER_S = 1
+#: What may not reach a log line as it is: C0 and C1 controls, DEL and Unicode's line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: str) -> str:
+    """``text`` for a log line: every control character escaped (``\\n`` → ``\\x0a``), so that nothing a client
+    sends (a path with ``%0a``, a header value) can start a forged line in eKuiper's log or colour a terminal. The one
+    helper for every client-controlled string that is logged."""
+    return text if text.isprintable() else _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100
+                                                          else f"\\u{ord(m[0]):04x}", text)
 
 
 class Answer:
@@ -140,6 +152,15 @@ class Unprocessable(HttpError):
     status = 422
 
 
+class TooManyRequests(HttpError):
+    """429: the client is asked to wait ``retry_after`` seconds (``Retry-After``)."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after)})
+
+
 class HeadersTooLarge(HttpError):
     status = 431
 
@@ -166,12 +187,16 @@ def error_answer(exc: BaseException) -> Answer:
     not an :class:`HttpError` is a bug: logged with its traceback, answered 500."""
     if isinstance(exc, HttpError):
         return Answer(exc.status, orjson.dumps({"error": str(exc), **exc.extra}), dict(exc.headers) or None)
-    log.exception("unexpected error while handling a request", exc_info=exc)
+    # the traceback's frames are code; the exception's text may hold client input: escaped
+    log.error("unexpected error while handling a request: %s\nTraceback (most recent call last):\n%s",
+              printable(f"{type(exc).__name__}: {exc}"),
+              "".join(traceback.format_tb(exc.__traceback__)).rstrip())
     return Answer(500, orjson.dumps({"error": f"internal error: {type(exc).__name__}: {exc}"}))
 
 
 class RateLimitedLog:
-    """Warn about refused requests at most once per ``interval`` seconds, with a count of what was skipped."""
+    """Warn about refused requests at most once per ``interval`` seconds, with a count of what was skipped. What is
+    logged (the request, the refusal's text) is passed through :func:`printable`."""
 
     def __init__(self, interval: float = 5.0) -> None:
         self.interval = interval
@@ -184,5 +209,5 @@ class RateLimitedLog:
             self._skipped += 1
             return
         skipped, self._skipped, self._last = self._skipped, 0, now
-        log.warning("%s rejected: %s%s", what, exc,
+        log.warning("%s rejected: %s%s", printable(what), printable(str(exc)),
                     f" ({skipped} more rejected since the last warning)" if skipped else "")

@@ -19,17 +19,8 @@ import asyncio
 import time
 
 from .admin import ADMIN_METHODS, Admin
-from .answers import (
-    Answer,
-    HttpError,
-    Later,
-    MethodNotAllowed,
-    NotFound,
-    RateLimitedLog,
-    Unauthorized,
-    Unavailable,
-    error_answer,
-)
+from .answers import Answer, HttpError, Later, MethodNotAllowed, NotFound, RateLimitedLog, Unavailable, error_answer
+from .backoff import AuthBackoff
 from .cors import preflight
 from .decoders import DecodeError, TooManyRecords
 from .delivery import Delivery, DeliveryError
@@ -57,6 +48,7 @@ class PushApp:
         self.admin = admin if admin is not None else Admin(table, config.health_path, config.metrics_path)
         self.offload = Offload()
         self.reject_log = RateLimitedLog()
+        self.backoff = AuthBackoff()
 
     def head(self, head: RequestHead) -> Answer | Exchange:
         route = self._find((head.path, head.method))
@@ -71,10 +63,10 @@ class PushApp:
             route = found
         exchange = Exchange(self, route, head)
         auth = route.auth
-        if auth is not None and not auth.needs_body:  # basic, bearer, clientcert: before the body
+        if auth is not None:  # basic, bearer, clientcert before the body; for hmac only the backoff (429) now
             try:
-                exchange.user = auth.admit(head)
-            except Unauthorized as exc:  # answered before the body: the protocol drops a small one, or closes
+                exchange.user = self.backoff.admit(auth, head, route.client(head))
+            except HttpError as exc:  # answered before the body: the protocol drops a small one, or closes
                 return exchange.failed(exc)
         return exchange
 
@@ -165,7 +157,7 @@ class Exchange(Later):
                 self.task = self.app.offload.start(self._large(route, data))
                 return self
             if route.auth is not None and (self.rerouted or route.auth.needs_body):  # admit (hmac signs the body)
-                self.user = route.auth.admit(self.head, data)
+                self.user = self.app.backoff.admit(route.auth, self.head, route.client(self.head), data)
             if route.idempotency is not None:  # idempotency: a replay, 409 or 422 ends here
                 known = route.idempotency.admit(self.head, self.user, data)
                 if isinstance(known, Answer):
@@ -315,7 +307,8 @@ class Exchange(Later):
         try:
             async with offload.turn:
                 if route.auth is not None and (self.rerouted or route.auth.needs_body):
-                    self.user = await offload.run(route.auth.admit, head, data)
+                    self.user = await self.app.backoff.admit_off(route.auth, head, route.client(head), data,
+                                                                 offload.run)
                 if route.idempotency is not None and head.header(b"idempotency-key") is not None:
                     digest = await offload.run(fingerprint, head.method, head.target, head.content_type, data)
                     known = route.idempotency.admit(head, self.user, data, digest)

@@ -21,65 +21,18 @@ import base64
 import binascii
 import hashlib
 import hmac
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .answers import Unauthorized
+from .credentials import REALM, Authenticator, AuthError, Headers, NotAllowed, header, secret, shape
 from .errors import ConfigError
-from .request import RequestHead
+from .signatures import HMAC_KEYS, HmacAuth
 
-#: The realm every challenge names (``WWW-Authenticate: Basic realm="httppush"``).
-REALM = "httppush"
+__all__ = ["AUTHENTICATORS", "AUTH_TYPES", "AuthError", "Authenticator", "BasicAuth", "BearerAuth", "ClientCertAuth",
+           "HmacAuth", "describe", "parse_auth"]
+
 AUTH_TYPES = ("none", "basic", "bearer", "hmac", "clientcert")
-HMAC_ALGORITHMS = ("sha1", "sha256", "sha384", "sha512")
-HMAC_ENCODINGS = ("hex", "base64")
-#: GitHub's webhook signature header (https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries)
-DEFAULT_HMAC_HEADER = "X-Hub-Signature-256"
-
-Headers = list[tuple[bytes, bytes]]
-
-
-class AuthError(ValueError):
-    """A request's credentials are missing or wrong; the message goes to the client with 401, so it never holds
-    anything the client sent or anything configured."""
-
-
-class Authenticator:
-    """Base class: :meth:`authenticate` returns the principal (``meta(user)``) or raises :class:`AuthError`."""
-
-    kind: ClassVar[str] = ""
-    #: checked with the whole body (after it is read) instead of as soon as the headers are in
-    needs_body: ClassVar[bool] = False
-
-    @property
-    def challenge(self) -> str:
-        """The ``WWW-Authenticate`` value of a 401 (RFC 9110 §11.6.1: every 401 carries one)."""
-        raise NotImplementedError
-
-    def authenticate(self, headers: Headers, peercert: dict[str, Any] | None, body: bytes = b"") -> str:
-        raise NotImplementedError
-
-    def admit(self, head: RequestHead, body: bytes = b"") -> str:
-        """The principal this request is (``meta(user)``); raises :class:`~.answers.Unauthorized` (401, with the
-        challenge) otherwise. The header-only kinds are admitted from the head, ``hmac`` with the whole body."""
-        try:
-            return self.authenticate(head.headers, head.peercert, body)
-        except AuthError as exc:
-            raise Unauthorized(str(exc), self.challenge) from None
-
-    @classmethod
-    def from_props(cls, props: Mapping[str, Any]) -> Authenticator:
-        """Build from the ``auth`` mapping (its ``type`` already checked); raises :class:`ConfigError`."""
-        raise NotImplementedError
-
-
-def _header(headers: Headers, name: bytes) -> bytes | None:
-    for key, value in headers:
-        if len(key) == len(name) and key.lower() == name:
-            return value
-    return None
 
 
 def _digest(data: bytes) -> bytes:
@@ -97,7 +50,7 @@ def _match(given: bytes, names: tuple[str, ...], digests: tuple[bytes, ...]) -> 
 
 def _credentials(headers: Headers, scheme: bytes) -> bytes:
     """The credentials after ``Authorization: <scheme> ``; :class:`AuthError` when there are none of that scheme."""
-    value = _header(headers, b"authorization")
+    value = header(headers, b"authorization")
     if value is None:
         raise AuthError("this endpoint needs credentials: send an 'Authorization' header")
     given_scheme, _, credentials = value.strip().partition(b" ")
@@ -134,16 +87,16 @@ class BasicAuth(Authenticator):
     def from_props(cls, props: Mapping[str, Any]) -> BasicAuth:
         users = props.get("users")
         if not isinstance(users, Mapping) or not users:
-            raise ConfigError(f"property 'auth.users' is {_shape(users)}; type 'basic' needs a mapping of user name "
+            raise ConfigError(f"property 'auth.users' is {shape(users)}; type 'basic' needs a mapping of user name "
                               "to password, e.g. {alice: \"<password>\"} (or {alice: {env: ALICE_PASSWORD}})")
         names, digests = [], []
-        for name, secret in users.items():
+        for name, password in users.items():
             name = str(name)
             if not name or ":" in name:
                 raise ConfigError(f"property 'auth.users' has the user name {name!r}; a name must be non-empty and "
                                   "without ':' (RFC 7617)")
             names.append(name)
-            digests.append(_digest(name.encode() + b":" + _secret(secret, f"auth.users.{name}")))
+            digests.append(_digest(name.encode() + b":" + secret(password, f"auth.users.{name}")))
         return cls(tuple(names), tuple(digests))
 
 
@@ -171,73 +124,25 @@ class BearerAuth(Authenticator):
         # (internal/conf/load.go normalize), which would change a token that is a key.
         tokens = props.get("tokens")
         if isinstance(tokens, Mapping) and tokens:
-            pairs = [(str(name), _secret(token, f"auth.tokens.{name}")) for name, token in tokens.items()]
+            pairs = [(str(name), secret(token, f"auth.tokens.{name}")) for name, token in tokens.items()]
         elif isinstance(tokens, list) and tokens:
-            pairs = [(f"token#{index}", _secret(token, f"auth.tokens[{index}]")) for index, token in enumerate(tokens)]
+            pairs = [(f"token#{index}", secret(token, f"auth.tokens[{index}]")) for index, token in enumerate(tokens)]
         else:
-            raise ConfigError(f"property 'auth.tokens' is {_shape(tokens)}; type 'bearer' needs a mapping of name to "
+            raise ConfigError(f"property 'auth.tokens' is {shape(tokens)}; type 'bearer' needs a mapping of name to "
                               "token, e.g. {gateway-7: \"<token>\"}, or a list of tokens")
         return cls(tuple(name for name, _ in pairs), tuple(_digest(token) for _, token in pairs))
 
 
 @dataclass(frozen=True)
-class HmacAuth(Authenticator):
-    """A signature of the raw body in a header, as webhooks send it: GitHub's ``X-Hub-Signature-256:
-    sha256=<hex HMAC-SHA256 of the body>`` by default. The principal is ``hmac``."""
-
-    kind: ClassVar[str] = "hmac"
-    needs_body: ClassVar[bool] = True
-    header: str
-    algorithm: str
-    prefix: str
-    encoding: str
-    secret: bytes = field(repr=False)
-
-    @property
-    def challenge(self) -> str:
-        # Not a registered scheme: RFC 9110 wants a challenge in every 401, and this one says what is expected.
-        return f'HMAC realm="{REALM}", header="{self.header}", algorithm="{self.algorithm}"'
-
-    def authenticate(self, headers: Headers, peercert: dict[str, Any] | None, body: bytes = b"") -> str:
-        given = _header(headers, self.header.lower().encode("latin-1"))
-        if given is None:
-            raise AuthError(f"this endpoint needs the body's signature in the header '{self.header}'")
-        mac = hmac.new(self.secret, body, self.algorithm).digest()
-        signature = mac.hex() if self.encoding == "hex" else base64.b64encode(mac).decode()
-        expected = (self.prefix + signature).encode()
-        given = given.strip()
-        if self.encoding == "hex":  # hex digits in either case
-            expected, given = expected.lower(), given.lower()
-        if not hmac.compare_digest(given, expected):
-            raise AuthError(f"the signature in '{self.header}' does not match the body")
-        return "hmac"
-
-    @classmethod
-    def from_props(cls, props: Mapping[str, Any]) -> HmacAuth:
-        algorithm = str(props.get("algorithm") or "sha256").lower()
-        if algorithm not in HMAC_ALGORITHMS:
-            raise ConfigError(f"property 'auth.algorithm' is {props.get('algorithm')!r}; must be one of "
-                              f"{', '.join(HMAC_ALGORITHMS)}")
-        encoding = str(props.get("encoding") or "hex").lower()
-        if encoding not in HMAC_ENCODINGS:
-            raise ConfigError(f"property 'auth.encoding' is {props.get('encoding')!r}; must be hex or base64")
-        header = str(props.get("header") or DEFAULT_HMAC_HEADER)
-        if not header.isascii() or not header.replace("-", "").replace("_", "").isalnum():
-            raise ConfigError(f"property 'auth.header' is {header!r}; must be an HTTP header name, e.g. "
-                              f"{DEFAULT_HMAC_HEADER!r}")
-        prefix = props.get("prefix")  # GitHub's "sha256=" for hex; none for base64 (as Shopify sends it)
-        prefix = (f"{algorithm}=" if encoding == "hex" else "") if prefix is None else str(prefix)
-        if "secret" not in props:
-            raise ConfigError("property 'auth' of type 'hmac' needs 'secret': the shared secret, or {env: NAME}")
-        return cls(header, algorithm, prefix, encoding, _secret(props["secret"], "auth.secret"))
-
-
-@dataclass(frozen=True)
 class ClientCertAuth(Authenticator):
     """A client certificate verified by the server's TLS (``httpServerTls.cafile``, mutual TLS); the principal is its
-    subject's common name (CN)."""
+    subject's one common name (CN): a subject with several CNs (``CN=alice/CN=admin``) names no one and is refused.
+    With ``names`` and/or ``subjects`` only those CNs, or those whole subjects (:func:`subject_text`), are admitted;
+    another certificate from the CA gets 403."""
 
     kind: ClassVar[str] = "clientcert"
+    names: tuple[str, ...] = ()
+    subjects: tuple[str, ...] = ()
 
     @property
     def challenge(self) -> str:
@@ -247,22 +152,57 @@ class ClientCertAuth(Authenticator):
     def authenticate(self, headers: Headers, peercert: dict[str, Any] | None, body: bytes = b"") -> str:
         if not peercert:
             raise AuthError("this endpoint needs a client certificate signed by the server's CA (mutual TLS)")
-        names = [value for rdn in peercert.get("subject", ()) for key, value in rdn if key == "commonName"]
-        if not names:
-            raise AuthError("the client certificate's subject has no common name (CN)")
-        return str(names[-1])
+        subject = peercert.get("subject", ())
+        names = [value for rdn in subject for key, value in rdn if key == "commonName"]
+        if len(names) != 1:
+            raise AuthError("the client certificate's subject has no common name (CN)" if not names else
+                            f"the client certificate's subject has {len(names)} common names (CN); one must name the "
+                            "client")
+        name = str(names[0])
+        if (self.names or self.subjects) and name not in self.names and subject_text(subject) not in self.subjects:
+            raise NotAllowed("the client certificate is valid, but its subject is not among those this endpoint "
+                             "admits (auth.names, auth.subjects)")
+        return name
 
     @classmethod
     def from_props(cls, props: Mapping[str, Any]) -> ClientCertAuth:
-        return cls()
+        lists = []
+        for key in ("names", "subjects"):
+            value = props.get(key) or []
+            if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+                example = "[gateway-9]" if key == "names" else '["CN=gateway-9,O=Example"]'
+                raise ConfigError(f"property 'auth.{key}' is {value!r}; must be a list of "
+                                  f"{'common names' if key == 'names' else 'subjects'}, e.g. {example}")
+            lists.append(tuple(item.strip() for item in value))
+        return cls(*lists)
+
+
+#: OpenSSL's short names for the attributes of a subject (``-nameopt RFC2253`` prints these).
+_SHORT = {"commonName": "CN", "organizationName": "O", "organizationalUnitName": "OU", "countryName": "C",
+          "stateOrProvinceName": "ST", "localityName": "L", "domainComponent": "DC", "userId": "UID",
+          "streetAddress": "street"}
+
+
+def subject_text(subject: Any) -> str:
+    """A certificate subject (``getpeercert()["subject"]``) as RFC 4514 text, most specific first, as ``openssl x509
+    -noout -subject -nameopt RFC2253`` prints an ASCII one: ``CN=gateway-9,O=httppush tests``."""
+    rdns = ["+".join(f"{_SHORT.get(key, key)}={_escape(str(value))}" for key, value in rdn) for rdn in subject]
+    return ",".join(reversed(rdns))
+
+
+def _escape(value: str) -> str:
+    out = "".join("\\" + char if char in ',+"\\<>;' else char for char in value)
+    if out.startswith((" ", "#")):
+        out = "\\" + out
+    return out[:-1] + "\\ " if out.endswith(" ") and not out.endswith("\\ ") else out
 
 
 #: ``auth.type`` → its authenticator class (``none`` is the absence of one).
 AUTHENTICATORS: dict[str, type[Authenticator]] = {"basic": BasicAuth, "bearer": BearerAuth, "hmac": HmacAuth,
                                   "clientcert": ClientCertAuth}
-#: The keys each type takes besides ``type``.
-_KEYS = {"none": (), "basic": ("users",), "bearer": ("tokens",),
-         "hmac": ("secret", "header", "algorithm", "prefix", "encoding"), "clientcert": ()}
+#: The keys each type takes besides ``type``, lower-cased (as eKuiper passes a yaml file's) → as documented.
+_KEYS: dict[str, dict[str, str]] = {"none": {}, "basic": {"users": "users"}, "bearer": {"tokens": "tokens"},
+                                    "hmac": HMAC_KEYS, "clientcert": {"names": "names", "subjects": "subjects"}}
 
 
 def parse_auth(value: Any) -> Authenticator | None:
@@ -271,14 +211,15 @@ def parse_auth(value: Any) -> Authenticator | None:
     if value in (None, "", {}) or (isinstance(value, str) and value.lower() == "none"):
         return None
     if not isinstance(value, Mapping):
-        raise ConfigError(f"property 'auth' is {_shape(value)}; must be a mapping with a 'type' "
+        raise ConfigError(f"property 'auth' is {shape(value)}; must be a mapping with a 'type' "
                           f"({', '.join(AUTH_TYPES)}), e.g. {{type: basic, users: {{alice: \"<password>\"}}}}")
+    value = {str(key).lower(): item for key, item in value.items()}  # keys in any case (a yaml file's: lowered)
     kind = str(value.get("type") or "").lower()
     if kind not in AUTH_TYPES:
         raise ConfigError(f"property 'auth.type' is {value.get('type')!r}; must be one of {', '.join(AUTH_TYPES)}")
-    unknown = [str(key) for key in value if key != "type" and key not in _KEYS[kind]]
+    unknown = [key for key in value if key != "type" and key not in _KEYS[kind]]
     if unknown:
-        allowed = ", ".join(_KEYS[kind]) or "nothing else"
+        allowed = ", ".join(_KEYS[kind].values()) or "nothing else"
         raise ConfigError(f"property 'auth' has the key {unknown[0]!r}, unknown for type '{kind}'; it takes {allowed}")
     if kind == "none":
         return None
@@ -293,37 +234,10 @@ def describe(auth: Authenticator | None) -> str:
         count = len(auth.names)
         return f"{auth.kind} ({count} {'user' if auth.kind == 'basic' else 'token'}{'s' if count != 1 else ''})"
     if isinstance(auth, HmacAuth):
-        return f"hmac ({auth.algorithm} in {auth.header})"
+        stamped = f", signed time in {auth.timestamp_header} ±{auth.window:g} s" if auth.timestamp_header else ""
+        return f"hmac ({auth.algorithm} in {auth.header}{stamped})"
+    if isinstance(auth, ClientCertAuth) and (auth.names or auth.subjects):
+        return f"clientcert ({len(auth.names) + len(auth.subjects)} allowed)"
     return auth.kind
 
 
-def _secret(value: Any, key: str) -> bytes:
-    """A secret: a string, or ``{env: NAME}`` to read it from the plugin's environment (inherited from eKuiper)."""
-    if isinstance(value, Mapping) and set(value) == {"env"}:
-        name = str(value["env"])
-        secret = os.environ.get(name, "")
-        if not secret:
-            raise ConfigError(f"property '{key}' reads the environment variable {name!r}, which is not set (or "
-                              "empty) in the plugin's environment, inherited from eKuiper's")
-        return secret.encode()
-    if not isinstance(value, str):
-        raise ConfigError(f"property '{key}' is {_shape(value)}; a secret must be a string (quote it in yaml) or "
-                          "{env: NAME}")
-    if not value:
-        raise ConfigError(f"property '{key}' is empty; a secret must not be")
-    return value.encode()
-
-
-def _shape(value: Any) -> str:
-    """What a value is, without showing it (it may be a secret)."""
-    if value is None:
-        return "missing"
-    if isinstance(value, Mapping):
-        return "an empty mapping" if not value else "a mapping"
-    if isinstance(value, list):
-        return "an empty list" if not value else "a list"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    return "a string" if isinstance(value, str) else f"a {type(value).__name__}"

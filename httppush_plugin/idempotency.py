@@ -9,9 +9,11 @@ One :class:`KeyStore` per endpoint (method + DATASOURCE), kept in :class:`KeySto
 process, so a rule restart (which may stop and start the shared server) does not forget keys; a plugin restart does. A
 key is remembered from its request's arrival ("in flight": a second request with it gets 409) until its answer: a 2xx
 answer is stored for ``window`` seconds, any other answer forgets the key, so a retry after a 4xx or 503 is handled
-afresh. At most ``max_keys`` keys are kept; more evict the oldest answered ones (counted in
+afresh. At most ``max_keys`` keys are kept; more evict an answered one (counted in
 ``httppush_idempotency_evictions_total``); keys in flight are never evicted (there are at most as many as open
-connections).
+connections). Eviction is fair between users (``auth`` principals): the evicted key is the oldest answered one of the
+user holding the most keys (the newcomer's own on a tie), so a user never loses keys while it holds no more than any
+other — each of N users keeps at least ``max_keys / N``, however many keys another one sends.
 
 A request is "the same" when its method, request target (path with a template's values, and query), Content-Type
 (case aside) and body (after Content-Encoding is undone) are; keys are separate per authenticated user. Only the
@@ -106,7 +108,10 @@ class KeyStore:
     def __init__(self, config: IdempotencyConfig, stats: EndpointStats) -> None:
         self.config = config
         self.stats = stats
+        #: every key, soonest to expire first
         self._entries: OrderedDict[tuple[str, bytes], Entry] = OrderedDict()
+        #: user → their keys in the same order (fair eviction)
+        self._users: dict[str, OrderedDict[bytes, Entry]] = {}
 
     def __len__(self) -> int:
         self._expire(_now())
@@ -133,10 +138,10 @@ class KeyStore:
         entry = self._entries.get(slot)
         if entry is None or entry.expires <= now:
             # the window counts from the answer; an in-flight entry lasts at most one window (then a retry goes ahead)
-            entry = self._entries[slot] = Entry(digest, now + self.config.window)
-            self._entries.move_to_end(slot)
+            entry = Entry(digest, now + self.config.window)
+            self._put(slot, entry)
             if len(self._entries) > self.config.max_keys:
-                self._evict()
+                self._evict(slot[0])
             return Ticket(self, slot, entry)
         shown = key.decode("ascii")
         if entry.fingerprint == digest and entry.status:
@@ -156,23 +161,47 @@ class KeyStore:
         if 200 <= status < 300:
             entry.status, entry.body = status, body
             entry.expires = _now() + self.config.window
-            self._entries.move_to_end(slot)
+            self._put(slot, entry)
         else:
-            del self._entries[slot]
+            self._drop(slot)
 
-    def _evict(self) -> None:
-        """Forget the oldest answered keys until at most ``max_keys`` are left, or only keys in flight."""
-        entries = self._entries
-        excess = len(entries) - self.config.max_keys
-        victims = []
-        for slot, entry in entries.items():
-            if len(victims) == excess:
-                break
-            if entry.status:
-                victims.append(slot)
-        for slot in victims:
-            del entries[slot]
-        self.stats.evictions += len(victims)
+    def _put(self, slot: tuple[str, bytes], entry: Entry) -> None:
+        """Remember ``entry`` (anew, or again after its answer) as the newest of all and of its user."""
+        self._entries[slot] = entry
+        self._entries.move_to_end(slot)
+        keys = self._users.get(slot[0])
+        if keys is None:
+            keys = self._users[slot[0]] = OrderedDict()
+        keys[slot[1]] = entry
+        keys.move_to_end(slot[1])
+
+    def _drop(self, slot: tuple[str, bytes]) -> None:
+        del self._entries[slot]
+        keys = self._users[slot[0]]
+        del keys[slot[1]]
+        if not keys:
+            del self._users[slot[0]]
+
+    def _evict(self, newcomer: str) -> None:
+        """Forget answered keys until at most ``max_keys`` are left (or only keys in flight): each time the oldest
+        answered key of the user holding the most, ``newcomer`` first among equals."""
+        users = self._users
+        while len(self._entries) > self.config.max_keys:
+            most = max(len(keys) for keys in users.values())
+            first = newcomer if len(users.get(newcomer, ())) == most else max(users, key=lambda u: len(users[u]))
+            user, victim = first, self._oldest_answered(first)
+            if victim is None:  # that user's keys are all in flight: the next largest
+                for user in sorted(users, key=lambda u: len(users[u]), reverse=True):
+                    victim = self._oldest_answered(user)
+                    if victim is not None:
+                        break
+                else:
+                    return
+            self._drop((user, victim))
+            self.stats.evictions += 1
+
+    def _oldest_answered(self, user: str) -> bytes | None:
+        return next((key for key, entry in self._users[user].items() if entry.status), None)
 
     def _expire(self, now: float) -> None:
         entries = self._entries
@@ -180,7 +209,7 @@ class KeyStore:
             slot, entry = next(iter(entries.items()))
             if entry.expires > now:
                 break
-            del entries[slot]
+            self._drop(slot)
 
 
 class KeyStores:

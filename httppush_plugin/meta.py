@@ -27,14 +27,18 @@ from .request import RequestHead
 from .values import string_list, switched_off, switched_on
 
 #: What ``meta`` may list. ``user`` is the authenticated principal (``auth``), absent without auth; ``remoteAddr``
-#: follows ``X-Forwarded-For`` / ``Forwarded`` when the peer is in ``trustedProxies``; ``requestId`` is the client's
-#: ``X-Request-Id`` or a generated one, echoed in the answer.
+#: follows ``X-Forwarded-For`` (or ``Forwarded``: ``proxyHeader``) when the peer is in ``trustedProxies``;
+#: ``requestId`` is the client's ``X-Request-Id`` or a generated one, echoed in the answer.
 META_FIELDS = ("method", "path", "remoteAddr", "contentType", "user", "requestId")
 #: Longest text copied from a request into ``meta`` (per value, per record).
 MAX_META_TEXT = 256
 #: Largest ``meta`` of one record, as JSON: a request whose configured metadata is larger is refused with 431, not
 #: cut, so that a rule never sees part of what it was configured to get.
 MAX_META_BYTES = 4096
+#: A path template's variable: ``{name}`` filling a whole segment (``routing.Template``).
+TEMPLATE_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: ``proxyHeader``: the header trusted proxies name the client in; ``Forwarded`` (RFC 7239) only when chosen.
+PROXY_HEADERS = ("X-Forwarded-For", "Forwarded")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -56,15 +60,52 @@ class MetaSpec:
     #: ``metaQuery``: ``True`` for every parameter, or the names
     query: bool | tuple[str, ...] = ()
     proxies: tuple[Network, ...] = ()
+    #: ``proxyHeader``, lower-cased: where trusted proxies name the client
+    proxy_header: bytes = b"x-forwarded-for"
+    #: lower-cased names no header or query parameter may fill (:func:`reserved_names`)
+    reserved: frozenset[str] = frozenset()
 
 
 def meta_spec(fields: tuple[str, ...], header_globs: tuple[str, ...], query: bool | tuple[str, ...],
-              proxies: tuple[Network, ...], variables: Callable[[str], dict[str, str]] | None) -> MetaSpec | None:
-    """``None`` when records carry no meta (the default: no work per request)."""
+              proxies: tuple[Network, ...], variables: Callable[[str], dict[str, str]] | None,
+              proxy_header: str = PROXY_HEADERS[0], path: str = "") -> MetaSpec | None:
+    """``None`` when records carry no meta (the default: no work per request). ``path``: the DATASOURCE, whose
+    template variables are reserved like the facts."""
     if not fields and variables is None and not header_globs and not query:
         return None
     headers = re.compile("|".join(fnmatch.translate(glob) for glob in header_globs)) if header_globs else None
-    return MetaSpec(fields, variables, headers, query, proxies)
+    return MetaSpec(fields, variables, headers, query, proxies, proxy_header.lower().encode("latin-1"),
+                    frozenset(name.lower() for name in reserved_names(path)))
+
+
+def reserved_names(path: str) -> tuple[str, ...]:
+    """The meta names only the plugin fills: the facts of :data:`META_FIELDS` (whether ``meta`` lists them or not)
+    and the variables of the path template ``path``. No header or query parameter is ever copied to one of them,
+    compared case-insensitively (``X-User`` is not one; ``User`` and ``REMOTEADDR`` are)."""
+    return META_FIELDS + tuple(TEMPLATE_VARIABLE.findall(path))
+
+
+def check_reserved(path: str, header_globs: tuple[str, ...], query: bool | tuple[str, ...]) -> None:
+    """Refuse (:class:`ConfigError`) a template variable named like a request fact (``/d/{user}``: the path would
+    name the user), and a ``metaHeaders`` or ``metaQuery`` name that is a reserved one (globs and ``metaQuery: true``
+    are not refused: they skip reserved names per request)."""
+    facts = {name.lower(): name for name in META_FIELDS}
+    for variable in TEMPLATE_VARIABLE.findall(path):
+        if variable.lower() in facts:
+            raise ConfigError(f"DATASOURCE is {path!r}; its template variable {{{variable}}} would fill the same meta "
+                              f"name as the request fact meta({facts[variable.lower()]}), which only the plugin "
+                              "fills: a client would choose it in the path; rename the variable (e.g. {device})")
+    reserved = {name.lower(): name for name in reserved_names(path)}
+    named = [("metaHeaders", glob) for glob in header_globs if not any(c in glob for c in "*?[")]
+    named += [("metaQuery", name) for name in query] if query is not True else []
+    for prop, name in named:
+        other = reserved.get(name.lower())
+        if other is None:
+            continue
+        side = (f"the path template's variable {{{other}}} (DATASOURCE {path!r})" if other not in META_FIELDS else
+                f"the request fact meta({other}), which only the plugin fills")
+        raise ConfigError(f"property '{prop}' has {name!r}, which would fill the same meta name as {side}; a client "
+                          f"must not be able to set it: remove {name!r} from '{prop}'")
 
 
 def request_id(head: RequestHead) -> str:
@@ -79,12 +120,12 @@ def build(spec: MetaSpec, head: RequestHead, user: str | None = None, rid: str =
     first: query parameters, headers, template variables, request facts."""
     meta: dict[str, Any] = {}
     if spec.query:
-        meta.update(_query(head.target, spec.query))
+        meta.update(_query(head.target, spec.query, spec.reserved))
     if spec.headers is not None:
         copied: set[str] = set()
         for raw_name, raw_value in head.headers:
             name = raw_name.decode("latin-1").lower()
-            if spec.headers.match(name):
+            if spec.headers.match(name) and name not in spec.reserved:
                 value = raw_value.decode("latin-1")
                 meta[name] = clip(f"{meta[name]}, {value}" if name in copied else value)  # repeated: joined
                 copied.add(name)
@@ -96,7 +137,7 @@ def build(spec: MetaSpec, head: RequestHead, user: str | None = None, rid: str =
         if user is not None:  # absent without auth
             values["user"] = clip(user)
         if spec.proxies:
-            values["remoteAddr"] = client_address(head, spec.proxies)
+            values["remoteAddr"] = client_address(head, spec.proxies, spec.proxy_header)
         meta.update((name, values[name]) for name in spec.fields if name in values)
     data = orjson.dumps(meta)
     if len(data) > MAX_META_BYTES:
@@ -105,14 +146,15 @@ def build(spec: MetaSpec, head: RequestHead, user: str | None = None, rid: str =
     return data
 
 
-def _query(target: bytes, wanted: bool | tuple[str, ...]) -> dict[str, Any]:
-    """``metaQuery``: parameters of the request target's query, clipped; a repeated one becomes a list."""
+def _query(target: bytes, wanted: bool | tuple[str, ...], reserved: frozenset[str]) -> dict[str, Any]:
+    """``metaQuery``: parameters of the request target's query, clipped; a repeated one becomes a list; a reserved
+    name (any case) is not taken."""
     start = target.find(b"?")
     if start < 0:
         return {}
     params: dict[str, Any] = {}
     for name, value in parse_qsl(target[start + 1:].decode("latin-1"), keep_blank_values=True):
-        if wanted is not True and name not in wanted:
+        if (wanted is not True and name not in wanted) or name.lower() in reserved:
             continue
         name, value = clip(name), clip(value)
         if name not in params:
@@ -124,23 +166,24 @@ def _query(target: bytes, wanted: bool | tuple[str, ...]) -> dict[str, Any]:
     return params
 
 
-def client_address(head: RequestHead, proxies: tuple[Network, ...]) -> str:
-    """The client's address: the peer, or — when the peer is a trusted proxy — the last address in ``Forwarded``
-    (else ``X-Forwarded-For``) that is not a trusted proxy, walking from the nearest hop back."""
+def client_address(head: RequestHead, proxies: tuple[Network, ...], header: bytes = b"x-forwarded-for") -> str:
+    """The client's address: the peer, or — when the peer is a trusted proxy — the rightmost address of ``header``
+    (``x-forwarded-for``, or ``forwarded``: RFC 7239 ``for=``) that is not a trusted proxy. Every line of the header
+    counts, in order, as one list (a proxy may append its own line after a client's): the walk goes from the nearest
+    hop back while the hop is a trusted proxy. A hop that is not an address (``unknown``, a name, garbage) stops it:
+    the last trusted hop is then all we know."""
     address = head.remote
     if not proxies or not _trusted(address, proxies):
         return address
-    forwarded = head.header(b"forwarded")
-    if forwarded is not None:
-        hops = [_forwarded_for(element) for element in forwarded.decode("latin-1").split(",")]
-    else:
-        xff = head.header(b"x-forwarded-for")
-        hops = [hop.strip() for hop in xff.decode("latin-1").split(",")] if xff is not None else []
+    size = len(header)
+    text = ",".join([value.decode("latin-1") for key, value in head.headers
+                     if len(key) == size and key.lower() == header])
+    hops = text.split(",")
     for hop in reversed(hops):
         try:
-            hop = str(ipaddress.ip_address(hop or ""))
+            hop = str(ipaddress.ip_address(_forwarded_for(hop) if header == b"forwarded" else hop.strip()))
         except ValueError:
-            break  # "unknown", an obfuscated name, garbage: the last trusted hop is all we know
+            break
         address = hop
         if not _trusted(hop, proxies):
             break
@@ -210,3 +253,12 @@ def parse_trusted_proxies(value: Any) -> tuple[Network, ...]:
             raise ConfigError(f"property 'trustedProxies' has {item!r}; must be IP addresses or CIDR networks, "
                               "e.g. [10.0.0.0/8, \"::1\"]") from None
     return tuple(networks)
+
+
+def parse_proxy_header(value: Any) -> str:
+    """Property ``proxyHeader``: ``X-Forwarded-For`` (the default) or ``Forwarded``, in any case."""
+    text = str(value or PROXY_HEADERS[0]).strip()
+    for name in PROXY_HEADERS:
+        if text.lower() == name.lower():
+            return name
+    raise ConfigError(f"property 'proxyHeader' is {value!r}; must be {' or '.join(PROXY_HEADERS)}")

@@ -22,7 +22,17 @@ from .auth import Authenticator, parse_auth
 from .cors import CorsConfig, parse_cors
 from .errors import ConfigError
 from .idempotency import IdempotencyConfig, parse_idempotency
-from .meta import META_FIELDS, Network, parse_meta, parse_meta_headers, parse_meta_query, parse_trusted_proxies
+from .meta import (
+    META_FIELDS,
+    PROXY_HEADERS,
+    Network,
+    check_reserved,
+    parse_meta,
+    parse_meta_headers,
+    parse_meta_query,
+    parse_proxy_header,
+    parse_trusted_proxies,
+)
 
 METHODS = ("POST", "PUT")
 FORMATS = ("json", "binary", "delimited", "urlencoded", "protobuf", "custom")
@@ -101,6 +111,7 @@ PROPERTIES: tuple[Property, ...] = (
     Property("metaHeaders", "meta_headers", [], parse_meta_headers, "list", "list_string"),
     Property("metaQuery", "meta_query", [], parse_meta_query, "list", "list_string"),
     Property("trustedProxies", "trusted_proxies", [], parse_trusted_proxies, "list", "list_string"),
+    Property("proxyHeader", "proxy_header", PROXY_HEADERS[0], parse_proxy_header, "select", values=PROXY_HEADERS),
     Property("idempotency", "idempotency", {}, parse_idempotency, "list", "object"),
 )
 _DEFAULTS = {prop.field: prop.check(prop.default) for prop in PROPERTIES}
@@ -129,6 +140,7 @@ class EndpointConfig:
     meta_headers: tuple[str, ...] = _DEFAULTS["meta_headers"]
     meta_query: bool | tuple[str, ...] = _DEFAULTS["meta_query"]
     trusted_proxies: tuple[Network, ...] = _DEFAULTS["trusted_proxies"]
+    proxy_header: str = _DEFAULTS["proxy_header"]
     idempotency: IdempotencyConfig | None = _DEFAULTS["idempotency"]
 
     @classmethod
@@ -142,6 +154,7 @@ class EndpointConfig:
             )
         values = {prop.field: prop.check(props[prop.name]) if prop.name in props else _DEFAULTS[prop.field]
                   for prop in PROPERTIES}
+        check_reserved(path, values["meta_headers"], values["meta_query"])
         fmt = str(props.get("format") or "json").lower()
         schema_id = str(props.get("schemaId") or "")
         if values["decoder"]:

@@ -94,26 +94,31 @@ TEXTS: dict[str, Words] = {
         doc=("Who may push: {} (or {type: none}) lets anyone. Otherwise {type: basic, users: {<name>: <password>, "
             "...}}, {type: bearer, tokens: {<name>: <token>, ...}} (or a list of tokens), {type: hmac, secret: "
             "<secret>} (a signature of the body in X-Hub-Signature-256, as GitHub sends it; also header, "
-            "algorithm, encoding, prefix) or {type: clientcert} (mutual TLS: httpServerTls.cafile in the plugin's"
-            " etc/kuiper.yaml). Any secret may be {env: NAME}, read from the environment: better, as eKuiper logs"
-            " a source's properties at every rule start. Refused requests get 401. Keys in this file reach the "
-            "plugin lower-cased, names of users and tokens included. Streams on one path and method must use the "
-            "same auth. Examples below."),
+            "algorithm, encoding, prefix; with timestampHeader (and window, default 300 s) the signature covers "
+            "\"<timestamp>\\n<method>\\n<target>\\n<body>\" and a time outside the window is refused) or {type: "
+            "clientcert} (mutual TLS: httpServerTls.cafile in the plugin's etc/kuiper.yaml; the one CN of the "
+            "subject; names: [CNs] and/or subjects: [RFC 4514 subjects] admit only those, others get 403). Any "
+            "secret may be {env: NAME}, read from the environment: better, as eKuiper logs a source's properties "
+            "at every rule start. Refused requests get 401; a client address with 10 failures within 60 s gets 429 "
+            "for the rest of that minute. Keys in this file reach the plugin lower-cased, names of users and tokens "
+            "included. Streams on one path and method must use the same auth. Examples below."),
         label_en="Authentication",
         label_zh="认证",
         hint_en=("Who may push; empty: anyone. type: basic (users: {name: password}), bearer (tokens: {name: token} or"
             " a list), hmac (secret; header X-Hub-Signature-256, algorithm sha256, encoding hex, prefix sha256= "
-            "by default, as GitHub webhooks) or clientcert (mutual TLS, needs httpServerTls.cafile). A secret may"
-            " be {env: NAME}. Refused requests get 401 with WWW-Authenticate; the principal is meta(user). "
-            "Streams on one path and method must use the same auth."),
+            "by default, as GitHub webhooks; timestampHeader and window (300 s) sign time, method, path and body)"
+            " or clientcert (mutual TLS, needs httpServerTls.cafile; names / subjects limit who). A secret may be "
+            "{env: NAME}. Refused requests get 401 with WWW-Authenticate, repeated failures 429; the principal is "
+            "meta(user). Streams on one path and method must use the same auth."),
         hint_zh=("允许推送的客户端；为空表示不限制。type：basic（users：{用户名: "
             "密码}）、bearer（tokens：{名称: 令牌} "
             "或令牌列表）、hmac（secret；默认 header 为 "
             "X-Hub-Signature-256、algorithm 为 "
             "sha256、encoding 为 hex、prefix 为 sha256=，与 "
-            "GitHub webhook 相同）或 clientcert（双向 TLS，需设置 "
-            "httpServerTls.cafile）。密钥可写为 {env: "
-            "环境变量名}。认证失败返回 401 及 WWW-Authenticate；认证身份可用 "
+            "GitHub webhook 相同；设置 timestampHeader 和 window（默认 300 秒）时签名覆盖时间戳、"
+            "方法、路径和请求体）或 clientcert（双向 TLS，需设置 "
+            "httpServerTls.cafile；names / subjects 限定允许的证书）。密钥可写为 {env: "
+            "环境变量名}。认证失败返回 401 及 WWW-Authenticate，多次失败返回 429；认证身份可用 "
             "meta(user) 读取。同一路径和方法上的流必须使用相同的 auth。"),
         see="auth.md",
     ),
@@ -154,39 +159,60 @@ TEXTS: dict[str, Words] = {
     "metaHeaders": Words(
         doc=("Request headers each record carries in meta, by name or * glob, case-insensitive; the meta key is "
             "the header name lower-cased (meta(`x-device-id`)), the value cut to 256 characters, a repeated "
-            "header joined with \", \". Example: metaHeaders: [\"X-Device-*\", \"User-Agent\"]"),
+            "header joined with \", \". Never one whose name is a reserved meta name (user, method, path, remoteAddr, "
+            "contentType, requestId, a template variable; any case): naming one is refused at start, a glob skips it."
+            " Example: metaHeaders: [\"X-Device-*\", \"User-Agent\"]"),
         label_en="Metadata headers",
         label_zh="元数据请求头",
         hint_en=("Request headers each record carries in meta, by name or * glob, case-insensitive (e.g. X-Device-*); "
-            "the meta key is the lower-cased header name, the value cut to 256 characters."),
+            "the meta key is the lower-cased header name, the value cut to 256 characters. Reserved names (user, "
+            "method, path, remoteAddr, contentType, requestId, template variables) are never taken."),
         hint_zh=("每条记录在 meta 中携带的请求头，按名称或 * 通配符匹配，不区分大小写（如 "
-            "X-Device-*）；meta 键为小写的请求头名，值最多 256 个字符。"),
+            "X-Device-*）；meta 键为小写的请求头名，值最多 256 个字符。保留名称（user、"
+            "method、path、remoteAddr、contentType、requestId、路径模板变量）不会从请求头获取。"),
         see="metadata.md#request-metadata",
     ),
     "metaQuery": Words(
         doc=("Query parameters each record carries in meta: true for all, or a list of names; a repeated one "
-            "becomes a list. Headers, template variables and the meta facts win over a parameter of the same "
-            "name. Example: metaQuery: [site]"),
+            "becomes a list. A header wins over a parameter of the same name. Never a reserved meta name (user, "
+            "method, path, remoteAddr, contentType, requestId, a template variable; any case): listing one is "
+            "refused at start, true skips it. Example: metaQuery: [site]"),
         label_en="Metadata query parameters",
         label_zh="元数据查询参数",
         hint_en=("Query parameters each record carries in meta: true for all, or a list of names; a repeated parameter"
-            " becomes a list."),
+            " becomes a list. Reserved names (user, method, path, remoteAddr, contentType, requestId, template "
+            "variables) are never taken."),
         hint_zh=("每条记录在 meta 中携带的查询参数：true "
-            "表示全部，或参数名列表；重复的参数成为列表。"),
+            "表示全部，或参数名列表；重复的参数成为列表。保留名称（user、method、path、remoteAddr、"
+            "contentType、requestId、路径模板变量）不会从查询参数获取。"),
         see="metadata.md#request-metadata",
     ),
     "trustedProxies": Words(
-        doc=("Proxies (IP addresses or CIDR networks) whose X-Forwarded-For / Forwarded headers name the client: "
-            "when the peer is one of them, meta(remoteAddr) is the nearest address in those headers that is not. "
-            "Others' headers are ignored. Example: trustedProxies: [10.0.0.0/8, \"::1\"]"),
+        doc=("Proxies (IP addresses or CIDR networks) whose X-Forwarded-For (or Forwarded, see proxyHeader) names "
+            "the client: when the peer is one of them, meta(remoteAddr) is the rightmost address of that header "
+            "(all its lines joined in order) that is not a trusted proxy. Other peers' headers are ignored. Example:"
+            " trustedProxies: [10.0.0.0/8, \"::1\"]"),
         label_en="Trusted proxies",
         label_zh="可信代理",
-        hint_en=("IP addresses or CIDR networks of proxies whose X-Forwarded-For / Forwarded headers name the client: "
-            "meta(remoteAddr) is then the nearest address there that is not a trusted proxy. Other peers' headers"
-            " are ignored."),
+        hint_en=("IP addresses or CIDR networks of proxies whose X-Forwarded-For (or Forwarded, see proxyHeader) names"
+            " the client: meta(remoteAddr) is then the rightmost address there that is not a trusted proxy. Other "
+            "peers' headers are ignored."),
         hint_zh=("可信代理的 IP 地址或 CIDR 网段：来自它们的请求按 X-Forwarded-For"
-            " / Forwarded 确定客户端，meta(remoteAddr) "
-            "为其中最近的非可信代理地址。其他来源的这些请求头被忽略。"),
+            "（或 Forwarded，见 proxyHeader）确定客户端，meta(remoteAddr) "
+            "为其中从右起第一个非可信代理地址。其他来源的这些请求头被忽略。"),
+        see="metadata.md#request-metadata",
+    ),
+    "proxyHeader": Words(
+        doc=("Which header trustedProxies name the client in: X-Forwarded-For (the default; what nginx's "
+            "$proxy_add_x_forwarded_for and HAProxy's option forwardfor send) or Forwarded (RFC 7239 for=). Only "
+            "that header is read: a client cannot slip its own address in through the other one. Example: "
+            "proxyHeader: Forwarded"),
+        label_en="Proxy header",
+        label_zh="代理请求头",
+        hint_en=("The header trusted proxies name the client in: X-Forwarded-For (default) or Forwarded (RFC 7239). "
+            "The other one is ignored."),
+        hint_zh=("可信代理用来标明客户端地址的请求头：X-Forwarded-For（默认）或 "
+            "Forwarded（RFC 7239）。另一个请求头被忽略。"),
         see="metadata.md#request-metadata",
     ),
     "idempotency": Words(
@@ -196,7 +222,8 @@ TEXTS: dict[str, Words] = {
             "stored status and body, with Idempotent-Replayed: true. The same key for another request (method, "
             "path, Content-Type or body differ) gets 422; while the first is still being handled, 409 with "
             "Retry-After. Any other answer forgets the key: a retry is handled afresh. Keys are per endpoint and "
-            "per user (auth); at most maxKeys per endpoint, the oldest forgotten first. They live in the plugin "
+            "per user (auth); at most maxKeys per endpoint, shared fairly: the oldest key of the user holding the "
+            "most is forgotten first, so with N users each keeps at least maxKeys / N. They live in the plugin "
             "process: a rule restart keeps them, a restart of the plugin or of eKuiper forgets them. Without it "
             "the header is ignored. Streams on one path and method must agree on it. Example: idempotency: "
             "{window: 600, maxKeys: 50000}"),
@@ -207,7 +234,8 @@ TEXTS: dict[str, Words] = {
             "visible ASCII characters) repeats one answered 2xx within the window is not delivered again and gets"
             " the stored answer with Idempotent-Replayed: true; the same key for another request (method, path, "
             "Content-Type or body) gets 422, while the first is in flight 409. Other answers forget the key. Keys"
-            " are per endpoint and user; a rule restart keeps them, a plugin or eKuiper restart forgets them. "
+            " are per endpoint and user, maxKeys shared fairly between users; a rule restart keeps them, a plugin "
+            "or eKuiper restart forgets them. "
             "Streams on one path and method must use the same setting."),
         hint_zh=("幂等重试；为空表示关闭（忽略 Idempotency-Key 请求头）。true，或 "
             "{window: 秒（默认 300）, maxKeys: 每个端点的键数（默认 "
@@ -216,7 +244,7 @@ TEXTS: dict[str, Words] = {
             "Idempotent-Replayed: "
             "true；同一个键用于不同的请求（方法、路径、Content-Type 或请求体不同）返回"
             " 422，前一个请求仍在处理时返回 "
-            "409。其他响应会忘记该键。键按端点和用户区分；重启规则时保留，重启插件或 eKuiper"
+            "409。其他响应会忘记该键。键按端点和用户区分，maxKeys 在用户间公平分配；重启规则时保留，重启插件或 eKuiper"
             " 后丢失。同一路径和方法上的流必须使用相同的设置。"),
         see="operations.md#idempotent-retries",
     ),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -23,12 +22,12 @@ from .cors import CorsConfig
 from .decoders import Decoder
 from .errors import ConfigError
 from .idempotency import KeyStore, KeyStores
-from .meta import MetaSpec, meta_spec
+from .meta import TEMPLATE_VARIABLE, MetaSpec, Network, client_address, meta_spec
 from .metrics import EndpointStats, Metrics
 from .properties import EndpointConfig
+from .request import RequestHead
 
 _ids = itertools.count(1)
-_VARIABLE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class Template:
     def parse(cls, path: str) -> Template:
         parts: list[tuple[str, bool]] = []
         for segment in path.split("/"):
-            variable = _VARIABLE.fullmatch(segment)
+            variable = TEMPLATE_VARIABLE.fullmatch(segment)
             if variable is not None:
                 parts.append((variable.group(1), True))
             elif "{" in segment or "}" in segment:
@@ -146,6 +145,13 @@ class Route:
     idempotency: KeyStore | None = None
     #: ``Access-Control-Expose-Headers`` of answers to an allowed origin (with ``cors``): what a page may read
     exposed: str = ""
+    #: every subscription's ``trustedProxies``, and the first one's ``proxyHeader``: who the client is (:meth:`client`)
+    proxies: tuple[Network, ...] = ()
+    proxy_header: bytes = b"x-forwarded-for"
+
+    def client(self, head: RequestHead) -> str:
+        """The client's address, as ``meta(remoteAddr)`` gives it (the auth backoff counts failures by it)."""
+        return client_address(head, self.proxies, self.proxy_header) if self.proxies else head.remote
 
     def regroup(self) -> None:
         grouped: dict[Hashable, Group] = {}
@@ -153,12 +159,15 @@ class Route:
         for sub in self.subscriptions:
             endpoint = sub.endpoint
             spec = meta_spec(endpoint.meta, endpoint.meta_headers, endpoint.meta_query, endpoint.trusted_proxies,
-                             variables)
+                             variables, endpoint.proxy_header, endpoint.path)
             key = (sub.decoder.key, spec)
             if key not in grouped:
                 grouped[key] = Group(sub.decoder, spec, [])
             grouped[key].subscriptions.append(sub)
         self.groups = list(grouped.values())
+        self.proxies = tuple(dict.fromkeys(net for sub in self.subscriptions for net in sub.endpoint.trusted_proxies))
+        with_proxies = [sub.endpoint.proxy_header for sub in self.subscriptions if sub.endpoint.trusted_proxies]
+        self.proxy_header = (with_proxies[0] if with_proxies else "x-forwarded-for").lower().encode("latin-1")
         self.request_id = any("requestId" in sub.endpoint.meta for sub in self.subscriptions)
         self.custom = self.success_status != 200 or self.cors is not None or self.request_id
         self.exposed = ", ".join(["Retry-After"] + ["X-Request-Id"] * self.request_id

@@ -288,3 +288,38 @@ def test_a_large_body_cancelled_as_the_server_stops_is_answered_503_and_closes(
         assert [(a.status, a.close) for a in got] == [(503, True)], got
         assert b"stopping" in got[0].body
     assert sender.sent == [] and endpoints.stats("POST", "/api") == {503: 2}
+
+
+def test_auth_backoff_counts_per_client_in_a_window_and_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from httppush_plugin import backoff as backoff_module
+    from httppush_plugin.answers import TooManyRequests, Unauthorized
+    from httppush_plugin.auth import parse_auth
+
+    clock = [1000.0]
+    monkeypatch.setattr(backoff_module, "_now", lambda: clock[0])
+    auth = parse_auth({"type": "basic", "users": {"alice": "pw"}})
+    assert auth is not None
+    good = head("/api", {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()})
+    bad = head("/api", {"Authorization": "Basic " + base64.b64encode(b"alice:no").decode()})
+    guard = backoff_module.AuthBackoff(max_failures=3, window=60, max_peers=100)
+    for _ in range(2):
+        with pytest.raises(Unauthorized):
+            guard.admit(auth, bad, "10.0.0.1")
+    assert guard.admit(auth, good, "10.0.0.1") == "alice"  # a success does not clear the count
+    with pytest.raises(Unauthorized):
+        guard.admit(auth, bad, "10.0.0.1")
+    clock[0] += 20
+    with pytest.raises(TooManyRequests) as caught:
+        guard.admit(auth, good, "10.0.0.1")
+    assert caught.value.headers == {"Retry-After": "40"}
+    assert guard.admit(auth, good, "10.0.0.2") == "alice"  # another client
+    clock[0] += 40.5  # the window from the first failure is over
+    assert guard.admit(auth, good, "10.0.0.1") == "alice"
+    for index in range(5000):  # many addresses: at most max_peers remembered, the least recently failing dropped
+        guard.failed(f"198.51.{index // 256}.{index % 256}")
+    assert len(guard) == 100
+
+
+def head(path: str, headers: dict[str, str]) -> RequestHead:
+    return RequestHead("POST", path, path.encode(), [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+                       "application/json", "10.0.0.9", True)

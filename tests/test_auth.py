@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import json
 import re
 import socket
@@ -34,7 +35,7 @@ from httppush_plugin.settings import ServerConfig, TlsConfig, load_server_config
 from tests.hostemu import PluginHost
 from tests.realhost_support import PLUGIN, Ctx, uid
 from tests.support.http import RawClient, push, request, sender
-from tests.support.pki import Pki, client_context, mtls_env
+from tests.support.pki import Pki, client_context, mtls_env, openssl_subject
 from tests.support.sentinel import assert_sentinel_next_on_channels
 
 PASSWORD = "pw-4f1c9e-alice"
@@ -123,7 +124,16 @@ def test_parse_auth_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> 
     ({"type": "hmac", "secret": SECRET, "header": "X Sig"}, "property 'auth.header' is 'X Sig'; must be an HTTP "
                                                             "header name"),
     ({"type": "clientcert", "users": {}}, "property 'auth' has the key 'users', unknown for type 'clientcert'; it "
-                                          "takes nothing else"),
+                                          "takes names, subjects"),
+    ({"type": "clientcert", "names": "gateway-9"}, "property 'auth.names' is 'gateway-9'; must be a list of common "
+                                                   "names"),
+    ({"type": "clientcert", "subjects": [""]}, "property 'auth.subjects' is ['']; must be a list of subjects"),
+    ({"type": "hmac", "secret": SECRET, "timestampHeader": "X Time"}, "property 'auth.timestampHeader' is 'X Time'; "
+                                                                      "must be an HTTP header name"),
+    ({"type": "hmac", "secret": SECRET, "window": 60}, "property 'auth.window' is set, but 'auth.timestampHeader' is "
+                                                       "not"),
+    ({"type": "hmac", "secret": SECRET, "timestampHeader": "X-Timestamp", "window": -1},
+     "property 'auth.window' is -1; must be more than 0"),
 ])
 def test_parse_auth_errors_name_key_value_and_rule_never_the_secret(value: Any, needle: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(needle)) as caught:
@@ -433,6 +443,132 @@ def test_ca_file_without_certificates_is_a_bind_error(pki: Pki, tmp_path: Path) 
     context = _ssl_context(ServerConfig(tls=TlsConfig(str(pki.server_cert), str(pki.server_key), str(pki.ca),
                                                       "optional")))
     assert context is not None and context.verify_mode == ssl.CERT_OPTIONAL
+
+
+def test_clientcert_refuses_a_subject_with_several_common_names(make_host: Callable[..., PluginHost],
+                                                                pki: Pki) -> None:
+    """``CN=alice/CN=admin`` names no one: 401, not the last (or first) CN."""
+    port = free_port()
+    host = make_host(port, **mtls_env(pki))
+    ch = host.start_source("r1", "s1", {"datasource": "/m", "auth": {"type": "clientcert"}, "meta": ["user"]})
+    reply = push(port, "/m", RECORD, tls=client_context(pki, pki.two_names))
+    assert "2 common names (CN)" in assert_401(reply, 'ClientCertificate realm="httppush"')
+    assert push(port, "/m", RECORD, tls=client_context(pki, pki.client)).status == 200
+    assert ch.take(1)[0]["meta"] == {"user": "gateway-9"}
+    assert_sentinel_next_on_channels(sender(port, "/m", tls=client_context(pki, pki.client)), ch)
+
+
+def test_clientcert_allow_list_by_name_and_by_subject(make_host: Callable[..., PluginHost], pki: Pki) -> None:
+    """Only the listed CNs or whole subjects (RFC 4514, as ``openssl x509 -subject -nameopt RFC2253`` prints them) are
+    admitted; another certificate from the same CA gets 403."""
+    other_subject = openssl_subject(pki.other[0])
+    assert other_subject == "CN=gateway-10,O=httppush tests"
+    port = free_port()
+    host = make_host(port, **mtls_env(pki))
+    by_name = host.start_source("r1", "s1", {"datasource": "/n", "meta": ["user"],
+                                             "auth": {"type": "clientcert", "names": ["gateway-9"]}})
+    by_subject = host.start_source("r2", "s2", {"datasource": "/s", "meta": ["user"],
+                                                "auth": {"type": "clientcert", "subjects": [other_subject]}})
+    gateway9, gateway10 = client_context(pki, pki.client), client_context(pki, pki.other)
+    assert push(port, "/n", RECORD, tls=gateway9).status == 200
+    assert by_name.take(1)[0]["meta"] == {"user": "gateway-9"}
+    assert push(port, "/s", RECORD, tls=gateway10).status == 200
+    assert by_subject.take(1)[0]["meta"] == {"user": "gateway-10"}
+    for path, tls in (("/n", gateway10), ("/s", gateway9)):
+        refused = push(port, path, RECORD, tls=tls)
+        assert refused.status == 403 and "not among those this endpoint admits" in refused.body["error"], refused
+    assert_sentinel_next_on_channels(sender(port, "/n", tls=gateway9), by_name)
+    assert_sentinel_next_on_channels(sender(port, "/s", tls=gateway10), by_subject)
+
+
+def test_subject_text_escapes_as_openssl_prints_rfc2253() -> None:
+    """Checked once against ``openssl x509 -noout -subject -nameopt RFC2253`` of a certificate made with ``-subj
+    '/O=A, B\\+C;x<y>"q"/OU=u=v/CN=a\\+CN=b/CN= #lead'``: this is what it printed."""
+    subject = ((("organizationName", 'A, B+C;x<y>"q"'),), (("organizationalUnitName", "u=v"),),
+               (("commonName", "a+CN=b"),), (("commonName", " #lead"),))
+    assert auth_module.subject_text(subject) == 'CN=\\ #lead,CN=a\\+CN=b,OU=u=v,O=A\\, B\\+C\\;x\\<y\\>\\"q\\"'
+    assert auth_module.subject_text(((("commonName", "x "), ("organizationName", "y")),)) == "CN=x\\ +O=y"
+
+
+def stamped(body: bytes | str, path: str, when: float | None = None, method: str = "POST", secret: str = SECRET
+            ) -> dict[str, str]:
+    """A Slack/Stripe-style sender: the Unix time in X-Timestamp, and a signature of time, method, target and body."""
+    data = body.encode() if isinstance(body, str) else body
+    stamp = str(int(time.time() if when is None else when))
+    signed_text = f"{stamp}\n{method}\n{path}\n".encode() + data
+    return {"X-Timestamp": stamp,
+            "X-Signature": "sha256=" + hmac.new(secret.encode(), signed_text, hashlib.sha256).hexdigest()}
+
+
+def test_hmac_timestamped_signs_time_method_and_target(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/stamped", "meta": ["user"], "trustedProxies": ["127.0.0.1"],
+                                        "auth": {"type": "hmac", "secret": SECRET, "header": "X-Signature",
+                                                 "timestampheader": "X-Timestamp", "window": 60}})
+    clients = (f"203.0.113.{n}" for n in itertools.count(1))  # each refusal from its own client: none backs off
+
+    def push_from_new_client(target: str, body: str, headers: dict[str, str]) -> Any:
+        return push(server_port, target, body, headers={**headers, "X-Forwarded-For": next(clients)})
+
+    assert push(server_port, "/stamped", RECORD, headers=stamped(RECORD, "/stamped")).status == 200
+    assert ch.take(1)[0] == {"message": {"t": 21.5}, "meta": {"user": "hmac"}}
+    target = "/stamped?site=north"
+    assert push(server_port, target, RECORD, headers=stamped(RECORD, target)).status == 200
+    ch.take(1)
+
+    challenge = 'HMAC realm="httppush", header="X-Signature", algorithm="sha256", timestamp="X-Timestamp"'
+    now = time.time()
+    stale = assert_401(push_from_new_client("/stamped", RECORD, headers=stamped(RECORD, "/stamped", now - 130)),
+                       challenge)
+    assert "behind the server's clock" in stale and "at most 60 s" in stale, stale
+    ahead = assert_401(push_from_new_client("/stamped", RECORD, headers=stamped(RECORD, "/stamped", now + 130)),
+                       challenge)
+    assert "ahead of the server's clock" in ahead, ahead
+    for sent_to, headers in (("/stamped", stamped(RECORD, "/elsewhere")),
+                             ("/stamped", stamped(RECORD, "/stamped", method="PUT")),
+                             (target, stamped(RECORD, "/stamped?site=south")),
+                             ("/stamped", stamped(RECORD + " ", "/stamped")),
+                             ("/stamped", stamped(RECORD, "/stamped", secret="wrong"))):
+        reply = push_from_new_client(sent_to, RECORD, headers)
+        assert "does not match the timestamp, method, path and body" in assert_401(reply, challenge)
+    body_only = {"X-Signature": signed(RECORD)["X-Hub-Signature-256"], "X-Timestamp": str(int(now))}
+    assert_401(push_from_new_client("/stamped", RECORD, headers=body_only), challenge)  # GitHub-style: not enough
+    unstamped = {"X-Signature": stamped(RECORD, "/stamped")["X-Signature"]}
+    assert "'X-Timestamp'" in assert_401(push_from_new_client("/stamped", RECORD, headers=unstamped), challenge)
+    garbled = {**stamped(RECORD, "/stamped"), "X-Timestamp": "1e9"}
+    assert "Unix time in whole seconds" in assert_401(push_from_new_client("/stamped", RECORD, headers=garbled),
+                                                      challenge)
+    assert_sentinel_next_on_channels(
+        lambda body: push(server_port, "/stamped", body, headers=stamped(body, "/stamped")).status, ch)
+
+
+# -- failed authentication backs off -------------------------------------------------------------------------------
+
+def test_repeated_failures_from_one_client_get_429_before_credentials(host: PluginHost, server_port: int) -> None:
+    """After 10 refused credentials from one client (behind a trusted proxy: the address it names) within 60 s, that
+    client gets 429 with Retry-After on every endpoint with auth — even with the right credentials, which are not
+    checked — while another client behind the same proxy is served."""
+    props = {"auth": BASIC, "meta": ["user", "remoteAddr"], "trustedProxies": ["127.0.0.0/8"]}
+    ch = host.start_source("r1", "s1", {"datasource": "/b", **props})
+    hook = host.start_source("r2", "s2", {"datasource": "/h", "auth": HMAC, "trustedProxies": ["127.0.0.0/8"]})
+    open_ch = host.start_source("r3", "s3", {"datasource": "/open", "trustedProxies": ["127.0.0.0/8"]})
+    mallory, alice = {"X-Forwarded-For": "203.0.113.66"}, {"X-Forwarded-For": "203.0.113.5"}
+    for attempt in range(10):
+        assert push(server_port, "/b", RECORD, headers={**mallory, **basic("alice", f"guess-{attempt}")}).status == 401
+    refused = push(server_port, "/b", RECORD, headers={**mallory, **basic("alice", PASSWORD)})
+    assert refused.status == 429 and "10 failed authentications" in refused.body["error"], refused
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60, refused.headers
+    assert push(server_port, "/h", RECORD, headers={**mallory, **signed(RECORD)}).status == 429  # any auth endpoint
+    with RawClient(server_port) as conn:  # refused from the head: the body is never read
+        conn.send(request(path="/b", headers={**mallory, **basic("alice", PASSWORD), "Content-Length": "100000"}))
+        answer = conn.read_response(timeout=2.0)
+        assert answer.status == 429 and answer.header("Connection") == "close", answer
+    assert push(server_port, "/open", RECORD, headers=mallory).status == 200  # no auth: nothing to back off from
+    assert open_ch.messages(1) == [{"t": 21.5}]
+    assert push(server_port, "/b", RECORD, headers={**alice, **basic("alice", PASSWORD)}).status == 200
+    assert ch.take(1)[0]["meta"] == {"user": "alice", "remoteAddr": "203.0.113.5"}  # the 429s delivered nothing
+    assert_sentinel_next_on_channels(sender(server_port, "/b", headers={**alice, **basic("alice", PASSWORD)}), ch)
+    assert_sentinel_next_on_channels(
+        lambda body: push(server_port, "/h", body, headers={**alice, **signed(body)}).status, hook)
 
 
 # -- through a real eKuiper ----------------------------------------------------------------------------------------

@@ -306,7 +306,7 @@ def test_shipped_files_agree(tmp_path: Path) -> None:
 
 def test_auth_examples_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     """The auth groups in docs/auth.md's block and in the shipped yaml's comments are valid as pasted."""
-    for name in ("BOB_PASSWORD", "GATEWAY8_TOKEN", "TOKEN_B", "GITHUB_WEBHOOK_SECRET"):
+    for name in ("BOB_PASSWORD", "GATEWAY8_TOKEN", "TOKEN_B", "GITHUB_WEBHOOK_SECRET", "SIGNING_SECRET"):
         monkeypatch.setenv(name, "from-the-environment")
     doc = (ROOT / "docs" / "auth.md").read_text()
     block = doc.split("# Authentication", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]

@@ -230,12 +230,41 @@ def test_meta_trusted_proxy_forwarded_for_honoured(host: PluginHost, server_port
                                         "trustedProxies": ["127.0.0.0/8", "10.0.0.0/8"]})
     cases = [({"X-Forwarded-For": "203.0.113.7, 10.1.2.3"}, "203.0.113.7"),
              ({"X-Forwarded-For": "198.51.100.1, 203.0.113.7"}, "203.0.113.7"),  # the nearest untrusted hop
-             ({"Forwarded": 'for="[2001:db8::1]:4711";proto=https, for=10.0.0.9'}, "2001:db8::1"),
              ({"X-Forwarded-For": "unknown"}, "127.0.0.1"),
              ({}, "127.0.0.1")]
     for headers, expected in cases:
         assert push(server_port, "/p", "{}", headers=headers).status == 200
         assert ch.take(1)[0]["meta"] == {"remoteAddr": expected}, headers
+
+
+def test_meta_client_cannot_name_itself_behind_a_proxy_that_appends(host: PluginHost, server_port: int) -> None:
+    """Behind nginx ($proxy_add_x_forwarded_for: appended to the client's line) or HAProxy (option forwardfor: a line
+    of its own after the client's), what the client wrote is left of the proxy's hop: the rightmost untrusted address
+    wins, every X-Forwarded-For line counts, and Forwarded is not read unless proxyHeader says so."""
+    ch = host.start_source("r1", "s1", {"datasource": "/p", "meta": ["remoteAddr"],
+                                        "trustedProxies": ["127.0.0.0/8", "10.0.0.0/8"]})
+    cases = [({"X-Forwarded-For": "6.6.6.6, 203.0.113.7"}, "203.0.113.7"),  # nginx
+             ({"X-Forwarded-For": "6.6.6.6", "x-forwarded-for": "203.0.113.7"}, "203.0.113.7"),  # HAProxy
+             ({"X-Forwarded-For": "6.6.6.6", "x-forwarded-for": "203.0.113.7, 10.0.0.2"}, "203.0.113.7"),
+             ({"Forwarded": "for=6.6.6.6", "X-Forwarded-For": "203.0.113.7"}, "203.0.113.7"),
+             ({"Forwarded": "for=6.6.6.6"}, "127.0.0.1")]
+    for headers, expected in cases:
+        assert push(server_port, "/p", "{}", headers=headers).status == 200
+        assert ch.take(1)[0]["meta"] == {"remoteAddr": expected}, headers
+
+
+def test_meta_proxy_header_forwarded(host: PluginHost, server_port: int) -> None:
+    ch = host.start_source("r1", "s1", {"datasource": "/f", "meta": ["remoteAddr"], "proxyHeader": "forwarded",
+                                        "trustedProxies": ["127.0.0.0/8", "10.0.0.0/8"]})
+    cases = [({"Forwarded": 'for="[2001:db8::1]:4711";proto=https, for=10.0.0.9'}, "2001:db8::1"),
+             ({"Forwarded": "for=6.6.6.6", "forwarded": "for=203.0.113.7:80"}, "203.0.113.7"),
+             ({"Forwarded": "for=203.0.113.7", "X-Forwarded-For": "6.6.6.6"}, "203.0.113.7"),
+             ({"X-Forwarded-For": "6.6.6.6"}, "127.0.0.1")]
+    for headers, expected in cases:
+        assert push(server_port, "/f", "{}", headers=headers).status == 200
+        assert ch.take(1)[0]["meta"] == {"remoteAddr": expected}, headers
+    bad = host.start_source("r2", "s2", {"datasource": "/x", "proxyHeader": "X-Real-IP"}, expect_ok=False)
+    assert isinstance(bad, str) and "property 'proxyHeader' is 'X-Real-IP'" in bad, bad
 
 
 def test_meta_untrusted_peer_forwarded_for_ignored(host: PluginHost, server_port: int) -> None:
@@ -272,3 +301,34 @@ def test_meta_size_cap_431_and_nothing_delivered(host: PluginHost, server_port: 
     answer = push(server_port, "/big", "{}", headers=headers)
     assert answer.status == 431 and "4096" in answer.body["error"], answer
     assert_sentinel_next_on_channels(sender(server_port, "/big"), ch)
+
+
+def test_meta_reserved_names_never_come_from_headers_or_query(host: PluginHost, server_port: int) -> None:
+    """``metaHeaders: ["*"]`` and ``metaQuery: true`` skip the names the plugin fills (the facts, listed in ``meta``
+    or not, and the template's variables), in any case; other headers and parameters still arrive."""
+    ch = host.start_source("r1", "s1", {"datasource": "/r/{id}", "meta": ["path"], "metaHeaders": ["*"],
+                                        "metaQuery": True})
+    headers = {"User": "mallory", "Path": "/forged", "RemoteAddr": "6.6.6.6", "requestid": "r-1", "ID": "x",
+               "Method": "GET", "X-Ok": "yes"}
+    target = "/r/42?user=m&Method=PUT&contentType=a&ID=7&site=north"
+    assert push(server_port, target, "{}", headers=headers).status == 200
+    meta = ch.take(1)[0]["meta"]
+    assert (meta["id"], meta["path"], meta["x-ok"], meta["site"]) == ("42", "/r/42", "yes", "north"), meta
+    taken = {name.lower() for name in meta} & {"user", "remoteaddr", "requestid", "method", "contenttype"}
+    assert not taken, meta
+    assert_sentinel_next_on_channels(sender(server_port, "/r/7"), ch)
+
+
+def test_meta_reserved_names_named_in_the_config_refused_at_start(host: PluginHost, server_port: int) -> None:
+    answer = host.start_source("r1", "s1", {"datasource": "/a", "metaHeaders": ["X-Site", "User"]}, expect_ok=False)
+    assert isinstance(answer, str) and "property 'metaHeaders' has 'user'" in answer and "meta(user)" in answer, answer
+    answer = host.start_source("r2", "s2", {"datasource": "/d/{site}", "metaQuery": ["site"]}, expect_ok=False)
+    assert isinstance(answer, str) and "property 'metaQuery' has 'site'" in answer and "{site}" in answer, answer
+    answer = host.start_source("r3", "s3", {"datasource": "/b", "metaQuery": ["remoteaddr"]}, expect_ok=False)
+    assert isinstance(answer, str) and "meta(remoteAddr)" in answer, answer
+    for path in ("/d/{user}", "/d/{Path}/x"):  # a variable named like a fact: the path would choose meta(user)
+        answer = host.start_source("r5", "s5", {"datasource": path}, expect_ok=False)
+        assert isinstance(answer, str) and f"DATASOURCE is {path!r}; its template variable" in answer, answer
+    ch = host.start_source("r4", "s4", {"datasource": "/c", "metaHeaders": ["X-User"], "metaQuery": ["username"]})
+    assert push(server_port, "/c?username=u", "{}", headers={"X-User": "x"}).status == 200
+    assert ch.take(1)[0]["meta"] == {"x-user": "x", "username": "u"}

@@ -204,6 +204,57 @@ def test_keys_are_per_user_and_replays_keep_the_configured_answer(host: PluginHo
     assert_sentinel_next_on_channels(sender(server_port, "/api", headers=ann), ch, status=201)  # successStatus
 
 
+def test_one_users_keys_cannot_evict_anothers(host: PluginHost, server_port: int) -> None:
+    """maxKeys is shared fairly: bob sending many keys forgets his own oldest ones, never ann's (she holds fewer)."""
+    users = {"type": "basic", "users": {"ann": "pw1", "bob": "pw2"}}
+    ch = start(host, {"auth": users, "idempotency": {"window": 60, "maxKeys": 4}})
+    ann = {"Authorization": "Basic YW5uOnB3MQ=="}
+    bob = {"Authorization": "Basic Ym9iOnB3Mg=="}
+    for key in ("a1", "a2"):
+        assert keyed(server_port, "/api", json.dumps({"ann": key}), key, **ann).status == 200
+    for index in range(10):
+        assert keyed(server_port, "/api", json.dumps({"bob": index}), f"b{index}", **bob).status == 200
+    for key in ("a1", "a2"):
+        replay = keyed(server_port, "/api", json.dumps({"ann": key}), key, **ann)
+        assert replay.headers.get("Idempotent-Replayed") == "true", (key, replay)
+    assert keyed(server_port, "/api", '{"bob": 9}', "b9", **bob).headers.get("Idempotent-Replayed") == "true"
+    again = keyed(server_port, "/api", '{"bob": 0}', "b0", **bob)  # bob's oldest went: delivered again
+    assert again.status == 200 and "Idempotent-Replayed" not in again.headers
+    assert [r["message"] for r in ch.take(13)] == [{"ann": "a1"}, {"ann": "a2"}] + [
+        {"bob": index} for index in range(10)] + [{"bob": 0}]
+    found = samples(server_port)
+    assert value(found, "httppush_idempotency_evictions_total", method="POST", path="/api") == 9  # all bob's
+    assert_sentinel_next_on_channels(sender(server_port, "/api", headers=ann), ch)
+
+
+def test_eviction_takes_from_the_user_holding_the_most() -> None:
+    """The store itself: with N users each keeps at least maxKeys / N, whoever sends more."""
+    from httppush_plugin.answers import Answer
+    from httppush_plugin.idempotency import IdempotencyConfig, KeyStore, Ticket
+    from httppush_plugin.metrics import EndpointStats
+    from httppush_plugin.request import RequestHead
+
+    store = KeyStore(IdempotencyConfig(window=60, max_keys=9), EndpointStats("POST", "/api"))
+
+    def send(user: str, key: str) -> Answer | Ticket | None:
+        head = RequestHead("POST", "/api", b"/api", [(b"idempotency-key", key.encode())], "", "127.0.0.1")
+        outcome = store.admit(head, user, key.encode())
+        if isinstance(outcome, Ticket):
+            outcome.settle(Answer(200, b"{}"))
+        return outcome
+
+    for index in range(9):
+        send("carol", f"c{index}")  # carol alone: she may hold every key
+    for index in range(5):
+        send("ann", f"a{index}")
+    for index in range(40):
+        send("bob", f"b{index}")
+    held = {user: sum(1 for slot in store._entries if slot[0] == user) for user in ("ann", "bob", "carol")}
+    assert held == {"ann": 3, "bob": 3, "carol": 3} and len(store) == 9, held
+    assert isinstance(send("ann", "a4"), Answer) and isinstance(send("carol", "c8"), Answer)  # the newest kept
+    assert isinstance(send("carol", "c0"), Ticket)  # the oldest went
+
+
 def test_a_page_can_send_keys_and_read_the_replay_header(host: PluginHost, server_port: int) -> None:
     origin = "https://app.example.com"
     ch = start(host, {"cors": {"origins": [origin], "headers": ["Content-Type", "Idempotency-Key"]}})

@@ -1,11 +1,12 @@
-"""Health and metrics on the shared server, over real HTTP: against the installed plugin under the emulated host, and
-(for a source that is configured but not attached, a moment no host command can hold open) against the server
-in-process with a real nng channel."""
+"""Health, metrics and the log on the shared server, over real HTTP: against the installed plugin under the emulated
+host, and (for a source that is configured but not attached, a moment no host command can hold open) against the
+server in-process with a real nng channel."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pynng
 import pytest
 
 from harness.net import free_port
+from httppush_plugin import answers
 from tests.hostemu import DataChannel, PluginHost
 from tests.support.http import RawClient, parse_response, push, request, sender, wait_healthy
 from tests.support.metrics import gauge_of, samples, value
@@ -235,3 +237,40 @@ def test_scrape_while_pushing_from_other_connections(host: PluginHost, server_po
     assert value(found, "httppush_records_total", method="POST", path="/api") == 800
     assert gauge_of(found, "httppush_buffered_bytes") == 0
     assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
+
+
+# -- the log -------------------------------------------------------------------------------------------------------
+
+
+def test_a_logged_refusal_escapes_what_the_client_sent(host: PluginHost, server_port: int) -> None:
+    """A path with ``%0a`` (decoded: a newline) or ``%1b`` (ESC) is logged escaped: no forged line, no terminal
+    control."""
+    ch = host.start_source("r1", "s1", {"datasource": "/logged"})
+    forged = "/nope%0a2026-12-03%2007:00:00%20ERROR%20FORGED-LINE%0d%1b[31m%e2%80%a8red"
+    with RawClient(server_port) as conn:  # sent as is: the first refusal of this plugin, so it is logged
+        conn.send(request(path=forged, body="{}"))
+        assert conn.read_response().status == 404
+    assert_sentinel_next_on_channels(sender(server_port, "/logged"), ch)
+    text = host.log_text()
+    lines = [line for line in text.splitlines() if "FORGED-LINE" in line]
+    assert lines and all("rejected" in line and line.index("rejected") > line.index("FORGED") for line in lines), text
+    assert "/nope\\x0a2026-12-03 07:00:00 ERROR FORGED-LINE\\x0d\\x1b[31m\\u2028red" in text, text
+    assert "\x1b" not in text and "\u2028" not in text
+
+
+def test_an_unexpected_error_is_logged_escaped(caplog: pytest.LogCaptureFixture) -> None:
+    def fail() -> None:
+        raise ValueError("bad value 'x\n" + "FOR" + "GED ERROR line'")  # not one word in this source line
+
+    try:
+        fail()
+    except ValueError as exc:
+        with caplog.at_level(logging.ERROR, logger="httppush_plugin.answers"):
+            assert answers.error_answer(exc).status == 500
+    lines = caplog.text.splitlines()
+    assert any("Traceback" in line for line in lines) and any("in fail" in line for line in lines), caplog.text
+    assert [line for line in lines if "FORGED" in line] == [
+        line for line in lines if "unexpected error while handling a request: ValueError: bad value 'x\\x0aFORGED"
+        in line] != [], caplog.text
+    assert answers.printable("plain /path?q=1 é") == "plain /path?q=1 é"
+    assert answers.printable("\t\x7f\x85") == "\\x09\\x7f\\x85"

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "httppush_plugin"
 #: modules import its ``base``).
 STAGES = (
     "errors", "answers", "request", "values", "layout", "budget", "metrics",
-    "auth", "cors", "idempotency", "meta", "properties_text", "properties", "settings",
+    "credentials", "signatures", "auth", "backoff", "cors", "idempotency", "meta",
+    "properties_text", "properties", "settings",
     "decoders", "framing", "encoding", "delivery", "channel", "routing",
     "fanout", "admin", "offload", "app",
     "incoming", "wire", "connections", "protocol",

@@ -26,6 +26,8 @@ class Pki:
     server_key: Path
     client: tuple[Path, Path]  # signed by ca, CN=gateway-9
     stranger: tuple[Path, Path]  # CN=gateway-9 too, signed by another CA
+    other: tuple[Path, Path]  # signed by ca, CN=gateway-10
+    two_names: tuple[Path, Path]  # signed by ca, /O=httppush tests/CN=alice/CN=admin: two common names
 
 
 def _openssl(*args: str) -> None:
@@ -40,12 +42,13 @@ def _ca(folder: Path, name: str) -> tuple[Path, Path]:
     return cert, key
 
 
-def _signed(folder: Path, name: str, cn: str, ca: tuple[Path, Path], extensions: str) -> tuple[Path, Path]:
+def _signed(folder: Path, name: str, cn: str, ca: tuple[Path, Path], extensions: str,
+            subject: str = "") -> tuple[Path, Path]:
     cert, key, csr, ext = (folder / f"{name}.pem", folder / f"{name}.key", folder / f"{name}.csr",
                            folder / f"{name}.ext")
     ext.write_text(extensions)
     _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout",
-             str(key), "-out", str(csr), "-subj", f"/O=httppush tests/CN={cn}")
+             str(key), "-out", str(csr), "-subj", subject or f"/O=httppush tests/CN={cn}")
     _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca[0]), "-CAkey", str(ca[1]), "-CAcreateserial", "-out",
              str(cert), "-days", "1", "-extfile", str(ext))
     return cert, key
@@ -58,7 +61,9 @@ def make_pki(folder: Path) -> Pki:
                      "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
     client_ext = "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n"
     return Pki(ca[0], server[0], server[1], _signed(folder, "client", CLIENT_CN, ca, client_ext),
-               _signed(folder, "stranger", CLIENT_CN, other, client_ext))
+               _signed(folder, "stranger", CLIENT_CN, other, client_ext),
+               _signed(folder, "other", "gateway-10", ca, client_ext),
+               _signed(folder, "two-names", "", ca, client_ext, "/O=httppush tests/CN=alice/CN=admin"))
 
 
 def tls_env(pki: Pki) -> dict[str, str]:
@@ -81,3 +86,10 @@ def client_context(pki: Pki, cert: tuple[Path, Path] | None = None) -> ssl.SSLCo
     if cert is not None:
         context.load_cert_chain(str(cert[0]), str(cert[1]))
     return context
+
+
+def openssl_subject(cert: Path) -> str:
+    """The certificate's subject as ``openssl x509 -noout -subject -nameopt RFC2253`` prints it (RFC 4514 text)."""
+    out = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", str(cert)],
+                         check=True, capture_output=True, text=True).stdout
+    return out.strip().removeprefix("subject=").strip()
