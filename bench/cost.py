@@ -7,6 +7,7 @@ resident set over the body itself. Run from the repository root::
 
     .venv/bin/python bench/cost.py            # every body
     .venv/bin/python bench/cost.py ndjson-newlines json-empty-objects
+    .venv/bin/python bench/cost.py --calls    # the longest single C calls left, timed alone
 
 Run it on two commits to compare (it works with the decoders from before ``Limits`` too: then they get the record
 limit alone). The figures are machine-dependent: compare rows of one run, not with another machine's.
@@ -45,8 +46,8 @@ BODIES: dict[str, tuple[str, str, Callable[[], bytes]]] = {
     "json-50-byte-objects": ("json", "application/json", lambda: _array(b'{"a":"' + b"x" * 40 + b'"}')),
     "json-90k-records": ("json", "application/json", lambda: json.dumps(
         [{"i": i, "pad": "x" * 83} for i in range(90_000)], separators=(",", ":")).encode()),
-    "json-10-deep-arrays": ("json", "application/json",
-                            lambda: b'{"a":' + _array(b"[[[[[[[[[[1]]]]]]]]]]")[:-1][:_SIZE - 10] + b"]]}"),
+    "json-10-deep-arrays": ("json", "application/json", lambda: b'{"a":[' + b",".join(
+        [b"[[[[[[[[[[1]]]]]]]]]]"] * ((_SIZE - 8) // 23)) + b"]}"),
     "json-1m-strings": ("json", "application/json",
                         lambda: b'{"a":[' + b",".join([b'"sssss"'] * 1_000_000) + b"]}"),
     "json-400k-nested-objects": ("json", "application/json", lambda: b'{"a":{' + b",".join(
@@ -123,7 +124,49 @@ def run_one(name: str) -> dict[str, object]:
             "peak_growth_mb": round(peak - base), "result": outcome["result"]}
 
 
+def biggest_calls() -> None:
+    """The longest single C calls the decoders now make (each holds the GIL throughout), timed alone: best of 5."""
+    import orjson
+
+    from httppush_plugin.decoders.base import COUNT_STEP, nonblank_lines
+
+    record_values = 250_000  # httpServerMaxRecordValues' default
+    worst_record = {  # one record at the limit, of the kinds that parse slowest per value
+        "250k nested objects": b'{"a":{' + b",".join(b'"k%d":{"v":%d}' % (i, i) for i in range(record_values // 4))
+                               + b"}}",
+        "250k short strings": b'{"a":[' + b",".join([b'"sssss"'] * (record_values - 3)) + b"]}",
+    }
+    dense_slice = b"[" + b",".join([b"{}"] * (128 * 1024 // 3)) + b"]"
+    strings_record = orjson.loads(worst_record["250k short strings"])
+    calls: list[tuple[str, Callable[[], object]]] = [
+        *((f"orjson.loads, one record of {name} ({len(body) / MIB:.1f} MiB)", lambda body=body: orjson.loads(body))
+          for name, body in worst_record.items()),
+        ("orjson.loads, a 128 KiB slice of {} (the densest)", lambda: orjson.loads(dense_slice)),
+        ("orjson.dumps, the 250k-strings record (framing it)", lambda: orjson.dumps(strings_record)),
+        (f"bytes.count over one step ({COUNT_STEP // MIB} MiB)", lambda: (b"," * COUNT_STEP).count(b",")),
+        ("split + strip + filter of 100,000 one-byte lines (the most httpServerMaxRecords lets through; 3 C calls)",
+         lambda: nonblank_lines(b"a\n" * 100_000)),
+        ("orjson.loads of a whole 10 MiB array of {} (what the decoder no longer does)",
+         lambda: orjson.loads(_array(b"{}"))),
+    ]
+    import gc
+
+    gc.disable()
+    for name, call in calls:
+        best = min(_timed(call) for _ in range(5))
+        print(f"{best * 1000:8.1f} ms  {name}")
+
+
+def _timed(call: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
 def main() -> None:
+    if "--calls" in sys.argv:
+        biggest_calls()
+        return
     if len(sys.argv) > 2 and sys.argv[1] == "--one":
         print(json.dumps(run_one(sys.argv[2])))
         return

@@ -93,14 +93,14 @@ SETTINGS: tuple[Setting, ...] = (
             "line's values (without fields names; with them, values past the last name are dropped), an urlencoded "
             "body's '&'-separated pairs. More is answered 413 naming this setting; the connection stays open."),
     Setting("httpServerMaxValues", "max_values", "SERVER_MAX_VALUES", 2_000_000, _positive,
-            "Most values one body may hold, counted before it is parsed: for JSON and NDJSON its ',', '{' and '[' "
-            "characters (each array or object, each element and field after the first), those inside strings "
-            "included; for delimited bodies without fields names its delimiters and lines. It bounds the memory a "
-            "decoded body takes (docs/operations.md: about 60 bytes a value). More is answered 413 naming this "
-            "setting; the connection stays open."),
+            "Most values one body may hold, counted before it is parsed: for JSON and NDJSON its ',' and '[' "
+            "characters and three per '{' (an object takes about three times a value's memory), those inside "
+            "strings included; for delimited bodies without fields names its delimiters and lines. It bounds the "
+            "memory a decoded body takes: at most about 80 bytes a value (docs/operations.md). More is answered 413 "
+            "naming this setting; the connection stays open."),
     Setting("httpServerMaxRecordValues", "max_record_values", "SERVER_MAX_RECORD_VALUES", 250_000, _positive,
             "Most values one JSON record may hold (a body that is one object, an NDJSON line, an element of an "
-            "array), counted as httpServerMaxValues before the record is parsed. One record is parsed in one call "
+            "array), counted as for httpServerMaxValues before the record is parsed. One record is parsed in one call "
             "that holds Python's GIL, during which the server serves no one else: 250,000 values parse in about "
             "30 ms. More is answered 413 naming this setting; the connection stays open."),
     Setting("httpServerMaxConnections", "max_connections", "SERVER_MAX_CONNECTIONS", 1024, _positive,

@@ -510,8 +510,9 @@ def test_fields_limit() -> None:
 def test_values_limit_counted_before_parsing() -> None:
     small = Limits(values=10)
     body = b'{"a":[1,2,3,4,5,6,7,8,9,10]}'
-    with pytest.raises(OverLimit, match=r"^body holds up to 12 values \(counted as its ',', '\{' and '\[' "
-                                        r"characters, strings included\); the limit is 10 \(httpServerMaxValues\)$"):
+    with pytest.raises(OverLimit, match=r"^body holds up to 14 values \(counted as its ',' and '\[' characters "
+                                        r"and three per '\{', strings included\); the limit is 10 "
+                                        r"\(httpServerMaxValues\)$"):
         check_json_values(body, small)
     check_json_values(b'{"a":"' + b"," * 4 + b'"}', small)  # no longer than the limit: not counted
     with pytest.raises(OverLimit, match="httpServerMaxValues"):

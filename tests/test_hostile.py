@@ -101,16 +101,16 @@ def assert_memory_bounded(before: float, peak: float, after: float, settle_bound
 # -- bodies of many tiny records ----------------------------------------------------------------------------------
 
 def test_million_small_objects_413_bounded_memory(plugin: Callable[..., PluginHost], server_port: int) -> None:
-    """7.6 MiB: a JSON array of 1,000,000 ``{"a":1}`` → 413 before it is parsed: its 1,000,000 ``{`` and 999,999
-    ``,`` put it just over httpServerMaxValues (2,000,000); within that, httpServerMaxRecords (100,000) would refuse
-    it at the slice that passes it (tests/test_cost.py)."""
+    """7.6 MiB: a JSON array of 1,000,000 ``{"a":1}`` → 413 before it is parsed: its 1,000,000 ``{`` (three values
+    each) and 999,999 ``,`` put it over httpServerMaxValues (2,000,000); within that, httpServerMaxRecords (100,000)
+    would refuse it at the slice that passes it (tests/test_cost.py)."""
     host = plugin()
     ch = host.start_source("r1", "s1", {"datasource": "/api"})
     body = b"[" + b",".join([b'{"a":1}'] * 1_000_000) + b"]"
     assert 7.5 * 2**20 < len(body) < 7.7 * 2**20
     reply, before, peak, after = measured_push(host, server_port, "/api", body, "1,000,000 x {\"a\":1}")
     assert reply.status == 413, reply
-    assert "httpServerMaxValues" in reply.body["error"] and "2000001" in reply.body["error"], reply.body
+    assert "httpServerMaxValues" in reply.body["error"] and "4000001" in reply.body["error"], reply.body
     assert_memory_bounded(before, peak, after)
     assert_sentinel_next_on_channels(sender(server_port, "/api"), ch)
 

@@ -10,7 +10,7 @@ raises ``DecodeError("body is not valid JSON: number is infinity when parsed as 
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import orjson
@@ -92,15 +92,24 @@ class JsonDecoder(Decoder):
             doc = [doc]
         elif not isinstance(doc, list):
             raise DecodeError(f"JSON body is {_json_kind(doc)}; must be an object or an array of objects")
-        elif limits is not None and len(doc) > limits.records:
+        else:
+            for index, item in enumerate(doc):
+                if type(item) is not dict:
+                    raise DecodeError(f"JSON array element {index} is {_json_kind(item)}; every element must be an "
+                                      "object")
+        if limits is not None and len(doc) > limits.records:
             raise TooManyRecords(limits.records)
-        fields = limits.fields if limits is not None else None
-        for index, item in enumerate(doc):
-            if type(item) is not dict:
-                raise DecodeError(f"JSON array element {index} is {_json_kind(item)}; every element must be an object")
-            if fields is not None and len(item) > fields:
-                raise too_many_fields(fields, f"JSON record {index}")
+        _check_fields(doc, limits, "JSON record", int)
         return doc
+
+
+def _check_fields(records: list[Record], limits: Limits | None, what: str, number: Callable[[int], int]) -> None:
+    """Refuse the first record with more keys than ``httpServerMaxFields``, named ``what`` and ``number(index)``."""
+    if limits is not None:
+        fields = limits.fields
+        for index, record in enumerate(records):
+            if len(record) > fields:
+                raise too_many_fields(fields, f"{what} {number(index)}")
 
 
 #: A JSON body larger than this is parsed a slice of about this many bytes at a time (:func:`_parse_in_slices`).
@@ -194,8 +203,7 @@ def decode_lines(body: bytes, limits: Limits | None = None) -> list[Record]:
         if type(record) is not dict:
             raise DecodeError(f"NDJSON line {_line_number(body, index)} is {_json_kind(record)}; every line must be "
                               "an object")
-        if limits is not None and len(record) > limits.fields:
-            raise too_many_fields(limits.fields, f"NDJSON line {_line_number(body, index)}")
+    _check_fields(records, limits, "NDJSON line", lambda index: _line_number(body, index))
     return records
 
 
