@@ -21,9 +21,10 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-#: Bodies at least this large are decoded and framed in a worker thread: below it, the worst body the limits let in
-#: decodes in a few milliseconds on the loop (bench/cost.py: 64 KiB of ``{}`` lines, about 3 ms).
-LARGE_BODY = 64 * 1024
+#: Bodies at least this large are decoded and framed in a worker thread. Below it a body holds at most ~5,500 records
+#: (16 KiB of ``{}`` lines), decoded and framed on the loop in 5-11 ms on a 2-core machine under a load of 6, where one
+#: ``dict(zip(...))`` took 3 µs (ten times its usual cost): a few milliseconds on a machine at rest.
+LARGE_BODY = 16 * 1024
 #: After a body at least this large, freed memory is given back to the system (``malloc_trim`` walks the heap).
 TRIM_BODY = 1024 * 1024
 

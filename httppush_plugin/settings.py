@@ -96,7 +96,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Most values one body may hold, counted before it is parsed: for JSON and NDJSON its ',' and '[' "
             "characters and three per '{' (an object takes about three times a value's memory), those inside "
             "strings included; for delimited bodies without fields names its delimiters and lines. It bounds the "
-            "memory a decoded body takes: at most about 80 bytes a value (docs/operations.md). More is answered 413 "
+            "memory a decoded body takes: at most about 90 bytes a value (docs/operations.md). More is answered 413 "
             "naming this setting; the connection stays open."),
     Setting("httpServerMaxRecordValues", "max_record_values", "SERVER_MAX_RECORD_VALUES", 250_000, _positive,
             "Most values one JSON record may hold (a body that is one object, an NDJSON line, an element of an "

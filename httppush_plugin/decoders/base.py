@@ -122,7 +122,7 @@ def count_json_values(body: bytes, start: int = 0, end: int | None = None) -> in
     value but the first of its array or object follows a ``,``, and each array or object starts with ``[`` or
     ``{``. Such characters inside strings count too: the bound is never below the truth. An object counts as three
     values: a dict of one to five keys takes 184 bytes, about three times what a value in a list does, so that the
-    count bounds memory (measured: at most ~80 bytes a counted value, docs/operations.md)."""
+    count bounds memory (measured: at most ~90 bytes a counted value, docs/operations.md)."""
     return (count(body, b",", start, end) + 3 * count(body, b"{", start, end) + count(body, b"[", start, end)
             + 1)
 

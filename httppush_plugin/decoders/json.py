@@ -92,24 +92,27 @@ class JsonDecoder(Decoder):
             doc = [doc]
         elif not isinstance(doc, list):
             raise DecodeError(f"JSON body is {_json_kind(doc)}; must be an object or an array of objects")
-        else:
-            for index, item in enumerate(doc):
-                if type(item) is not dict:
-                    raise DecodeError(f"JSON array element {index} is {_json_kind(item)}; every element must be an "
-                                      "object")
+        elif not _all_objects(doc):
+            index = next(index for index, item in enumerate(doc) if type(item) is not dict)
+            raise DecodeError(f"JSON array element {index} is {_json_kind(doc[index])}; every element must be an "
+                              "object")
         if limits is not None and len(doc) > limits.records:
             raise TooManyRecords(limits.records)
         _check_fields(doc, limits, "JSON record", int)
         return doc
 
 
+def _all_objects(values: list[Any]) -> bool:
+    """Whether every value is a ``dict`` (orjson makes no subclasses): a C loop, not one bytecode per value."""
+    return not values or set(map(type, values)) == {dict}
+
+
 def _check_fields(records: list[Record], limits: Limits | None, what: str, number: Callable[[int], int]) -> None:
     """Refuse the first record with more keys than ``httpServerMaxFields``, named ``what`` and ``number(index)``."""
-    if limits is not None:
+    if limits is not None and max(map(len, records), default=0) > limits.fields:  # a C loop; the index only then
         fields = limits.fields
-        for index, record in enumerate(records):
-            if len(record) > fields:
-                raise too_many_fields(fields, f"{what} {number(index)}")
+        index = next(index for index, record in enumerate(records) if len(record) > fields)
+        raise too_many_fields(fields, f"{what} {number(index)}")
 
 
 #: A JSON body larger than this is parsed a slice of about this many bytes at a time (:func:`_parse_in_slices`).
@@ -185,7 +188,7 @@ def decode_lines(body: bytes, limits: Limits | None = None) -> list[Record]:
         check_json_values(body, limits)
     # JSON text never holds a raw newline (RFC 8259 §7), so splitting on b"\n" cannot cut a value in two.
     lines = nonblank_lines(body)
-    if limits is not None and len(body) > limits.record_values:
+    if limits is not None and max(map(len, lines), default=0) > limits.record_values:
         for index, line in enumerate(lines):
             if len(line) > limits.record_values:  # a line no longer than the limit cannot hold more
                 values = count_json_values(line)
@@ -199,10 +202,10 @@ def decode_lines(body: bytes, limits: Limits | None = None) -> list[Record]:
             records += map(loads, lines[start:start + _LINES_STEP])
     except orjson.JSONDecodeError:
         records = _decode_lines_slowly(body, lines)
-    for index, record in enumerate(records):
-        if type(record) is not dict:
-            raise DecodeError(f"NDJSON line {_line_number(body, index)} is {_json_kind(record)}; every line must be "
-                              "an object")
+    if not _all_objects(records):
+        index = next(index for index, record in enumerate(records) if type(record) is not dict)
+        raise DecodeError(f"NDJSON line {_line_number(body, index)} is {_json_kind(records[index])}; every line must "
+                          "be an object")
     _check_fields(records, limits, "NDJSON line", lambda index: _line_number(body, index))
     return records
 
