@@ -22,7 +22,7 @@ from .admin import ADMIN_METHODS, Admin
 from .answers import Answer, HttpError, Later, MethodNotAllowed, NotFound, RateLimitedLog, Unavailable, error_answer
 from .backoff import AuthBackoff
 from .cors import preflight
-from .decoders import DecodeError, TooManyRecords
+from .decoders import DecodeError, Limits, OverLimit, TooManyRecords
 from .delivery import Delivery, DeliveryError
 from .fanout import Framed, Outcome, send_when_attached, summarize
 from .framing import frame_records
@@ -44,7 +44,7 @@ class PushApp:
         self._find = table.find
         self.metrics = table.metrics
         self.max_body_size = config.max_body_size
-        self.max_records = config.max_records
+        self.limits = Limits(config.max_records, config.max_fields, config.max_values, config.max_record_values)
         self.admin = admin if admin is not None else Admin(table, config.health_path, config.metrics_path)
         self.offload = Offload()
         self.reject_log = RateLimitedLog()
@@ -179,20 +179,20 @@ class Exchange(Later):
         """Decode → meta → frame for every group: one bad decoding refuses the whole body."""
         framed: Framed = []
         metas: dict[object, bytes | None] | None = None  # meta JSON by spec: once per distinct spec
-        limit = self.app.max_records
+        limits = self.app.limits
         head = self.head
         accepted = 0
         for group in route.groups:
             decoder = group.decoder
             try:
-                records = decoder.decode_request(data, head.content_type, limit)
-            except TooManyRecords:
+                records = decoder.decode_request(data, head.content_type, limits)
+            except OverLimit:
                 raise
             except DecodeError:
                 route.stats.decode_failed(decoder.format)
                 raise
-            if len(records) > limit:  # decoders that build all records at once (a JSON array)
-                raise TooManyRecords(limit)
+            if len(records) > limits.records:  # a custom decoder's list
+                raise TooManyRecords(limits.records)
             spec = group.meta
             meta = None
             if spec is not None:
@@ -316,7 +316,7 @@ class Exchange(Later):
                         self.resolve(self._done(known))
                         return
                     self.ticket = known
-                framed = await offload.run(self._frame, route, data)
+                framed = await offload.decode(self._frame, route, data)
             del data
             answer = self._deliver(framed)
             del framed
@@ -327,7 +327,7 @@ class Exchange(Later):
         except Exception as exc:  # answered as a small body's would be: logged, with the endpoint's headers
             self.resolve(self._done(self.app.refuse(exc, head)))
         finally:
-            await offload.trim()
+            await offload.trim(self.size)
 
     def cancel(self) -> None:
         if self.task is not None and self.task.cancel():

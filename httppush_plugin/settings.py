@@ -84,10 +84,25 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("httpServerIdleTimeout", "idle_timeout", "SERVER_IDLE_TIMEOUT", 60.0, seconds,
             "Seconds a keep-alive connection may sit idle between requests before the server closes it.", shown="60"),
     Setting("httpServerMaxRecords", "max_records", "SERVER_MAX_RECORDS", 100_000, _positive,
-            "Most records one body may hold: a JSON array's elements, the NDJSON or delimited lines that hold a "
-            "record, the list a custom decoder returns. A body with more is answered 413 naming this setting and none "
-            "of its records is delivered; the connection stays open. Delimited and NDJSON bodies stop being decoded "
-            "at the limit; a JSON array (and a custom decoder's list) is counted once it is built whole."),
+            "Most records one body may hold: a JSON array's elements, the list a custom decoder returns; for NDJSON "
+            "and delimited bodies, lines, blank ones included (counted before any line is decoded). A body with more "
+            "is answered 413 naming this setting and none of its records is delivered; the connection stays open. A "
+            "large JSON array is parsed a slice at a time and refused at the slice that passes the limit."),
+    Setting("httpServerMaxFields", "max_fields", "SERVER_MAX_FIELDS", 10_000, _positive,
+            "Most fields one record may have: a JSON record's keys (not those of objects nested in it), a delimited "
+            "line's values (without fields names; with them, values past the last name are dropped), an urlencoded "
+            "body's '&'-separated pairs. More is answered 413 naming this setting; the connection stays open."),
+    Setting("httpServerMaxValues", "max_values", "SERVER_MAX_VALUES", 2_000_000, _positive,
+            "Most values one body may hold, counted before it is parsed: for JSON and NDJSON its ',' and '[' "
+            "characters and three per '{' (an object takes about three times a value's memory), those inside "
+            "strings included; for delimited bodies without fields names its delimiters and lines. It bounds the "
+            "memory a decoded body takes: at most about 90 bytes a value (docs/operations.md). More is answered 413 "
+            "naming this setting; the connection stays open."),
+    Setting("httpServerMaxRecordValues", "max_record_values", "SERVER_MAX_RECORD_VALUES", 250_000, _positive,
+            "Most values one JSON record may hold (a body that is one object, an NDJSON line, an element of an "
+            "array), counted as for httpServerMaxValues before the record is parsed. One record is parsed in one call "
+            "that holds Python's GIL, during which the server serves no one else: 250,000 values parse in about "
+            "30 ms. More is answered 413 naming this setting; the connection stays open."),
     Setting("httpServerMaxConnections", "max_connections", "SERVER_MAX_CONNECTIONS", 1024, _positive,
             "Open connections, every endpoint and the health and metrics paths together. One more is answered "
             f"{_LIMIT_503} as soon as it is accepted, before any request is read, and closed."),
@@ -155,6 +170,9 @@ class ServerConfig:
     read_body_timeout: float = _DEFAULTS["read_body_timeout"]
     idle_timeout: float = _DEFAULTS["idle_timeout"]
     max_records: int = _DEFAULTS["max_records"]
+    max_fields: int = _DEFAULTS["max_fields"]
+    max_values: int = _DEFAULTS["max_values"]
+    max_record_values: int = _DEFAULTS["max_record_values"]
     max_connections: int = _DEFAULTS["max_connections"]
     max_source_backlog: int = _DEFAULTS["max_source_backlog"]
     max_buffered: int = _DEFAULTS["max_buffered"]

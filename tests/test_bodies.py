@@ -124,11 +124,16 @@ def test_ndjson_bad_line_refuses_the_whole_body(host: PluginHost, server_port: i
 
 
 def test_ndjson_max_records(make_host: Callable[..., PluginHost], server_port: int) -> None:
-    host = make_host(server_port, PYHTTPPUSH_SERVER_MAX_RECORDS="3")
+    """The limit counts lines, blank ones too (so that a body of blank lines is refused from one count of its
+    newlines); the blank ones hold no record."""
+    host = make_host(server_port, PYHTTPPUSH_SERVER_MAX_RECORDS="5")
     ch = host.start_source("r1", "s1", {"datasource": "/nd", "framing": "lines"})
-    assert push(server_port, "/nd", NDJSON + b"\n\n").body == {"accepted": 3, "sources": 1}  # blank lines: no records
+    assert push(server_port, "/nd", NDJSON + b"\n \r\n").body == {"accepted": 3, "sources": 1}  # 5 lines, 2 blank
     assert ch.messages(3) == NDJSON_RECORDS
-    reply = push(server_port, "/nd", NDJSON + b'{"id": 4}\n')
+    reply = push(server_port, "/nd", NDJSON + b"\n\n\n")
+    assert reply.status == 413 and reply.body["error"] == ("body has more than 5 lines (blank ones count too); the "
+                                                           "limit is 5 (httpServerMaxRecords)"), reply.body
+    reply = push(server_port, "/nd", NDJSON * 2)
     assert reply.status == 413 and "httpServerMaxRecords" in reply.body["error"], reply.body
     assert_sentinel_next_on_channels(sender(server_port, "/nd"), ch)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,17 @@ from httppush_plugin.decoders import (
     Decoder,
     DelimitedDecoder,
     JsonDecoder,
+    Limits,
+    OverLimit,
     ProtobufDecoder,
     SearchPaths,
+    TooManyRecords,
     UrlencodedDecoder,
+    base,
     build_decoder,
 )
+from httppush_plugin.decoders import json as json_decoder
+from httppush_plugin.decoders.base import check_json_values, nonblank_lines
 from httppush_plugin.errors import ConfigError
 from httppush_plugin.properties import EndpointConfig
 
@@ -451,3 +458,95 @@ def test_property_protobuf_any_bytes(point_decoder: ProtobufDecoder, body: bytes
 def test_property_custom_any_bytes(paths: SearchPaths, body: bytes) -> None:
     # a user's function may return values that are not JSON (framing.py's concern); kv's are, but don't rely on it
     _records_or_decode_error(CustomDecoder("kv:decode", paths), body, json_ready=False)
+
+
+# ------------------------------------------------------------------------------------------ limits (issue 14: cost)
+
+LIMITS = Limits(records=3, fields=2, values=40)
+
+
+def test_line_formats_count_blank_lines_against_the_record_limit() -> None:
+    assert JsonDecoder(lines=True).decode_request(b'{"a":1}\n \t\r\n\n', "", LIMITS) == [{"a": 1}]
+    for decoder, body in ((JsonDecoder(lines=True), b'{"a":1}\n\n\n\n'), (DelimitedDecoder(), b"a\n\n \n\r\n")):
+        with pytest.raises(OverLimit, match=r"^body has more than 3 lines \(blank ones count too\); the limit is 3 "
+                                            r"\(httpServerMaxRecords\)$") as caught:
+            decoder.decode_request(body, "", LIMITS)
+        assert caught.value.status == 413
+
+
+def test_line_formats_skip_whitespace_lines_and_name_the_bad_line() -> None:
+    body = b' \t\r\n{"a":1}\r\n\t\n{"a":2}\n \n'
+    assert JsonDecoder(lines=True).decode_request(body, "", Limits()) == [{"a": 1}, {"a": 2}]
+    with pytest.raises(DecodeError, match="^NDJSON line 4 is not valid JSON"):
+        JsonDecoder(lines=True).decode_request(b'\n \n{"a":1}\n{"a":\n', "", Limits())
+    with pytest.raises(DecodeError, match="^NDJSON line 3 is an array"):
+        JsonDecoder(lines=True).decode_request(b'\n \n[1]\n', "", Limits())
+    assert DelimitedDecoder(",").decode(b" \t\r\na,b\r\n \r\nc\r") == [{"col0": "a", "col1": "b"}, {"col0": "c\r"}]
+
+
+def test_nonblank_lines_in_steps_as_in_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    bodies = [b"", b"\n", b"a", b"a\r\n", b" \r\n\tb\r\n\nc\r", b"x\ny\n\n z \n" * 7]
+    whole = [nonblank_lines(body) for body in bodies] + [nonblank_lines(body.decode()) for body in bodies]
+    monkeypatch.setattr(base, "COUNT_STEP", 3)
+    assert [nonblank_lines(body) for body in bodies] + [nonblank_lines(body.decode()) for body in bodies] == whole
+    assert base.count(b"a,b,,c" * 5, b",") == 15
+
+
+def test_fields_limit() -> None:
+    assert JsonDecoder().decode_request(b'{"a":1,"b":{"c":1,"d":2,"e":3}}', "", LIMITS)  # nested keys do not count
+    for decoder, body, where in (
+        (JsonDecoder(), b'{"a":1,"b":2,"c":3}', "JSON record 0"),
+        (JsonDecoder(), b'[{"a":1},{"a":1,"b":2,"c":3}]', "JSON record 1"),
+        (JsonDecoder(lines=True), b'{"a":1}\n{"a":1,"b":2,"c":3}', "NDJSON line 2"),
+        (DelimitedDecoder(), b"a\na,b,c", "a delimited line"),
+        (UrlencodedDecoder(), b"a=1&b=2&c=3", "the urlencoded body (up to 3 '&'-separated pairs)"),
+    ):
+        with pytest.raises(OverLimit, match=f"^{re.escape(where)} has more than 2 fields; the limit is 2 "
+                                            r"\(httpServerMaxFields\)$"):
+            decoder.decode_request(body, "", LIMITS)
+    assert DelimitedDecoder(",", ("a", "b")).decode_request(b"1,2,3,4,5", "", LIMITS) == [{"a": "1", "b": "2"}]
+
+
+def test_values_limit_counted_before_parsing() -> None:
+    small = Limits(values=10)
+    body = b'{"a":[1,2,3,4,5,6,7,8,9,10]}'
+    with pytest.raises(OverLimit, match=r"^body holds up to 14 values \(counted as its ',' and '\[' characters "
+                                        r"and three per '\{', strings included\); the limit is 10 "
+                                        r"\(httpServerMaxValues\)$"):
+        check_json_values(body, small)
+    check_json_values(b'{"a":"' + b"," * 4 + b'"}', small)  # no longer than the limit: not counted
+    with pytest.raises(OverLimit, match="httpServerMaxValues"):
+        DelimitedDecoder().decode_request(b"a,b,c,d,e,f,g,h,i,j,k", "", small)
+
+
+def test_urlencoded_repeated_keys_still_lists() -> None:
+    assert UrlencodedDecoder().decode_request(b"a=1&b=2&a=3&a=4", "", Limits()) == [{"a": ["1", "3", "4"], "b": "2"}]
+
+
+def _slice_small(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(json_decoder, "_SLICE", 16)
+
+
+def test_json_array_in_slices_refuses_past_the_record_limit_and_keeps_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    _slice_small(monkeypatch)
+    records = [{"s": "},{", "n": [{"a": 1}, {"b": "]"}]}, {"x": 1}, {}] * 10
+    body = orjson.dumps(records)
+    assert json_decoder._parse_in_slices(body, Limits()) == records
+    assert JsonDecoder().decode_request(b" \r\n" + body + b"\n", "", Limits()) == records
+    with pytest.raises(TooManyRecords, match="httpServerMaxRecords"):
+        JsonDecoder().decode_request(body, "", Limits(records=7))
+    with pytest.raises(DecodeError, match="^JSON array element 2 is a number"):
+        JsonDecoder().decode_request(b'[{"a":1},{"a":2},3,{"a":4},{"a":5}]', "", Limits())
+    with pytest.raises(DecodeError, match="^body is not valid JSON"):
+        JsonDecoder().decode_request(body[:-2], "", Limits())
+
+
+@PROPERTY
+@given(st.lists(JSON_OBJECTS, max_size=8))
+def test_property_json_array_in_slices_as_whole(records: list[dict[str, Any]]) -> None:
+    body = orjson.dumps(records)
+    old, json_decoder._SLICE = json_decoder._SLICE, 8
+    try:
+        assert JsonDecoder().decode_request(body, "", Limits()) == records
+    finally:
+        json_decoder._SLICE = old

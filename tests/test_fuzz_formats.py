@@ -13,7 +13,10 @@ checked, for every request:
 * every 200's ``accepted`` is the oracle's record count, and exactly those records — equal to the oracle's — arrive
   on the format's channel, in order, once; each envelope is JSON Go's ``encoding/json`` reads into
   ``map[string]any`` (valid UTF-8, no lone surrogates, no NaN/Infinity, every number a finite float64);
-* nothing of a refused body arrives: each format's run ends with a sentinel that must be the next record.
+* nothing of a refused body arrives: each format's run ends with a sentinel that must be the next record;
+* the cost oracle: the plugin process's CPU for each batch stays within a bound linear in the batch's bytes
+  (``runner.CPU_PER_BATCH_S`` + ``runner.CPU_PER_BYTE_S`` a byte): generous, but a decoder quadratic in its body, or
+  one paying microseconds per byte, breaks it. The summary shows each format's CPU per byte.
 
 Requests are pipelined on one keep-alive connection per format, a batch of 50 bodies per hypothesis example, so the
 HTTP round trip of a case costs a fraction of a millisecond (generating the structured bodies costs more).

@@ -18,7 +18,17 @@ from collections.abc import Callable
 from ..errors import ConfigError
 from ..layout import SearchPaths
 from ..properties import EndpointConfig
-from .base import CustomDecoderFault, DecodeError, Decoder, Record, TooManyRecords, body_text, find_file
+from .base import (
+    CustomDecoderFault,
+    DecodeError,
+    Decoder,
+    Limits,
+    OverLimit,
+    Record,
+    TooManyRecords,
+    body_text,
+    find_file,
+)
 from .binary import BinaryDecoder
 from .custom import CustomDecoder
 from .delimited import DelimitedDecoder
@@ -56,6 +66,8 @@ __all__ = [
     "Decoder",
     "DelimitedDecoder",
     "JsonDecoder",
+    "Limits",
+    "OverLimit",
     "ProtobufDecoder",
     "Record",
     "SearchPaths",

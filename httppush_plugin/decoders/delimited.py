@@ -1,14 +1,27 @@
-"""FORMAT="delimited": one record per non-empty line, values split on the delimiter, all strings."""
+"""FORMAT="delimited": one record per non-blank line, values split on the delimiter, all strings."""
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
+from itertools import repeat
 
-from .base import Decoder, Record, TooManyRecords, body_text
+from .base import (
+    Decoder,
+    Limits,
+    Record,
+    body_text,
+    check_lines,
+    count,
+    count_lines,
+    nonblank_lines,
+    too_many_fields,
+    too_many_values,
+)
 
 
 class DelimitedDecoder(Decoder):
-    """One record per non-empty line, values split on the delimiter, all strings.
+    """One record per non-blank line (a line of nothing but spaces, tabs and ``\\r`` is skipped), values split on the
+    delimiter, all strings.
 
     Names come from ``fields``; without them ``col0``, ``col1``, …; values past the last name are dropped (as
     eKuiper's converter does). Unlike eKuiper's converter, which splits the whole body and so glues the last value
@@ -28,41 +41,37 @@ class DelimitedDecoder(Decoder):
     def key(self) -> Hashable:
         return (type(self), self.delimiter, self.fields)
 
-    def decode(self, body: bytes, limit: int | None = None) -> list[Record]:
-        records: list[Record] = []
+    def decode(self, body: bytes, limits: Limits | None = None) -> list[Record]:
         text = body_text(body, "delimited")
-        # More lines than the limit: walk them one at a time and stop at the limit, never holding them all.
-        lines = text.split("\n") if limit is None or text.count("\n") < limit else _iter_lines(text)
-        pending: str | None = None  # one line behind, to tell the last line (whose "\r" is data) from the others
-        for line in lines:
-            if pending is not None:
-                self._add(records, pending[:-1] if pending.endswith("\r") else pending, limit)
-            pending = line
-        if pending is not None:
-            self._add(records, pending, limit)
-        return records
+        fields, delimiter = self.fields, self.delimiter
+        if limits is not None:
+            check_lines(text, limits)
+            # values: every delimiter starts one more, and every line holds one; with names, values past the last
+            # name are never split off, so only lines with more values than names could count more than that
+            values = count(text, delimiter) + count_lines(text)
+            if values > limits.values and not fields:
+                raise too_many_values(values, limits.values, "counted as its delimiters and lines")
+        lines = nonblank_lines(text)
+        if fields:
+            # values past the last name are dropped unsplit: maxsplit leaves them in one piece that zip ignores
+            most = len(fields)
+            return [dict(zip(fields, line.split(delimiter, most), strict=False)) for line in lines]
+        most = limits.fields if limits is not None else -1
+        names = _names(max(map(str.count, lines, repeat(delimiter)), default=0) + 1, most)
+        return [dict(zip(names, line.split(delimiter), strict=False)) for line in lines]
 
-    def _add(self, records: list[Record], line: str, limit: int | None) -> None:
-        if not line:
-            return
-        if limit is not None and len(records) >= limit:
-            raise TooManyRecords(limit)
-        values = line.split(self.delimiter)
-        if self.fields:
-            records.append(dict(zip(self.fields, values, strict=False)))
-        else:
-            records.append({f"col{i}": value for i, value in enumerate(values)})
-
-    def decode_request(self, body: bytes, content_type: str, limit: int | None = None) -> list[Record]:
-        return self.decode(body, limit)
+    def decode_request(self, body: bytes, content_type: str, limits: Limits | None = None) -> list[Record]:
+        return self.decode(body, limits)
 
 
-def _iter_lines(text: str) -> Iterator[str]:
-    start = 0
-    while True:
-        end = text.find("\n", start)
-        if end < 0:
-            yield text[start:]
-            return
-        yield text[start:end]
-        start = end + 1
+_NAMES: list[str] = []
+
+
+def _names(count: int, limit: int) -> list[str]:
+    """``col0``, ``col1``, …: ``count`` names, made once and shared by every record (not one string per value);
+    raises :class:`OverLimit` past ``limit`` (``httpServerMaxFields``) unless it is -1."""
+    if limit >= 0 and count > limit:
+        raise too_many_fields(limit, "a delimited line")
+    if len(_NAMES) < count:
+        _NAMES.extend(f"col{i}" for i in range(len(_NAMES), count))
+    return _NAMES if len(_NAMES) == count else _NAMES[:count]

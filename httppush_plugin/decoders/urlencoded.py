@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
-from .base import DecodeError, Decoder, Record, body_text
+from .base import DecodeError, Decoder, Limits, Record, body_text, count, too_many_fields
 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
@@ -19,17 +20,33 @@ class UrlencodedDecoder(Decoder):
 
     format = "urlencoded"
 
-    def decode(self, body: bytes) -> list[Record]:
+    def decode(self, body: bytes, limits: Limits | None = None) -> list[Record]:
         text = body_text(body, "urlencoded")
-        values: dict[str, list[str]] = {}
+        if limits is not None:  # every '&' starts one more pair: counted before any is split off
+            pairs = count(text, "&") + 1
+            if pairs > limits.fields:
+                raise too_many_fields(limits.fields, f"the urlencoded body (up to {pairs} '&'-separated pairs)")
+        values: dict[str, Any] = {}
+        repeated: set[str] = set()  # names whose value is a list already (a list per name would cost 88 bytes each)
+        unescape = self._unescape
         for part in text.split("&"):
             if not part:
                 continue
             if ";" in part:
                 raise DecodeError(f"urlencoded body has ';' in {part[:64]!r}; pairs must be separated by '&'")
             name, _, value = part.partition("=")
-            values.setdefault(self._unescape(name), []).append(self._unescape(value))
-        return [{k: v[0] if len(v) == 1 else v for k, v in values.items()}]
+            name, value = unescape(name), unescape(value)
+            if name not in values:
+                values[name] = value
+            elif name in repeated:
+                values[name].append(value)
+            else:
+                values[name] = [values[name], value]
+                repeated.add(name)
+        return [values]
+
+    def decode_request(self, body: bytes, content_type: str, limits: Limits | None = None) -> list[Record]:
+        return self.decode(body, limits)
 
     @staticmethod
     def _unescape(text: str) -> str:

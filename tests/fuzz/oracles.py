@@ -30,6 +30,8 @@ from tests.fuzz.server import (
     ENDPOINTS,
     FIELDS,
     MAX_BODY,
+    MAX_FIELDS,
+    MAX_GZIP_MEMBERS,
     MAX_RECORDS,
     ORJSON_MAX_DUMP_DEPTH,
     Body,
@@ -105,7 +107,19 @@ def _too_large() -> Expect:
 def _count_ok(records: list[dict[str, Any]]) -> Expect | None:
     if len(records) > MAX_RECORDS:
         return Expect(413, words=("httpServerMaxRecords",))
+    if any(len(record) > MAX_FIELDS for record in records):
+        return Expect(413, words=("httpServerMaxFields",))
     return None
+
+
+def _lines_ok(body: bytes) -> Expect | None:
+    """README: for line formats httpServerMaxRecords counts lines, blank ones too (a final newline ends a line)."""
+    lines = body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0)
+    return Expect(413, words=("httpServerMaxRecords",)) if lines > MAX_RECORDS else None
+
+
+#: What a blank line of a line format may hold (README: spaces, tabs, a carriage return).
+BLANK = b" \t\r"
 
 
 I64_MIN, U64_MAX = -(2**63), 2**64 - 1
@@ -243,9 +257,12 @@ def oracle_ndjson(body: bytes) -> Expect:
     """README: one object per line (``\\n`` or ``\\r\\n``), blank lines skipped, a bad line refuses the body."""
     if len(body) > MAX_BODY:
         return _too_large()
+    too_many = _lines_ok(body)
+    if too_many:
+        return too_many
     records = []
     for number, line in enumerate(body.split(b"\n"), 1):
-        if not line.strip():
+        if not line.strip(BLANK):
             continue
         if number == 1 and line.startswith(b"\xef\xbb\xbf"):
             line = line[3:]
@@ -275,10 +292,14 @@ def inflate(wire: bytes, name: str) -> bytes | Expect:
     stream = zlib.decompressobj(wbits)
     out = bytearray()
     data = wire
+    members = 1
     while data:
         if stream.eof:
             if name == "deflate":
                 return Expect(400, words=ENCODING_WORDS)
+            members += 1
+            if members > MAX_GZIP_MEMBERS:
+                return Expect(413, words=("gzip members",))
             stream = zlib.decompressobj(wbits)
         try:
             piece = stream.decompress(data, MAX_BODY - len(out) + 1)
@@ -312,10 +333,13 @@ def oracle_delimited(body: bytes) -> Expect:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return Expect(400, words=("UTF-8",))
+    too_many = _lines_ok(body)
+    if too_many:
+        return too_many
     records = []
     lines = re.split(r"\r?\n", text)  # a line ends at \n or \r\n only; a final lone \r is data
     for line in lines:
-        if line:
+        if line.strip(BLANK.decode()):
             records.append(dict(zip(FIELDS, line.split(","), strict=False)))
     return _count_ok(records) or Expect(200, records)
 
@@ -352,6 +376,8 @@ def oracle_urlencoded(body: bytes) -> Expect:
         body.decode("utf-8")
     except UnicodeDecodeError:
         return Expect(400, words=("UTF-8",))
+    if body.count(b"&") + 1 > MAX_FIELDS:  # README: '&'-separated pairs, empty ones too, count as fields
+        return Expect(413, words=("httpServerMaxFields",))
     values: dict[str, list[str]] = {}
     for part in body.split(b"&"):
         if not part:

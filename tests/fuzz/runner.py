@@ -21,6 +21,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from harness.net import free_port
+from harness.procstat import cpu_seconds
 from tests.fuzz.oracles import (
     SENTINELS,
     Expect,
@@ -213,6 +214,22 @@ class Tally:
     seconds: float = 0.0
     statuses: dict[int, int] = field(default_factory=dict)
     records: int = 0
+    cpu: float = 0.0
+    bytes: int = 0
+
+
+#: The cost oracle: the plugin's CPU for one batch of requests may be at most this much, plus CPU_PER_BYTE_S for each
+#: byte sent. Generous (a batch of 50 costs ~20 ms, about 0.3 µs a byte, on a loaded 2-core machine), yet a decoder
+#: that is quadratic in a 64 KiB body, or pays microseconds per byte (as NDJSON once did per blank line), breaks it.
+CPU_PER_BATCH_S = 0.25
+CPU_PER_BYTE_S = 1e-6
+
+
+def check_cost(fmt: str, cpu: float, nbytes: int, tally: Tally) -> None:
+    tally.cpu += cpu
+    tally.bytes += nbytes
+    bound = CPU_PER_BATCH_S + CPU_PER_BYTE_S * nbytes
+    assert cpu <= bound, f"{fmt}: the plugin spent {cpu:.2f} s of CPU on a batch of {nbytes} bytes (bound {bound:.2f})"
 
 
 @dataclass
@@ -235,9 +252,13 @@ class Fuzz:
         type_list = FORMAT_CONTENT_TYPES.get(fmt, CONTENT_TYPES)
         types = [type_list[i % len(type_list)] for i in range(len(cases))]
         pipe = self.pipes.setdefault(fmt, Pipeline(self.port))
-        answers = pipe.exchange([fuzz_request(path, case, ct) for case, ct in zip(cases, types, strict=True)])
+        requests = [fuzz_request(path, case, ct) for case, ct in zip(cases, types, strict=True)]
+        cpu = cpu_seconds(self.host.process.pid)
+        answers = pipe.exchange(requests)
+        cpu = cpu_seconds(self.host.process.pid) - cpu
         tally = self.tallies.setdefault(fmt, Tally())
         tally.cases += len(cases)
+        check_cost(fmt, cpu, sum(map(len, requests)), tally)
         channel = self.channels[fmt]
         expected: list[tuple[dict[str, Any], bytes | None]] = []
         try:
@@ -308,7 +329,8 @@ def summary(state: Fuzz) -> str:
         statuses = ", ".join(f"{code}: {n}" for code, n in sorted(tally.statuses.items()))
         lines.append(f"  {fmt:<13} {tally.cases:>6} cases in {tally.seconds:6.1f} s "
                      f"({tally.seconds / max(tally.cases, 1) * 1000:.2f} ms/case)  statuses {{{statuses}}}  "
-                     f"records {tally.records}")
+                     f"records {tally.records}  plugin CPU {tally.cpu:.1f} s "
+                     f"({tally.cpu / max(tally.bytes, 1) * 1e9:.0f} ns/byte)")
     return "\n".join(lines)
 
 
