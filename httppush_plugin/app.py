@@ -21,8 +21,9 @@ import time
 from .admin import ADMIN_METHODS, Admin
 from .answers import Answer, HttpError, Later, MethodNotAllowed, NotFound, RateLimitedLog, Unavailable, error_answer
 from .backoff import AuthBackoff
+from .budget import Budget
 from .cors import preflight
-from .decoders import DecodeError, Limits, OverLimit, TooManyRecords
+from .decoders import DecodeError, Limits, OverLimit, TooManyRecords, held_bound
 from .delivery import Delivery, DeliveryError
 from .fanout import Framed, Outcome, send_when_attached, summarize
 from .framing import frame_records
@@ -39,8 +40,11 @@ _now = time.monotonic
 class PushApp:
     """Routes and answers every request of the shared server (``request.Application``)."""
 
-    def __init__(self, table: EndpointTable, config: ServerConfig, admin: Admin | None = None) -> None:
+    def __init__(self, table: EndpointTable, config: ServerConfig, admin: Admin | None = None,
+                 budget: Budget | None = None) -> None:
         self.table = table
+        #: the server's bytes held (``httpServerMaxBuffered``): a large body's decoding reserves its share here
+        self.budget = budget if budget is not None else Budget(config.max_buffered)
         self._find = table.find
         self.metrics = table.metrics
         self.max_body_size = config.max_body_size
@@ -304,8 +308,12 @@ class Exchange(Later):
         """:meth:`body`'s steps for a large body: signature, fingerprint, decoding and framing in a worker thread,
         one body at a time; the key store and the channels on the loop."""
         offload, head = self.app.offload, self.head
+        held = 0
         try:
             async with offload.turn:
+                need = await offload.run(held_bound, [group.decoder for group in route.groups], data)
+                self.app.budget.reserve(need, "decoding and framing this body")
+                held = need
                 if route.auth is not None and (self.rerouted or route.auth.needs_body):
                     self.user = await self.app.backoff.admit_off(route.auth, head, route.client(head), data,
                                                                  offload.run)
@@ -327,6 +335,7 @@ class Exchange(Later):
         except Exception as exc:  # answered as a small body's would be: logged, with the endpoint's headers
             self.resolve(self._done(self.app.refuse(exc, head)))
         finally:
+            self.app.budget.give(held)  # the frames still waiting for a channel are counted there from now on
             await offload.trim(self.size)
 
     def cancel(self) -> None:

@@ -14,6 +14,8 @@ Example::
 
 from __future__ import annotations
 
+from .answers import TooLarge, Unavailable
+
 
 class Budget:
     __slots__ = ("limit", "used")
@@ -32,6 +34,15 @@ class Budget:
     def fits(self, nbytes: int) -> bool:
         """Whether ``nbytes`` more could be taken now (nothing is counted)."""
         return self.used + nbytes <= self.limit
+
+    def reserve(self, nbytes: int, what: str) -> None:
+        """Count ``nbytes`` for ``what``, or refuse it: 413 when it could never fit, 503 (retry later) when it does
+        not fit now."""
+        if nbytes > self.limit:
+            raise TooLarge(f"{what} would hold about {nbytes} bytes, more than httpServerMaxBuffered ({self.limit})")
+        if not self.take(nbytes):
+            raise Unavailable(f"the server holds {self.used} bytes for requests already, its limit "
+                              "(httpServerMaxBuffered); retry later")
 
     def force(self, nbytes: int) -> None:
         """Count ``nbytes`` that are held already, limit or not (e.g. frames of a request that was let in)."""

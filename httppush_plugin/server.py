@@ -128,7 +128,8 @@ class SharedServer:
         cfg = self._load_config()
         ssl_context = _ssl_context(cfg)
         admin = Admin(self.table, cfg.health_path, cfg.metrics_path)
-        connections = ConnectionSet(PushApp(self.table, cfg, admin), cfg, Budget(cfg.max_buffered))
+        budget = Budget(cfg.max_buffered)
+        connections = ConnectionSet(PushApp(self.table, cfg, admin, budget), cfg, budget)
         admin.gauges = connections.gauges
         loop = asyncio.get_running_loop()
         try:

@@ -114,9 +114,11 @@ SETTINGS: tuple[Setting, ...] = (
             "is waiting, a request of any size is let in.", shown="16777216 (16 MiB)"),
     Setting("httpServerMaxBuffered", "max_buffered", "SERVER_MAX_BUFFERED", 128 * 1024 * 1024, _positive,
             "Bytes the whole server holds for requests: bodies (inflated, when compressed) from their first byte "
-            f"until they are answered, plus every source's backlog. A body that would take the total over it is "
-            f"answered {_LIMIT_503} (as soon as its Content-Length shows it, before a 100 Continue, else while it "
-            "arrives), and its connection is closed. At least httpServerMaxBodySize, else the start fails.",
+            f"until they are answered, what a body of 16 KiB or more will hold while it is decoded and framed "
+            f"(estimated before: 90 bytes a value, plus twice the body), and every source's backlog. A body that "
+            f"would take the total over it is answered {_LIMIT_503} (as soon as its Content-Length shows it, before "
+            "a 100 Continue, and the connection closed; else while it arrives, or before it is decoded; one whose "
+            "decoding alone could never fit, 413). At least httpServerMaxBodySize, else the start fails.",
             shown="134217728 (128 MiB)"),
     Setting("httpServerHealthPath", "health_path", "SERVER_HEALTH_PATH", "/healthz", _admin_path,
             "Path of the health answer, for GET and HEAD, without authentication: 200 {\"status\": \"ok\", "

@@ -323,3 +323,33 @@ def test_auth_backoff_counts_per_client_in_a_window_and_stays_bounded(monkeypatc
 def head(path: str, headers: dict[str, str]) -> RequestHead:
     return RequestHead("POST", path, path.encode(), [(k.lower().encode(), v.encode()) for k, v in headers.items()],
                        "application/json", "10.0.0.9", True)
+
+
+def test_what_a_large_body_will_hold_counts_against_the_budget(loop: asyncio.AbstractEventLoop) -> None:
+    """Before a large body is decoded, what its records and frames will hold is counted in httpServerMaxBuffered: 413
+    when it could never fit, 503 while other requests hold too much, given back once it is answered."""
+    endpoints = Endpoints(max_buffered=4 * 2**20, max_body_size=2 * 2**20)
+    sender = endpoints.add({"datasource": "/api"})
+    budget = endpoints.app.budget
+
+    async def answered(body: bytes) -> Answer:
+        result = endpoints.request("/api", body)
+        if isinstance(result, Answer):
+            return result
+        got: list[Answer] = []
+        result.then(got.append)
+        await asyncio.wait_for(asyncio.gather(*endpoints.app.offload.tasks), 10)
+        return got[0]
+
+    def settle(body: bytes) -> Answer:
+        return loop.run_until_complete(answered(body))
+
+    values = b"[" + b",".join([b"1"] * 500_000) + b"]"  # ~1 MB of values: about 45 MB decoded
+    refused = settle(values)
+    assert refused.status == 413 and b"httpServerMaxBuffered" in refused.body and budget.used == 0
+    records = b"[" + b",".join([b'{"pad": "%s"}' % (b"x" * 200)] * 100) + b"]"  # 21 KB in 100 records
+    budget.take(budget.limit - 50_000)  # other requests hold nearly everything
+    busy = settle(records)
+    assert busy.status == 503 and b"retry later" in busy.body and sender.sent == []
+    budget.give(budget.limit - 50_000)
+    assert settle(records).status == 200 and len(sender.envelopes()) == 100 and budget.used == 0

@@ -19,6 +19,7 @@ from ..errors import ConfigError
 from ..layout import SearchPaths
 from ..properties import EndpointConfig
 from .base import (
+    VALUE_BYTES,
     CustomDecoderFault,
     DecodeError,
     Decoder,
@@ -28,6 +29,7 @@ from .base import (
     TooManyRecords,
     body_text,
     find_file,
+    held_bound,
 )
 from .binary import BinaryDecoder
 from .custom import CustomDecoder
@@ -73,8 +75,10 @@ __all__ = [
     "SearchPaths",
     "TooManyRecords",
     "UrlencodedDecoder",
+    "VALUE_BYTES",
     "_compile_message",
     "body_text",
     "build_decoder",
     "find_file",
+    "held_bound",
 ]

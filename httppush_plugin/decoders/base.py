@@ -68,6 +68,19 @@ class CustomDecoderFault(ServerFault, RuntimeError):
     """The user's decoder broke its contract: a server-side fault (HTTP 500), not the client's."""
 
 
+#: Bytes a decoded value takes at most, as counted by :meth:`Decoder.values_bound` (measured: 52–90 bytes,
+#: docs/operations.md "What one body costs").
+VALUE_BYTES = 90
+
+
+def held_bound(decoders: list[Decoder], body: bytes) -> int:
+    """The bytes decoding ``body`` with each of ``decoders`` and framing the records will hold at most: one
+    decoder's records at a time (the largest :meth:`Decoder.values_bound`, :data:`VALUE_BYTES` each), and every
+    decoder's frames, about twice the body each."""
+    values = max([decoder.values_bound(body) for decoder in decoders], default=0)
+    return values * VALUE_BYTES + 2 * len(body) * len(decoders)
+
+
 class Decoder:
     """Base class: ``decode`` turns one body into records or raises :class:`DecodeError`."""
 
@@ -80,6 +93,11 @@ class Decoder:
 
     def decode(self, body: bytes) -> list[Record]:
         raise NotImplementedError
+
+    def values_bound(self, body: bytes) -> int:
+        """An upper bound of the values decoding ``body`` builds, counted without decoding it: what the records of a
+        body are expected to hold in memory is this times :data:`VALUE_BYTES` (JSON's count by default)."""
+        return count_json_values(body)
 
     def decode_request(self, body: bytes, content_type: str, limits: Limits | None = None) -> list[Record]:
         """:meth:`decode`, told the request's ``Content-Type``: for formats that read a body by its media type

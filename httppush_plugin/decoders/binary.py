@@ -17,5 +17,8 @@ class BinaryDecoder(Decoder):
 
     format = "binary"
 
+    def values_bound(self, body: bytes) -> int:
+        return 1
+
     def decode(self, body: bytes) -> list[Record]:
         return [{"self": base64.b64encode(body).decode("ascii")}]

@@ -41,6 +41,9 @@ class DelimitedDecoder(Decoder):
     def key(self) -> Hashable:
         return (type(self), self.delimiter, self.fields)
 
+    def values_bound(self, body: bytes) -> int:
+        return count(body, self.delimiter.encode()) + count_lines(body) + 1
+
     def decode(self, body: bytes, limits: Limits | None = None) -> list[Record]:
         text = body_text(body, "delimited")
         fields, delimiter = self.fields, self.delimiter

@@ -50,6 +50,9 @@ class ProtobufDecoder(Decoder):
     def key(self) -> Hashable:
         return (type(self), self.message_class)
 
+    def values_bound(self, body: bytes) -> int:
+        return len(body)  # every field takes a byte at least (a packed repeated varint)
+
     def decode(self, body: bytes) -> list[Record]:
         from google.protobuf.message import DecodeError as ProtoDecodeError
 

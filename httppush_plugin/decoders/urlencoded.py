@@ -48,6 +48,9 @@ class UrlencodedDecoder(Decoder):
     def decode_request(self, body: bytes, content_type: str, limits: Limits | None = None) -> list[Record]:
         return self.decode(body, limits)
 
+    def values_bound(self, body: bytes) -> int:
+        return 2 * (count(body, b"&") + 1)  # a key and a value per pair
+
     @staticmethod
     def _unescape(text: str) -> str:
         bad = _BAD_ESCAPE.search(text)
