@@ -311,7 +311,7 @@ class Exchange(Later):
         held = 0
         try:
             async with offload.turn:
-                need = await offload.run(held_bound, [group.decoder for group in route.groups], data)
+                need = await offload.run(held_bound, [group.decoder for group in route.groups], data, self.app.limits)
                 self.app.budget.reserve(need, "decoding and framing this body")
                 held = need
                 if route.auth is not None and (self.rerouted or route.auth.needs_body):

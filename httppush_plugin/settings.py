@@ -92,12 +92,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Most fields one record may have: a JSON record's keys (not those of objects nested in it), a delimited "
             "line's values (without fields names; with them, values past the last name are dropped), an urlencoded "
             "body's '&'-separated pairs. More is answered 413 naming this setting; the connection stays open."),
-    Setting("httpServerMaxValues", "max_values", "SERVER_MAX_VALUES", 2_000_000, _positive,
+    Setting("httpServerMaxValues", "max_values", "SERVER_MAX_VALUES", 1_000_000, _positive,
             "Most values one body may hold, counted before it is parsed: for JSON and NDJSON its ',' and '[' "
             "characters and three per '{' (an object takes about three times a value's memory), those inside "
             "strings included; for delimited bodies without fields names its delimiters and lines. It bounds the "
-            "memory a decoded body takes: at most about 90 bytes a value (docs/operations.md). More is answered 413 "
-            "naming this setting; the connection stays open."),
+            "memory a decoded body takes: at most about 90 bytes a value (docs/operations.md), so that one body at "
+            "the default limit fits in the default httpServerMaxBuffered. More is answered 413 naming this setting; "
+            "the connection stays open."),
     Setting("httpServerMaxRecordValues", "max_record_values", "SERVER_MAX_RECORD_VALUES", 250_000, _positive,
             "Most values one JSON record may hold (a body that is one object, an NDJSON line, an element of an "
             "array), counted as for httpServerMaxValues before the record is parsed. One record is parsed in one call "

@@ -101,7 +101,7 @@ def assert_memory_bounded(before: float, peak: float, after: float, settle_bound
 
 def test_million_small_objects_413_bounded_memory(plugin: Callable[..., PluginHost], server_port: int) -> None:
     """7.6 MiB: a JSON array of 1,000,000 ``{"a":1}`` → 413 before it is parsed: its 1,000,000 ``{`` (three values
-    each) and 999,999 ``,`` put it over httpServerMaxValues (2,000,000); within that, httpServerMaxRecords (100,000)
+    each) and 999,999 ``,`` put it over httpServerMaxValues (1,000,000); within that, httpServerMaxRecords (100,000)
     would refuse it at the slice that passes it (tests/test_cost.py)."""
     host = plugin()
     ch = host.start_source("r1", "s1", {"datasource": "/api"})
@@ -388,11 +388,12 @@ def _post_raw(port: int, path: str, body: bytes, timeout: float = 30) -> tuple[i
 
 def test_max_buffered_503_with_retry_after_and_2xx_records_arrive(plugin: Callable[..., PluginHost],
                                                                   server_port: int) -> None:
-    """httpServerMaxBuffered 2 MiB (and httpServerMaxBodySize, which may not be larger); 12 clients push 1 MiB bodies
-    at once: some are refused with 503 and Retry-After naming the setting (nothing else 5xx). Each refused client
-    retries once after Retry-After, one at a time, and is served. Exactly the records of the 200s arrive — none of a
-    refused attempt — each body's in order."""
-    host = plugin(PYHTTPPUSH_SERVER_MAX_BUFFERED=str(2 * 2**20), PYHTTPPUSH_SERVER_MAX_BODY_SIZE=str(2 * 2**20))
+    """httpServerMaxBuffered 8 MiB, httpServerMaxBodySize 2 MiB: a 1 MiB body takes its bytes plus what its decoding
+    will hold (~3.7 MB estimated), so one at a time fits. 12 clients push 1 MiB bodies at once: some are refused with
+    503 and Retry-After naming the setting (nothing else 5xx). Each refused client retries once after Retry-After, one
+    at a time, and is served. Exactly the records of the 200s arrive — none of a refused attempt — each body's in
+    order."""
+    host = plugin(PYHTTPPUSH_SERVER_MAX_BUFFERED=str(8 * 2**20), PYHTTPPUSH_SERVER_MAX_BODY_SIZE=str(2 * 2**20))
     ch = host.start_source("r1", "s1", {"datasource": "/api"})
     pad = "y" * 1000
 
@@ -434,14 +435,14 @@ def test_max_buffered_503_with_retry_after_and_2xx_records_arrive(plugin: Callab
         status, _, doc = _post_raw(server_port, "/api", body(c, 1))
         assert status == 200, (status, doc)
         accepted.append((c, 1))
-    print(f"\n12 x 1 MiB at once with httpServerMaxBuffered=2 MiB: {statuses.count(200)} x 200, "
+    print(f"\n12 x 1 MiB at once with httpServerMaxBuffered=8 MiB: {statuses.count(200)} x 200, "
           f"{statuses.count(503)} x 503 (Retry-After 1); the {len(retried)} retried one at a time: all 200")
     records = ch.messages(1000 * len(accepted), timeout=60)
     got = [(r["c"], r["a"], r["k"]) for r in records]
     assert sorted(got) == sorted((c, a, k) for c, a in accepted for k in range(1000))
     for c, a in accepted:  # each body's records in order
         assert [k for cc, aa, k in got if (cc, aa) == (c, a)] == list(range(1000))
-    # nothing of the refused bodies is still counted: one body of 1.9 MiB fits the 2 MiB budget
+    # nothing of the refused bodies is still counted: one body of 1.9 MiB and its decoding fit the 8 MiB budget
     large = body(100, 0)[:-1] + b"," + body(101, 0)[1:-1] + b"]"
     assert 1.9 * 2**20 < len(large) < 2 * 2**20, len(large)
     status, _, doc = _post_raw(server_port, "/api", large)

@@ -73,12 +73,13 @@ class CustomDecoderFault(ServerFault, RuntimeError):
 VALUE_BYTES = 90
 
 
-def held_bound(decoders: list[Decoder], body: bytes) -> int:
+def held_bound(decoders: list[Decoder], body: bytes, limits: Limits) -> int:
     """The bytes decoding ``body`` with each of ``decoders`` and framing the records will hold at most: one
-    decoder's records at a time (the largest :meth:`Decoder.values_bound`, :data:`VALUE_BYTES` each), and every
-    decoder's frames, about twice the body each."""
+    decoder's records at a time (the largest :meth:`Decoder.values_bound`, :data:`VALUE_BYTES` each, and no more
+    than ``httpServerMaxValues``: the decoders refuse a body over it before building anything), and every decoder's
+    frames, about twice the body each."""
     values = max([decoder.values_bound(body) for decoder in decoders], default=0)
-    return values * VALUE_BYTES + 2 * len(body) * len(decoders)
+    return min(values, limits.values) * VALUE_BYTES + 2 * len(body) * len(decoders)
 
 
 class Decoder:
