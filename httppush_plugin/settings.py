@@ -56,9 +56,14 @@ def _positive(what: str, value: Any) -> int:
 
 
 def _grace(what: str, value: Any) -> float:
-    """Seconds, or 0 (``0``, ``off``, ``false``): no grace."""
-    if switched_off(value) or value in (0, "0"):
+    """Seconds, or none (``0``, ``off``, ``false``)."""
+    if switched_off(value):
         return 0.0
+    try:
+        if float(value) == 0:
+            return 0.0
+    except (TypeError, ValueError):
+        pass  # seconds() says what is wrong with it
     return seconds(what, value)
 
 
