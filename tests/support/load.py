@@ -101,7 +101,7 @@ class Accounting:
     strays: list[Outcome] = field(default_factory=list)  # reached the sink, answered neither 2xx nor an error
     no_retry_after: list[Outcome] = field(default_factory=list)  # 503s without Retry-After
     gap_ms: float = 0.0  # from the first answer that was not 2xx to the last one
-    window_ms: float = 0.0  # from the first lost 2xx's request to the first answer that was not 2xx
+    window_ms: float = 0.0  # from the first lost 2xx's request to the first answer that was not 2xx (or the op's end)
     outcomes: list[Outcome] = field(default_factory=list)
 
     def line(self, name: str) -> str:
@@ -110,8 +110,9 @@ class Accounting:
                 f"clients saw {statuses} over {self.gap_ms:.0f} ms")
 
 
-def account(outcomes: list[Outcome], rows: list[dict[str, Any]]) -> Accounting:
-    """``rows``: what the sink received before the sentinel (each with ``c`` and ``n``)."""
+def account(outcomes: list[Outcome], rows: list[dict[str, Any]], operation_end: float) -> Accounting:
+    """``rows``: what the sink received before the sentinel (each with ``c`` and ``n``); ``operation_end``: when the
+    operation's last call returned, the window's end when no client met anything but 2xx (a gap between requests)."""
     delivered = Counter((row["c"], row["n"]) for row in rows)
     by_key = {(o.client, o.n): o for o in outcomes}
     ok = [o for o in outcomes if o.status is not None and o.status < 300]
@@ -128,6 +129,6 @@ def account(outcomes: list[Outcome], rows: list[dict[str, Any]]) -> Accounting:
         result.gap_ms = (bad[-1].done - bad[0].done) * 1000
     if result.lost:
         first_lost = min(o.sent for o in result.lost)
-        until = bad[0].done if bad else max(o.done for o in result.lost)
+        until = bad[0].done if bad else operation_end
         result.window_ms = max(0.0, (until - first_lost) * 1000)
     return result
