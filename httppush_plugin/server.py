@@ -44,7 +44,7 @@ class SharedServer:
 
         server = SharedServer(lambda: ServerConfig(ip="127.0.0.1", port=0))
         server.subscribe(sub)      # binds, registers sub.endpoint
-        server.unsubscribe(sub)    # last one: the port is released
+        server.unsubscribe(sub)    # last one: the port is released (after httpServerRestartGrace if it served)
     """
 
     def __init__(self, load_config: Callable[[], ServerConfig]) -> None:
