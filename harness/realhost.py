@@ -710,7 +710,10 @@ class RecordSink:
         sink = self
 
         class Handler(BaseHTTPRequestHandler):
-            """Store the body, answer 200."""
+            """Store the body, answer 200. HTTP/1.1: eKuiper's rest sink keeps its connection (one request per row;
+            a new connection and thread per row made the sink lag behind a rule fed a few hundred rows a second)."""
+
+            protocol_version = "HTTP/1.1"
 
             def _store(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)

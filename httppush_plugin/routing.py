@@ -4,6 +4,11 @@ A literal path is one dict lookup. A path template (``/devices/{id}/telemetry``,
 segment) is tried only when no literal route matches; no two templates that can match the same path are admitted, so
 at most one template matches any path and the order they were added in never matters.
 
+An endpoint whose last serving source stops is *vacant* for :attr:`EndpointTable.grace` seconds (the server setting
+``httpServerRestartGrace``): a request for it is answered 503 with ``Retry-After`` instead of 404, because eKuiper
+restarts and updates a rule by stopping its source and starting it again a moment later. A new subscription on the
+same path and method ends the vacancy.
+
 Only the event-loop thread reads or changes the table, so it needs no lock. Each route keeps its subscriptions
 grouped by what they receive — equal decoders (``Decoder.key``) and equal ``meta`` — so the application decodes
 and frames a body once per group, however many sources subscribe.
@@ -13,9 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from .answers import Unavailable
 from .auth import Authenticator, describe
 from .channel import ChannelSender
 from .cors import CorsConfig
@@ -184,6 +191,10 @@ class EndpointTable:
         self._templates: dict[str, Template] = {}
         self.metrics = metrics if metrics is not None else Metrics()
         self.keys = keys if keys is not None else KeyStores()
+        #: seconds an endpoint stays vacant after its last serving source stopped (``httpServerRestartGrace``)
+        self.grace = 0.0
+        #: (path, method) → (when the vacancy ends, ``time.monotonic()``; the route's template, if any)
+        self._vacant: dict[tuple[str, str], tuple[float, Template | None]] = {}
         #: ``find((path, method))``: the literal route, or None — the lookup every request makes, one dict get
         self.find = self._routes.get
 
@@ -217,6 +228,7 @@ class EndpointTable:
                     "; one request gets one answer: use one config group for them")
         for old in replaced:
             self.remove(old)
+        self._vacant.pop(key, None)
         route = self._routes.get(key)
         if route is None:
             endpoint = sub.endpoint
@@ -261,15 +273,46 @@ class EndpointTable:
             del self._routes[key]
             if route.template is not None and not any(p == key[0] for p, _ in self._routes):
                 self._templates.pop(key[0], None)
+            if self.grace > 0 and sub.sender is not None:  # it was serving: a restart may bring it back
+                self._vacant[key] = (time.monotonic() + self.grace, route.template)
+
+    def vacancies(self) -> int:
+        """Endpoints vacant now (their grace not over)."""
+        now = time.monotonic()
+        for key in [key for key, (until, _) in self._vacant.items() if until <= now]:
+            del self._vacant[key]
+        return len(self._vacant)
+
+    def _check_vacant(self, path: str, method: str) -> None:
+        """Raise 503 (``Retry-After``) when ``path`` and ``method`` name a vacant endpoint."""
+        if not self.vacancies():
+            return
+        segments: list[str] | None = None
+        for (vacant_path, vacant_method), (until, template) in self._vacant.items():
+            if vacant_method != method:
+                continue
+            if template is not None:
+                segments = segments if segments is not None else path.split("/")
+                if not template.matches(segments):
+                    continue
+            elif vacant_path != path:
+                continue
+            ago = self.grace - (until - time.monotonic())
+            raise Unavailable(f"no source serves {method} {vacant_path} right now: its last one stopped {ago:.1f} s "
+                              "ago (a rule restarting or being updated?); retry")
 
     def lookup(self, path: str, method: str) -> Route | None:
         """The literal route: one dict lookup. :meth:`match` tries the templates."""
         return self._routes.get((path, method))
 
     def match(self, path: str, method: str) -> Route | None:
-        """The route of the template ``path`` matches, for ``method``; call when :meth:`lookup` found none."""
+        """The route of the template ``path`` matches, for ``method``; call when :meth:`lookup` found none. Raises
+        :class:`~.answers.Unavailable` (503) when none matches but the endpoint is vacant (see the module's text)."""
         template = self._matching(path)
-        return self._routes.get((template.path, method)) if template is not None else None
+        route = self._routes.get((template.path, method)) if template is not None else None
+        if route is None and self._vacant:
+            self._check_vacant(path, method)
+        return route
 
     def _matching(self, path: str) -> Template | None:
         if not self._templates:

@@ -1,6 +1,7 @@
 """The shared server's lifecycle: one event-loop thread (uvloop when installed), one listening socket serving
 :class:`~.protocol.HttpConnection`, started by the first subscription and stopped — port released — when the last
-one goes.
+one goes: at once when it never served, else once its endpoint's grace (``httpServerRestartGrace``) is over with no
+new subscription, so that a rule restarting or being updated finds the port and its clients' connections open.
 
 The SDK calls ``configure()``/``close()`` from its control thread; they reach the loop through :meth:`call`, which
 waits for the result, so when ``configure()`` returns the server is bound and the route registered (eKuiper is told
@@ -43,7 +44,7 @@ class SharedServer:
 
         server = SharedServer(lambda: ServerConfig(ip="127.0.0.1", port=0))
         server.subscribe(sub)      # binds, registers sub.endpoint
-        server.unsubscribe(sub)    # last one: the port is released
+        server.unsubscribe(sub)    # last one: the port is released (after httpServerRestartGrace if it served)
     """
 
     def __init__(self, load_config: Callable[[], ServerConfig]) -> None:
@@ -55,6 +56,7 @@ class SharedServer:
         self._connections: ConnectionSet | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
+        self._idle: asyncio.TimerHandle | None = None  # the stop at the end of the last endpoint's grace
 
     # -- called from any thread ------------------------------------------------------------------------------
 
@@ -82,6 +84,9 @@ class SharedServer:
     # -- on the loop ----------------------------------------------------------------------------------------
 
     async def _subscribe(self, sub: Subscription) -> None:
+        if self._idle is not None:
+            self._idle.cancel()
+            self._idle = None
         if self._server is None:
             await self._start()
         try:
@@ -122,6 +127,18 @@ class SharedServer:
         sub.detach()
         log.info("endpoint %s %s unsubscribed by %s", sub.endpoint.method, sub.endpoint.path, sub.label)
         if len(self.table) == 0 and self._server is not None:
+            if self.table.vacancies():  # a restart may bring it back: keep the port until the grace is over
+                if self._idle is None:
+                    self._idle = asyncio.get_running_loop().call_later(self.table.grace, self._stop_when_idle)
+            else:
+                await self._stop()
+
+    def _stop_when_idle(self) -> None:
+        self._idle = None
+        asyncio.ensure_future(self._stop_if_idle())
+
+    async def _stop_if_idle(self) -> None:
+        if len(self.table) == 0 and self._server is not None:  # checked when the task runs: no subscribe since
             await self._stop()
 
     async def _start(self) -> None:
@@ -131,6 +148,7 @@ class SharedServer:
         budget = Budget(cfg.max_buffered)
         connections = ConnectionSet(PushApp(self.table, cfg, admin, budget), cfg, budget)
         admin.gauges = connections.gauges
+        self.table.grace = cfg.restart_grace
         loop = asyncio.get_running_loop()
         try:
             server = await loop.create_server(

@@ -55,6 +55,18 @@ def _positive(what: str, value: Any) -> int:
     return whole_number(what, value, 1)
 
 
+def _grace(what: str, value: Any) -> float:
+    """Seconds, or none (``0``, ``off``, ``false``)."""
+    if switched_off(value):
+        return 0.0
+    try:
+        if float(value) == 0:
+            return 0.0
+    except (TypeError, ValueError):
+        pass  # seconds() says what is wrong with it
+    return seconds(what, value)
+
+
 def _admin_path(what: str, value: Any) -> str:
     """A path the server answers GET on; ``""``, ``false`` or ``off``: not served."""
     if switched_off(value):
@@ -121,6 +133,12 @@ SETTINGS: tuple[Setting, ...] = (
             "a 100 Continue, and the connection closed; else while it arrives, or before it is decoded; one whose "
             "decoding alone could never fit, 413). At least httpServerMaxBodySize, else the start fails.",
             shown="134217728 (128 MiB)"),
+    Setting("httpServerRestartGrace", "restart_grace", "SERVER_RESTART_GRACE", 2.0, _grace,
+            "Seconds an endpoint whose last source stopped stays known, answering 503 with Retry-After: 1 instead of "
+            "404, while the server keeps its port and connections open (when that was the last source): eKuiper "
+            "restarts or updates a rule by stopping its source and starting it again a moment later, so its clients "
+            "see 503s and no refused or reset connection. After this long with no source the endpoint answers 404, "
+            "and with no endpoint left the port is released. 0 or off: at once.", shown="2"),
     Setting("httpServerHealthPath", "health_path", "SERVER_HEALTH_PATH", "/healthz", _admin_path,
             "Path of the health answer, for GET and HEAD, without authentication: 200 {\"status\": \"ok\", "
             "\"endpoints\": [...]} listing every endpoint with its format and its sources (rule, stream, attached, "
@@ -181,6 +199,7 @@ class ServerConfig:
     max_buffered: int = _DEFAULTS["max_buffered"]
     health_path: str = _DEFAULTS["health_path"]
     metrics_path: str = _DEFAULTS["metrics_path"]
+    restart_grace: float = _DEFAULTS["restart_grace"]
 
     @property
     def scheme(self) -> str:

@@ -5,8 +5,8 @@
 * ``make_host`` / ``host``: the installed plugin under the emulated host (``tests/hostemu.py``);
 * ``pki``: the session's openssl certificates (``tests/support/pki.py``);
 * ``fuzz``: one plugin per fuzz module with a source per format (``tests/fuzz/runner.py``);
-* ``ekuiper`` / ``record_sink`` / ``ctx``: the one real eKuiper that the ``test_realhost_{formats,rules,lifecycle}``
-  modules share (helpers in ``tests/realhost_support.py``).
+* ``ekuiper`` / ``record_sink`` / ``ctx``: the one real eKuiper that the
+  ``test_realhost_{formats,rules,lifecycle,operations}`` modules share (helpers in ``tests/realhost_support.py``).
 """
 
 from __future__ import annotations
@@ -155,7 +155,7 @@ def _no_stray_env() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The real eKuiper shared by tests/test_realhost_{formats,rules,lifecycle}.py
+# The real eKuiper shared by tests/test_realhost_{formats,rules,lifecycle,operations}.py
 # --------------------------------------------------------------------------------------------------------------------
 
 

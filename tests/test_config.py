@@ -337,3 +337,15 @@ def test_health_and_metrics_paths_and_idempotency_settings(tmp_path: Path) -> No
                         ({"ttl": 5}, "has key 'ttl'"), ("sometimes", "must be true or a mapping")):
         with pytest.raises(ConfigError, match=re.escape(needle)):
             EndpointConfig.from_props({"datasource": "/a", "idempotency": bad})
+
+
+def test_restart_grace_setting(tmp_path: Path) -> None:
+    assert load_server_config(tmp_path, "pyhttppush", {}).restart_grace == 2.0
+    for value, expected in (("0", 0.0), ("0.0", 0.0), ("off", 0.0), ("false", 0.0), ("1.5", 1.5)):
+        env = {"PYHTTPPUSH_SERVER_RESTART_GRACE": value}
+        assert load_server_config(tmp_path, "pyhttppush", env).restart_grace == expected, value
+    write_server_yaml(tmp_path, "source:\n  httpServerRestartGrace: 0\n")
+    assert load_server_config(tmp_path, "pyhttppush", {}).restart_grace == 0.0
+    for bad in ("-1", "soon", "90000"):
+        with pytest.raises(ConfigError, match=re.escape(f"setting 'httpServerRestartGrace' is '{bad}'")):
+            load_server_config(tmp_path, "pyhttppush", {"PYHTTPPUSH_SERVER_RESTART_GRACE": bad})

@@ -70,7 +70,8 @@ def test_health_is_503_while_a_source_is_not_attached(tmp_path: Path) -> None:
     from httppush_plugin.settings import ServerConfig
 
     port = free_port()
-    server = SharedServer(lambda: ServerConfig(ip="127.0.0.1", port=port))
+    # no httpServerRestartGrace: the server goes with its last source at once
+    server = SharedServer(lambda: ServerConfig(ip="127.0.0.1", port=port, restart_grace=0.0))
     endpoint = EndpointConfig.from_props({"datasource": "/api"})
     sub = Subscription(endpoint, build_decoder(endpoint, None), instance=("rule1", "stream1", 0))
     url = f"ipc://{tmp_path}/channel.ipc"

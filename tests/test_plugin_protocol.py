@@ -175,7 +175,8 @@ def test_fan_out_and_mixed_formats_decode_once_each(host: PluginHost, server_por
     c.expect_next({"self": base64.b64encode(json.dumps(SENTINEL).encode()).decode()})
 
 
-def test_post_and_put_on_one_path_404_405(host: PluginHost, server_port: int) -> None:
+def test_post_and_put_on_one_path_404_405(make_host: Callable[..., PluginHost], server_port: int) -> None:
+    host = make_host(server_port, PYHTTPPUSH_SERVER_RESTART_GRACE="0.3")
     post = host.start_source("r1", "s1", {"datasource": "/x"})
     put = host.start_source("r2", "s2", {"datasource": "/x", "method": "put"})
     push(server_port, "/x", '{"m": "post"}')
@@ -185,7 +186,10 @@ def test_post_and_put_on_one_path_404_405(host: PluginHost, server_port: int) ->
     missing = push(server_port, "/nope", "{}")
     assert missing.status == 404 and "/nope" in missing.body["error"]
     host.stop_source(put)
-    wrong = push(server_port, "/x", "{}", method="PUT")
+    vacant = push(server_port, "/x", "{}", method="PUT")  # within httpServerRestartGrace: it may come back
+    assert vacant.status == 503 and vacant.headers["Retry-After"] == "1" and "PUT /x" in vacant.body["error"]
+    wrong = wait_until(lambda: (lambda r: r if r.status != 503 else None)(push(server_port, "/x", "{}", method="PUT")),
+                       5.0, "the grace to end")
     assert wrong.status == 405 and wrong.headers["Allow"] == "POST" and "PUT" in wrong.body["error"]
 
 
