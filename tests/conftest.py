@@ -2,7 +2,8 @@
 ``tests/realhost_support.py``, ``tests/fuzz/``):
 
 * the packaged zips, a bare host python, the plugin installed from the zip into an emulated host tree;
-* ``make_host`` / ``host``: the installed plugin under the emulated host (``tests/hostemu.py``);
+* ``make_host`` / ``host`` / ``plugin``: the installed plugin under the emulated host (``tests/hostemu.py``);
+  ``plugin`` starts it with extra environment and fails the test if it logged a traceback;
 * ``pki``: the session's openssl certificates (``tests/support/pki.py``);
 * ``fuzz``: one plugin per fuzz module with a source per format (``tests/fuzz/runner.py``);
 * ``ekuiper`` / ``record_sink`` / ``ctx``: the one real eKuiper that the
@@ -122,6 +123,22 @@ def make_host(installed: Path, host_python: str) -> Iterator[Callable[..., Plugi
     finally:
         for plugin_host, _ in started:
             plugin_host.close()
+
+
+@pytest.fixture
+def plugin(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[Callable[..., PluginHost]]:
+    """Start the plugin with extra environment; at teardown it must be alive (``make_host``) and have logged no
+    traceback."""
+    started: list[PluginHost] = []
+
+    def start(**env: str) -> PluginHost:
+        started.append(make_host(server_port, **env))
+        return started[-1]
+
+    yield start
+    for host in started:
+        log = host.log_text()
+        assert "Traceback" not in log, f"the plugin logged a traceback:\n{log[-3000:]}"
 
 
 @pytest.fixture

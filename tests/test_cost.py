@@ -14,7 +14,7 @@ from __future__ import annotations
 import gzip
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -29,20 +29,6 @@ MIB = 2**20
 LATENCY_BOUND_S = 0.25
 CPU_BOUND_S = 1.5
 PEAK_OVER_IDLE_MB = 256.0
-
-
-@pytest.fixture
-def plugin(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[Callable[..., PluginHost]]:
-    started: list[PluginHost] = []
-
-    def start(**env: str) -> PluginHost:
-        started.append(make_host(server_port, **env))
-        return started[-1]
-
-    yield start
-    for host in started:
-        log = host.log_text()
-        assert "Traceback" not in log, f"the plugin logged a traceback:\n{log[-3000:]}"
 
 
 def costed_push(host: PluginHost, port: int, path: str, body: bytes, label: str,

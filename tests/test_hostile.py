@@ -11,7 +11,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -42,22 +42,6 @@ from tests.support.wait import wait_until
 PEAK_BOUND_MB = 300.0
 #: After such a body the heap is trimmed (offload.Offload.trim): the resident set returns to within this of before.
 SETTLE_BOUND_MB = 50.0
-
-
-@pytest.fixture
-def plugin(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[Callable[..., PluginHost]]:
-    """Start the plugin with extra environment; at teardown it must be alive (``make_host``) and have logged no
-    traceback."""
-    started: list[PluginHost] = []
-
-    def start(**env: str) -> PluginHost:
-        started.append(make_host(server_port, **env))
-        return started[-1]
-
-    yield start
-    for host in started:
-        log = host.log_text()
-        assert "Traceback" not in log, f"the plugin logged a traceback:\n{log[-3000:]}"
 
 
 def settle_rss(pid: int, before: float, bound: float, within: float = 5.0) -> float:

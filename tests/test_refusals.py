@@ -16,7 +16,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -28,13 +28,6 @@ from tests.support.sentinel import assert_sentinel_next_on_channels
 #: What a refused 200 MB body may get into the server after its answer (the issue's bound).
 ACCEPTED_BOUND = 32 * 2**20
 ANNOUNCED = 200 * 2**20
-
-
-@pytest.fixture
-def plugin(make_host: Callable[..., PluginHost], server_port: int) -> Iterator[PluginHost]:
-    host = make_host(server_port)
-    yield host
-    assert "Traceback" not in host.log_text(), host.log_text()[-3000:]
 
 
 def blast(port: int, head: bytes, total: int, stall_s: float = 3.0) -> tuple[bytes, int]:
@@ -88,10 +81,11 @@ LENGTH = f"Content-Length: {ANNOUNCED}\r\n"
     ("POST", "/locked", LENGTH, 401),
     ("POST", "/api", LENGTH, 413),
 ])
-def test_a_refused_200_mb_body_is_not_read(plugin: PluginHost, server_port: int, method: str, path: str, extra: str,
-                                           status: int) -> None:
-    api = plugin.start_source("r1", "s1", {"datasource": "/api"})
-    plugin.start_source("r2", "s2", {"datasource": "/locked", "auth": {"type": "bearer", "tokens": ["t"]}})
+def test_a_refused_200_mb_body_is_not_read(plugin: Callable[..., PluginHost], server_port: int, method: str, path: str,
+                                           extra: str, status: int) -> None:
+    host = plugin()
+    api = host.start_source("r1", "s1", {"datasource": "/api"})
+    host.start_source("r2", "s2", {"datasource": "/locked", "auth": {"type": "bearer", "tokens": ["t"]}})
     wait_healthy(server_port)
     head = f"{method} {path} HTTP/1.1\r\nHost: x\r\n{extra}\r\n".encode()
     started = time.monotonic()
@@ -103,8 +97,8 @@ def test_a_refused_200_mb_body_is_not_read(plugin: PluginHost, server_port: int,
     assert_sentinel_next_on_channels(sender(server_port, "/api"), api)
 
 
-def test_upgrade_with_a_body_is_refused_at_its_head(plugin: PluginHost, server_port: int) -> None:
-    api = plugin.start_source("r1", "s1", {"datasource": "/api"})
+def test_upgrade_with_a_body_is_refused_at_its_head(plugin: Callable[..., PluginHost], server_port: int) -> None:
+    api = plugin().start_source("r1", "s1", {"datasource": "/api"})
     for upgrade in ({"Upgrade": "websocket"}, {"Connection": "Upgrade", "Upgrade": "websocket"}):
         with RawClient(server_port) as conn:
             conn.send(request(path="/api", body='{"hello": 1}', headers=upgrade))
@@ -116,13 +110,14 @@ def test_upgrade_with_a_body_is_refused_at_its_head(plugin: PluginHost, server_p
     assert_sentinel_next_on_channels(sender(server_port, "/api"), api)  # nothing of the refused bodies arrived
 
 
-def test_pipelined_metrics_never_read_stall_no_one(plugin: PluginHost, server_port: int) -> None:
+def test_pipelined_metrics_never_read_stall_no_one(plugin: Callable[..., PluginHost], server_port: int) -> None:
     """3 connections x 250 KB of pipelined ``GET /metrics`` whose answers are never read: the server answers only as
     fast as each client reads (not at all), parses a bounded number ahead, and another client's POSTs keep getting
     2xx within 250 ms; the plugin's CPU and memory for it stay small."""
-    api = plugin.start_source("r1", "s1", {"datasource": "/api"})
+    host = plugin()
+    api = host.start_source("r1", "s1", {"datasource": "/api"})
     wait_healthy(server_port)
-    pid = plugin.process.pid
+    pid = host.process.pid
     before, cpu_before = rss_mb(pid), cpu_seconds(pid)
     reset_peak_rss(pid)
     flood = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * (250_000 // 34)
