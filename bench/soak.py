@@ -9,17 +9,18 @@ mix (every format, gzip bodies, auth, idempotent retries, bad bodies) paced to `
 connections that trickle every head and body.
 
 Rate: ``--rate auto`` (the default) first runs the same mix unpaced for ``--calibrate`` seconds and then soaks at half
-the requests/s it reached: half of what this machine's plugin, kuiperd and this load generator together manage now,
-which keeps the soak at about half capacity however busy the machine is when it starts. ``--rate N`` fixes it.
+the requests/s it reached: half of what this machine's plugin, kuiperd and this load generator together manage at
+the start, with whatever else runs on the machine then. ``--rate N`` fixes it.
 
 At the end every stream gets one sentinel record; once every sentinel has reached the sink, each rule's
 ``source_<stream>_0_records_in_total`` must equal exactly the records the clients were answered 2xx for (plus a
 503's ``delivered`` records, plus the sentinel): a lost record, or one delivered twice (a replay that was not one),
 fails the soak. /proc is sampled every ``--sample`` seconds: RSS, open file descriptors and CPU of the plugin process
 and of kuiperd. The soak fails (exit 1) when: any record is lost or doubled; any request gets no answer, a 5xx other
-than 503 with Retry-After, a bad request a 2xx, a good one a non-2xx; the plugin's RSS at the end differs from its RSS
-just after the warm-up by more than ±5%; its open file descriptors at the end differ from those after the warm-up
-(medians of the two windows, by more than 3); or the plugin process changed.
+than 503 with Retry-After, a bad request a 2xx, a good one a 4xx; the plugin's /metrics disagree with what the clients
+got; the plugin's RSS at the end differs from its RSS just after the warm-up by more than ±5%; its open file
+descriptors at the end differ from those after the warm-up (medians of the two windows, by more than 3); or the plugin
+process changed.
 
 Usage: python bench/soak.py [--duration S] [--rate auto|N] [--conns 32] [--slow 4] [--warmup S] [--json FILE]
 """

@@ -271,7 +271,6 @@ class Tally:
     unanswered_records: int = 0
     problem_count: int = 0
     problems: list[str] = field(default_factory=list)
-    latency_max_s: float = 0.0
 
     def problem(self, text: str) -> None:
         self.problem_count += 1
@@ -430,13 +429,11 @@ class Load:
         key = {"Idempotency-Key": f"soak-{self._keys}-{rnd.getrandbits(32):08x}"}
         data = request(path_of(kind.stream), _json(self._keys), headers=key)
         got, ok = await self._one(conn, kind, data, kind.records)
-        for mode, body in (("retry" if ok else "again", data),
-                           ("conflict", request(path_of(kind.stream), _json(-self._keys), headers=key))):
-            if mode == "conflict" and (not ok or rnd.random() > 0.2):
-                break
-            got = got if got is not None else await connect(self.port)
-            got, again = await self._one(got, kind, body, kind.records, mode)
-            ok = ok or again
+        got, ok = await self._one(got or await connect(self.port), kind, data, kind.records,
+                                  "retry" if ok else "again")
+        if ok and rnd.random() < 0.2:  # the key is remembered now: another body with it is a conflict
+            other = request(path_of(kind.stream), _json(-self._keys), headers=key)
+            got, _ = await self._one(got or await connect(self.port), kind, other, kind.records, "conflict")
         return got
 
     async def _slow(self, i: int) -> None:
