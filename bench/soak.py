@@ -15,12 +15,12 @@ the start, with whatever else runs on the machine then. ``--rate N`` fixes it.
 At the end every stream gets one sentinel record; once every sentinel has reached the sink, each rule's
 ``source_<stream>_0_records_in_total`` must equal exactly the records the clients were answered 2xx for (plus a
 503's ``delivered`` records, plus the sentinel): a lost record, or one delivered twice (a replay that was not one),
-fails the soak. /proc is sampled every ``--sample`` seconds: RSS, open file descriptors and CPU of the plugin process
-and of kuiperd. The soak fails (exit 1) when: any record is lost or doubled; any request gets no answer, a 5xx other
-than 503 with Retry-After, a bad request a 2xx, a good one a 4xx; the plugin's /metrics disagree with what the clients
-got; the plugin's RSS at the end differs from its RSS just after the warm-up by more than ±5%; its open file
-descriptors at the end differ from those after the warm-up (medians of the two windows, by more than 3); or the plugin
-process changed.
+fails the soak. /proc is sampled every ``--sample`` seconds: RSS, open file descriptors and CPU of the plugin process,
+of kuiperd and of this load generator. The soak fails (exit 1) when: any record is lost or doubled; any request gets
+no answer, a 5xx other than 503 with Retry-After, a bad request a 2xx or another status than its own, a good one a
+4xx; the plugin's /metrics disagree with what the clients got; the plugin's RSS at the end differs from its RSS just
+after the warm-up by more than ±5%; its open file descriptors at the end differ from those after the warm-up (medians
+of the two windows, by more than 3); or the plugin process changed.
 
 Usage: python bench/soak.py [--duration S] [--rate auto|N] [--conns 32] [--slow 4] [--warmup S] [--json FILE]
 """
@@ -380,6 +380,13 @@ def report(args: argparse.Namespace, soak: Soak, streams: dict[str, dict[str, in
           f"unanswered {tally.unanswered}; 5xx {dict(five) or 0}")
     for name, v in streams.items():
         print(f"  - {name}: accepted {v['accepted']:,}, read {v['read']:,}")
+    requests, records = last.requests - first.requests, last.records - first.records
+    cpu = {"plugin_us_per_request": (last.plugin_cpu_s - first.plugin_cpu_s) / requests * 1e6,
+           "kuiperd_us_per_record": (last.host_cpu_s - first.host_cpu_s) / records * 1e6,
+           "load_us_per_request": (last.load_cpu_s - first.load_cpu_s) / requests * 1e6}
+    print(f"- CPU during the soak: plugin {cpu['plugin_us_per_request']:.0f} µs per request, kuiperd "
+          f"{cpu['kuiperd_us_per_record']:.0f} µs per record, the load generator {cpu['load_us_per_request']:.0f} µs "
+          f"per request")
     print(f"- plugin RSS MB: after warm-up {figures['plugin_rss_mb_after_warmup']:.1f}, end "
           f"{figures['plugin_rss_mb_end']:.1f} ({figures['plugin_rss_drift']:+.1%}), min/max after warm-up "
           f"{figures['plugin_rss_mb_min']:.1f}/{figures['plugin_rss_mb_max']:.1f}; fds after warm-up "
@@ -406,7 +413,7 @@ def report(args: argparse.Namespace, soak: Soak, streams: dict[str, dict[str, in
             "calibrated": soak.calibrated, "duration": args.duration, "warmup": warmup, "streams": streams,
             "requests": tally.requests, "replays": tally.replays, "unanswered": tally.unanswered,
             "five_xx": {str(k): v for k, v in five.items()}, "statuses": statuses, **counted, "figures": figures,
-            "samples": [asdict(s) for s in samples]}, indent=1))
+            "cpu": cpu, "samples": [asdict(s) for s in samples]}, indent=1))
     return 1 if fail else 0
 
 

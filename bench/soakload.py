@@ -10,8 +10,8 @@ Every request is one of the KINDS, each bound to one stream (one endpoint) of th
   answered 2xx with ``Idempotent-Replayed: true`` and is counted once; now and then the same key with another body,
   which must get 422.
 * ``bad`` kinds are bodies and requests a client can get wrong (each format's malformed body, a corrupt gzip stream,
-  an unsupported encoding, missing or wrong credentials, an unknown path): 4xx, never 2xx, never a 5xx but a 503
-  with ``Retry-After``.
+  an unsupported encoding, missing or wrong credentials, an unknown path): each must get its 4xx (400, 415, 401,
+  404), never a 2xx, never a 5xx but a 503 with ``Retry-After``.
 
 A 503 with ``Retry-After`` is allowed for any request (the plugin's way of saying "not now"); its ``delivered``
 records count as read by the host. A request that gets no answer at all breaks exact accounting and fails the soak.
@@ -88,7 +88,7 @@ class Kind:
     expect: str  # "ok", "bad" or "idem"
     records: int  # per request (ok, idem)
     pool: list[bytes]  # pre-built requests (ok, bad); idem builds its own
-    status: int = 0  # bad: the status it should get (any 4xx passes; others are listed)
+    status: int = 0  # bad: the status it must get (or a 503 with Retry-After)
 
 
 def _ok_pool(stream: str, make: Callable[[int], tuple[bytes, str, dict[str, str]]], n: int = 16) -> list[bytes]:
@@ -308,8 +308,9 @@ class Tally:
                 self.problem(f"{kind.name} ({mode}): answered {status}: {reply.body[:200]!r}")
                 self.expected[kind.stream] += _accepted(reply.body)  # whatever it says it delivered
                 self.accepted[kind.stream] += _accepted(reply.body)
-            elif not 400 <= status < 500 or (mode == "conflict" and status != 422):
-                self.problem(f"{kind.name} ({mode}): answered {status}: {reply.body[:200]!r}")
+            elif status != (422 if mode == "conflict" else kind.status):
+                self.problem(f"{kind.name} ({mode}): answered {status}, not {kind.status or 422}: "
+                             f"{reply.body[:200]!r}")
             return ok
         if not ok:
             self.problem(f"{kind.name} ({mode}): answered {status}: {reply.body[:200]!r}")
@@ -402,7 +403,9 @@ class Load:
             if conn is None or conn.closed:
                 conn = await connect(self.port)
             if kind.expect == "idem":
-                conn = await self._idempotent(conn, kind, rnd)
+                conn, sent = await self._idempotent(conn, kind, rnd)
+                if self.rate is not None:  # the pace counts requests, not draws
+                    next_t += (sent - 1) * self.conns / self.rate
             else:
                 conn, _ = await self._one(conn, kind, rnd.choice(kind.pool), kind.records)
         if conn is not None:
@@ -423,8 +426,9 @@ class Load:
             return None, ok
         return conn, ok
 
-    async def _idempotent(self, conn: Conn, kind: Kind, rnd: random.Random) -> Conn | None:
-        """A request with a fresh key, its retry, and now and then the key reused for another body."""
+    async def _idempotent(self, conn: Conn, kind: Kind, rnd: random.Random) -> tuple[Conn | None, int]:
+        """A request with a fresh key, its retry, and now and then the key reused for another body; returns the
+        connection and the number of requests sent."""
         self._keys += 1
         key = {"Idempotency-Key": f"soak-{self._keys}-{rnd.getrandbits(32):08x}"}
         data = request(path_of(kind.stream), _json(self._keys), headers=key)
@@ -434,7 +438,8 @@ class Load:
         if ok and rnd.random() < 0.2:  # the key is remembered now: another body with it is a conflict
             other = request(path_of(kind.stream), _json(-self._keys), headers=key)
             got, _ = await self._one(got or await connect(self.port), kind, other, kind.records, "conflict")
-        return got
+            return got, 3
+        return got, 2
 
     async def _slow(self, i: int) -> None:
         rnd = random.Random(1000 + i)
