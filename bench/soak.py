@@ -60,7 +60,7 @@ BIN_SENTINEL = b"soak-sentinel"
 
 @dataclass
 class Sample:
-    t: float  # seconds since the soak (after calibration) began; negative during calibration
+    t: float  # seconds since the soak began (after the calibration, which is not sampled)
     plugin_rss_mb: float
     plugin_fds: int
     plugin_cpu_s: float
@@ -196,7 +196,9 @@ class Soak:
 
 
 def account(host: EkuiperHost, sink: RecordSink, tally: sl.Tally) -> dict[str, dict[str, int]]:
-    """Once every rule has passed its sentinel to the sink, each source's records_in (read until it stops moving)."""
+    """Once every rule has passed its sentinel to the sink (or 120 s have passed), each source's records_in: read
+    until every one has reached what the clients counted (at most 30 s more), and once more a second later, so that
+    a record counted after the sentinel, i.e. delivered twice, shows too."""
     try:
         rows = sink.wait_for(len(sl.STREAMS), timeout=120)
     except AssertionError:
@@ -273,7 +275,7 @@ def series(samples: list[Sample], every: float) -> list[str]:
     """One line per ``every`` seconds of the soak."""
     lines, last = [], None
     for s in samples:
-        if s.t < 0 or (last is not None and s.t - last.t < every - 0.01 and s is not samples[-1]):
+        if last is not None and s.t - last.t < every - 0.01 and s is not samples[-1]:
             continue
         if last is not None:
             dt = s.t - last.t
@@ -359,8 +361,7 @@ def report(args: argparse.Namespace, soak: Soak, streams: dict[str, dict[str, in
     if abs(fd_change) > FD_SLACK:
         fail.append(f"plugin open fds changed by {fd_change:+g} after the warm-up "
                     f"({figures['plugin_fds_after_warmup']:g} → {figures['plugin_fds_end']:g})")
-    soak_samples = [s for s in samples if s.t >= 0]
-    first, last = soak_samples[0], soak_samples[-1]
+    first, last = samples[0], samples[-1]
     span = last.t - first.t
     accepted = sum(v["accepted"] for v in streams.values())
     read = sum(v["read"] for v in streams.values())

@@ -1,6 +1,7 @@
 """The load of `make soak` (bench/soak.py): the request mix, the client that sends it, and the accounting.
 
-Every request is one of the KINDS, each bound to one stream (one endpoint) of the soak's host:
+Every request is of one of the kinds :func:`build_kinds` makes, each bound to one stream (one endpoint) of the
+soak's host:
 
 * ``ok`` kinds carry records in every format the plugin decodes (json object and array, NDJSON by Content-Type and
   by ``framing: lines``, delimited, urlencoded, binary, protobuf, the shipped ``kv`` custom decoder), some gzipped,
@@ -56,10 +57,10 @@ def path_of(stream: str) -> str:
     return f"/soak/{stream}"
 
 
-def request(path: str, body: bytes, ctype: str = "application/json", headers: dict[str, str] | None = None,
-            method: str = "POST") -> bytes:
+def request(path: str, body: bytes, ctype: str = "application/json", headers: dict[str, str] | None = None) -> bytes:
+    """The bytes of one POST."""
     extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    head = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(body)}\r\n{extra}\r\n")
     return head.encode() + body
 
