@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: all venv package ekuiper test test-fast test-real demo bench lint clean
+.PHONY: all venv package ekuiper test test-fast test-real demo bench soak lint clean
 
 all: package
 
@@ -41,6 +41,11 @@ demo: package
 bench: package
 	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk"; exit 1; }
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py $(ARGS)
+
+# The soak (docs/operations.md#soak): a real eKuiper with the plugin under a mixed load for SOAK_S seconds (default
+# 1800) at half the rate a short calibration reaches; fails on a lost record, RSS drift or leaked file descriptors.
+soak: package
+	$(PY) bench/soak.py $(ARGS)
 
 lint: venv
 	$(PY) -m ruff check httppush_plugin harness tests scripts bench main.py etc/decoders
