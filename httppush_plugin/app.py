@@ -306,11 +306,11 @@ class Exchange(Later):
 
     async def _large(self, route: Route, data: bytes) -> None:
         """:meth:`body`'s steps for a large body: signature, fingerprint, decoding and framing in a worker thread,
-        one body at a time; the key store and the channels on the loop."""
+        bodies of 1 MiB or more one at a time (``offload.lane``); the key store and the channels on the loop."""
         offload, head = self.app.offload, self.head
         held = 0
         try:
-            async with offload.turn:
+            async with offload.lane(len(data)):
                 need = await offload.run(held_bound, [group.decoder for group in route.groups], data, self.app.limits)
                 self.app.budget.reserve(need, "decoding and framing this body")
                 held = need

@@ -37,6 +37,12 @@ READ_SLACK = 256 * 1024
 #: A body answered from its head (404, 401, 415, …) is read and dropped, keeping the connection, when its
 #: ``Content-Length`` is at most this; a larger or chunked one is not read: the connection closes after the answer.
 DRAIN_BYTES = 64 * 1024
+#: After an answer that closes the connection mid-request, the most of what the client still sends that is read and
+#: dropped (so that it reads the answer, not a reset) before the connection is closed regardless.
+LINGER_BYTES = 8 * 1024 * 1024
+#: Requests parsed ahead of their answers on one connection (pipelined while one is owed, or while the client does not
+#: read); one more is refused with 503 and the connection closes after the answers owed.
+MAX_QUEUED = 1024
 
 _METHODS = {method.encode(): method for method in ("POST", "PUT", "GET", "HEAD", "OPTIONS")}
 _new_head = tuple.__new__  # a RequestHead without the generated __new__'s Python frame: this is once per request

@@ -1,16 +1,14 @@
 """HTTP/1.1 on ``httptools`` (llhttp): one connection's parsing, time limits, keep-alive, pipelining order, flow
 control and ``Expect: 100-continue``. The application is called twice per request (``request.py``): ``app.head(head)``
-when the head is complete, ``exchange.body(data)`` when the body is; nothing here knows routes, auth or metrics. The
-limits on bytes are :mod:`.incoming`'s, the answers' bytes :mod:`.wire`'s, the deadlines' sweep :mod:`.connections`'.
+when the head is complete, ``exchange.body(data)`` when the body is. The limits on bytes are :mod:`.incoming`'s.
 
-Most requests are answered inside the parser's callback: no task per request. An answer that must wait is a
-:class:`~.answers.Later`; requests parsed behind it are queued (at most :data:`MAX_QUEUED`) and reading pauses, so
-answers go out in request order. A client that does not read its answers is neither answered nor read from.
+Most requests are answered inside the parser's callback. An answer that must wait is a :class:`~.answers.Later`;
+requests parsed behind it are queued and reading pauses, so answers go out in request order. A client that does not
+read its answers is neither answered nor read from.
 
 A request that cannot go on — malformed (400), over a limit (413, 431, 503), too slow (408), or answered from its head
-with a body over :data:`~.incoming.DRAIN_BYTES` or chunked — is answered and the connection closed, its body unread.
-First the connection "lingers": what the client still sends is dropped for up to :data:`LINGER_S` and
-:data:`LINGER_BYTES`, so that the client reads the answer rather than a reset.
+with a body not worth reading — is answered and the connection closed, its body unread. First the connection
+"lingers": what the client still sends is dropped for a while, so that it reads the answer rather than a reset.
 """
 
 from __future__ import annotations
@@ -24,17 +22,13 @@ import httptools
 
 from .answers import Answer, HttpError, Later, RequestTimeout, Unavailable
 from .connections import ConnectionSet
-from .incoming import RequestReader
+from .incoming import LINGER_BYTES, MAX_QUEUED, RequestReader
 from .request import Exchange
 from .wire import CONTINUE, encode
 
-#: After an answer that closes the connection mid-request, how long and how much of what the client still sends is
-#: read and dropped before the connection is closed regardless.
+#: After an answer that closes the connection mid-request, how long what the client still sends is read and dropped
+#: (and :data:`~.incoming.LINGER_BYTES` at most) before the connection is closed regardless.
 LINGER_S = 2.0
-LINGER_BYTES = 8 * 1024 * 1024
-#: Requests parsed ahead of their answers on one connection (pipelined while one is owed, or while the client does not
-#: read); one more is refused with 503 and the connection closes after the answers owed.
-MAX_QUEUED = 1024
 _INF = float("inf")
 _now = time.monotonic
 
@@ -54,7 +48,6 @@ class HttpConnection(asyncio.Protocol):
         self.shared = shared
         self.app = shared.app
         self.config = config = shared.config
-        #: (seconds, what) for the head and the body
         self._timeouts = ((config.read_header_timeout, "headers", "httpServerReadHeaderTimeout"),
                           (config.read_body_timeout, "body", "httpServerReadBodyTimeout"))
         #: the request being read; the parser calls it for the bytes and this connection for the milestones
@@ -64,8 +57,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport: Any = None
         self.remote = ""
         self.peercert: dict[str, Any] | None = None
-        self.phase = IDLE
-        self.deadline = _INF
+        self.phase, self.deadline = IDLE, _INF
         self._busy: Later | None = None  # an answer we owe and are waiting for
         self._owed = (True, False, 0)  # how it is written: keep-alive, HEAD, body bytes held in the budget
         self._queue: deque[Queued] = deque()  # requests parsed while an answer was owed
@@ -100,8 +92,7 @@ class HttpConnection(asyncio.Protocol):
             self._owed = (False, False, 0)
         self.shared.budget.give(held)
         self._queue.clear()
-        self.phase = CLOSING
-        self.deadline = _INF
+        self.phase, self.deadline = CLOSING, _INF
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
@@ -138,7 +129,7 @@ class HttpConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._write_paused = True
         self._pause()
-        self.deadline = _now() + self.config.idle_timeout  # given up on if it still has not read by then
+        self._not_reading()
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -159,6 +150,8 @@ class HttpConnection(asyncio.Protocol):
     # -- parser callbacks -------------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        if self._discarding:  # what follows a request that closed the connection is never handled
+            raise _Stop
         self.phase = HEAD
         self.deadline = _now() + self.config.read_header_timeout
         if self._busy is not None or self._queue:  # behind an owed answer: its unread bytes wait in the kernel
@@ -202,6 +195,7 @@ class HttpConnection(asyncio.Protocol):
         else:  # behind an owed answer, or the client is not reading its answers
             queue.append((item, keep_alive, self._head_only, held))
             self._pause()
+            self._not_reading()
             if len(queue) >= MAX_QUEUED:
                 self._fatal(Unavailable(f"over {MAX_QUEUED} requests were sent ahead of their answers; read them"))
                 raise _Stop
@@ -254,8 +248,15 @@ class HttpConnection(asyncio.Protocol):
                     self._fatal(self.reader.early)
                 else:
                     self.transport.write(CONTINUE)
+        self._not_reading()
         if self._idle() and not self._write_paused:
             self._resume()
+
+    def _not_reading(self) -> None:
+        """A client that does not read its answers is given up on if it still has not read within the idle timeout
+        (while an answer is owed, the slow one is us)."""
+        if self._write_paused and self._busy is None:
+            self.deadline = _now() + self.config.idle_timeout
 
     def _write(self, answer: Answer, keep_alive: bool, head_only: bool) -> None:
         transport = self.transport
@@ -337,8 +338,7 @@ class HttpConnection(asyncio.Protocol):
             self._closing = True
 
     def force_close(self, exc: HttpError) -> None:
-        if self._busy is not None:
-            # a large body's task answers 503 and closes; deliveries settle within their channel's send timeout
+        if self._busy is not None:  # a large body's task answers 503; deliveries settle within the send timeout
             self._busy.cancel()
         elif self.phase in (HEAD, BODY):
             self._fatal(exc)

@@ -550,3 +550,14 @@ def test_property_json_array_in_slices_as_whole(records: list[dict[str, Any]]) -
         assert JsonDecoder().decode_request(body, "", Limits()) == records
     finally:
         json_decoder._SLICE = old
+
+
+def test_delimited_values_are_bounded_with_fields_names_too() -> None:
+    """With fields names a line holds at most as many values as there are names: the bound the value limit and the
+    budget's estimate use, and no more."""
+    named = DelimitedDecoder(",", ("a", "b", "c", "d", "e"))
+    body = b"1,2,3,4,5,6,7\n" * 30  # 30 lines of 5 named values (the rest is never split off): 150
+    assert named.values_bound(body) == 155  # (lines + 1) x names: a bound, never below the truth
+    with pytest.raises(OverLimit, match="httpServerMaxValues"):
+        named.decode(body, Limits(values=100))
+    assert len(named.decode(body, Limits(values=200))) == 30

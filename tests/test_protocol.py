@@ -13,8 +13,8 @@ import pytest
 from httppush_plugin.answers import Answer, Later, error_answer
 from httppush_plugin.budget import Budget
 from httppush_plugin.connections import ConnectionSet
-from httppush_plugin.incoming import DRAIN_BYTES, MAX_HEAD_SIZE, MAX_HEADERS, READ_SLACK
-from httppush_plugin.protocol import BODY, IDLE, LINGER, LINGER_BYTES, MAX_QUEUED, HttpConnection
+from httppush_plugin.incoming import DRAIN_BYTES, LINGER_BYTES, MAX_HEAD_SIZE, MAX_HEADERS, MAX_QUEUED, READ_SLACK
+from httppush_plugin.protocol import BODY, IDLE, LINGER, HttpConnection
 from httppush_plugin.request import RequestHead
 from httppush_plugin.settings import ServerConfig
 from httppush_plugin.wire import encode, status_line
@@ -431,3 +431,21 @@ def test_answers_queued_per_connection_are_bounded() -> None:
     conn.resume_writing()
     statuses = [status for status, _, _ in transport.answers()]
     assert statuses == [200] * MAX_QUEUED + [503] and transport.eof
+
+
+def test_a_client_that_stops_reading_with_requests_queued_is_given_up_on() -> None:
+    conn, transport = connect(FakeApp(early={"/m": Answer(200, b"{}")}), idle_timeout=5)
+    conn.pause_writing()
+    conn.data_received(b"GET /m HTTP/1.1\r\n\r\n" * 3)  # parsed from a read already taken: queued, not answered
+    assert transport.answers() == [] and conn.deadline < float("inf")  # the queue does not make it wait forever
+    conn.on_deadline()
+    assert transport.aborted
+
+
+def test_nothing_after_a_closing_answer_is_handled() -> None:
+    app = FakeApp()
+    conn, transport = connect(app)
+    conn.shared.stopping = True  # every answer now closes the connection
+    conn.data_received(post("/a") + post("/b"))
+    assert [status for status, _, _ in transport.answers()] == [200]
+    assert ("body", "/b", BODY_JSON) not in app.calls  # its records would go to eKuiper with no one told

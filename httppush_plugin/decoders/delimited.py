@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from itertools import repeat
+from typing import Any
 
 from .base import (
     Decoder,
@@ -42,18 +43,24 @@ class DelimitedDecoder(Decoder):
         return (type(self), self.delimiter, self.fields)
 
     def values_bound(self, body: bytes) -> int:
-        return count(body, self.delimiter.encode()) + count_lines(body) + 1
+        return self._values(body, self.delimiter.encode())
+
+    def _values(self, body: Any, delimiter: Any) -> int:
+        """An upper bound of the values the body's records hold: every delimiter starts one more, and every line holds
+        one; with names, a line holds no more than there are names (values past the last are never split off)."""
+        lines = count_lines(body) + 1
+        values = count(body, delimiter) + lines
+        return min(values, lines * len(self.fields)) if self.fields else values
 
     def decode(self, body: bytes, limits: Limits | None = None) -> list[Record]:
         text = body_text(body, "delimited")
         fields, delimiter = self.fields, self.delimiter
         if limits is not None:
             check_lines(text, limits)
-            # values: every delimiter starts one more, and every line holds one; with names, values past the last
-            # name are never split off, so only lines with more values than names could count more than that
-            values = count(text, delimiter) + count_lines(text)
-            if values > limits.values and not fields:
-                raise too_many_values(values, limits.values, "counted as its delimiters and lines")
+            values = self._values(text, delimiter)
+            if values > limits.values:
+                raise too_many_values(values, limits.values, "counted as its delimiters and lines, at most as many "
+                                      "a line as there are fields names")
         lines = nonblank_lines(text)
         if fields:
             # values past the last name are dropped unsplit: maxsplit leaves them in one piece that zip ignores
@@ -75,6 +82,8 @@ def _names(count: int, limit: int) -> list[str]:
     raises :class:`OverLimit` past ``limit`` (``httpServerMaxFields``) unless it is -1."""
     if limit >= 0 and count > limit:
         raise too_many_fields(limit, "a delimited line")
-    if len(_NAMES) < count:
-        _NAMES.extend(f"col{i}" for i in range(len(_NAMES), count))
-    return _NAMES if len(_NAMES) == count else _NAMES[:count]
+    global _NAMES
+    names = _NAMES
+    if len(names) < count:  # a new list, bound at once: a worker thread and the loop may both be here
+        names = _NAMES = names + [f"col{i}" for i in range(len(names), count)]
+    return names if len(names) == count else names[:count]
