@@ -48,7 +48,7 @@ class DelimitedDecoder(Decoder):
     def _values(self, body: Any, delimiter: Any) -> int:
         """An upper bound of the values the body's records hold: every delimiter starts one more, and every line holds
         one; with names, a line holds no more than there are names (values past the last are never split off)."""
-        lines = count_lines(body) + 1
+        lines = count_lines(body)
         values = count(body, delimiter) + lines
         return min(values, lines * len(self.fields)) if self.fields else values
 
