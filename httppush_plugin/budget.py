@@ -41,8 +41,12 @@ class Budget:
         if nbytes > self.limit:
             raise TooLarge(f"{what} would hold about {nbytes} bytes, more than httpServerMaxBuffered ({self.limit})")
         if not self.take(nbytes):
-            raise Unavailable(f"the server holds {self.used} bytes for requests already, its limit "
-                              "(httpServerMaxBuffered); retry later")
+            raise self.full()
+
+    def full(self) -> Unavailable:
+        """The 503 (retry later) for bytes that do not fit now."""
+        return Unavailable(f"the server holds {self.used} bytes for requests already, its limit "
+                           "(httpServerMaxBuffered); retry later")
 
     def force(self, nbytes: int) -> None:
         """Count ``nbytes`` that are held already, limit or not (e.g. frames of a request that was let in)."""

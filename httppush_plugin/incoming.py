@@ -22,7 +22,7 @@ from typing import Any
 
 import httptools
 
-from .answers import Answer, BadRequest, HeadersTooLarge, HttpError, TooLarge, Unavailable, VersionNotSupported
+from .answers import Answer, BadRequest, HeadersTooLarge, HttpError, TooLarge, VersionNotSupported
 from .budget import Budget
 from .encoding import Inflater, inflater_for
 from .request import Exchange, RequestHead, target_path
@@ -131,7 +131,7 @@ class RequestReader:
         if self.size + size > limit:
             raise TooLarge(f"body is over {limit} bytes, the limit (httpServerMaxBodySize)")
         if not self.budget.take(size):
-            raise over_budget(self.budget)
+            raise self.budget.full()
         self.size += size
         self.chunks.append(chunk)
 
@@ -172,7 +172,7 @@ class RequestReader:
         if self.content_length > limit:
             raise TooLarge(f"body is {self.content_length} bytes; the limit is {limit} bytes (httpServerMaxBodySize)")
         if self.content_length > 0 and not self.budget.fits(self.content_length):
-            raise over_budget(self.budget)
+            raise self.budget.full()
         self.allowed = MAX_HEAD_SIZE + limit + READ_SLACK
         if self.encoding:
             try:  # inflated as it arrives, in on_body(): bounded by the limit after inflation
@@ -226,7 +226,3 @@ class RequestReader:
         held, self.size, self.chunks = self.size, 0, []
         return held
 
-
-def over_budget(budget: Budget) -> Unavailable:
-    return Unavailable(f"the server holds {budget.used} bytes for requests already, its limit "
-                       "(httpServerMaxBuffered); retry later")
