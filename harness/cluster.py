@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -111,6 +112,15 @@ def _request(method: str, url: str, body: bytes | None = None, headers: dict[str
     return status, parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2] != "Z"
+
+
 def _children(pid: int) -> list[int]:
     """PIDs whose parent is ``pid`` (a /proc walk)."""
     found = []
@@ -181,11 +191,14 @@ class Node:
         self.host.stop()
 
     def kill(self) -> list[int]:
-        """SIGKILL kuiperd and its plugin processes, by PID (found before kuiperd dies); returns the PIDs killed."""
+        """SIGKILL kuiperd and its plugin processes, by PID (found before kuiperd dies), and return the PIDs once
+        every one of them is dead (a zombie or gone): only then has the node stopped taking requests."""
         assert self.host.process is not None, f"{self.name} is not running"
         pids = [self.host.process.pid, *self.plugin_pids()]
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not any(_running(pid) for pid in pids), 10.0, f"{self.name}'s processes {pids} to die",
+                 interval=0.001)
         return pids
 
     def ref_count(self) -> dict[str, int]:
@@ -321,6 +334,17 @@ class Balancer:
                 values = dict(zip(words[2::2], words[3::2], strict=False))
                 return {key: float(values[key].rstrip("s")) for key in ("inter", "fastinter", "fall", "rise")}
         raise AssertionError(f"no 'default-server check' line in {self.config}")
+
+    def abnormal_log_lines(self) -> list[str]:
+        """Request log lines (``option httplog``) whose termination state is not ``----``: a request that ended
+        otherwise than with a complete answer (``SH--``: the server aborted; ``CD--``: the client went away; …)."""
+        pattern = re.compile(r"^\S+ \[[^]]+\] \S+ \S+ \S+ -?\d+ \S+ \S+ \S+ (\S{4}) ")
+        lines = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            match = pattern.match(line)
+            if match and match.group(1) != "----":
+                lines.append(line)
+        return lines
 
     def close(self) -> None:
         if self.process.poll() is None:
