@@ -11,7 +11,7 @@ and undrained (a rolling upgrade). A sentinel per device ends the traffic, then 
 At the broker, exactly:
 - every record answered 2xx arrived, except records the killed node answered in the moments before its kill (what
   its eKuiper held dies with it): each such loss is counted, attributed to the killed node and answered at most
-  :data:`LOSS_WINDOW_S` before the kill;
+  ``LOSS_WINDOW_S`` (tests/support/cluster_accounting.py) before it died;
 - each device's records arrive in order within each node's stretch;
 - a record arrives twice only where the kill made it possible: an attempt the killed node took but never answered
   (HAProxy's 502), retried with the same key on another node (keys are per node);
@@ -30,14 +30,13 @@ import secrets
 import shutil
 import threading
 import time
-from collections import Counter, defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.cluster import PLUGIN, Cluster, Node, cluster_workdir, require_tools, wait_for
+from tests.support.cluster_accounting import Attempt, account
 
 pytestmark = [pytest.mark.realhost, pytest.mark.cluster]
 
@@ -47,9 +46,6 @@ CLIENTS = 6
 #: Requests per second over all clients, paced: enough to keep every node busy, light enough that three kuiperds,
 #: three plugins, HAProxy and mosquitto keep up on 2 shared cores (the rule buffers, and so a kill's loss, stay small).
 RATE = 400.0
-#: A lost record (answered 2xx by the killed node, never at the broker) was answered at most this long before the
-#: kill: what the node's eKuiper held in its channel, rule and mqtt sink (measured: docs/scaling.md).
-LOSS_WINDOW_S = 2.0
 #: Added to the checks' inter x fall for the balancer's reaction on a loaded machine.
 DETECT_MARGIN_S = 3.0
 #: Statuses a device retries with the same key: HAProxy's 502/504 (a node died mid-request) and 503 (no node, or the
@@ -65,17 +61,6 @@ STREAMS = (
     ('CREATE STREAM ingest () WITH (TYPE="pyhttppush", DATASOURCE="/ingest", FORMAT="json", CONF_KEY="cluster")',
      "by_header", "SELECT meta(`x-device-id`) AS device, * FROM ingest"),
 )
-
-
-@dataclass
-class Attempt:
-    device: str
-    n: int
-    sent: float
-    done: float
-    status: int | None  # None: the connection failed (error says how)
-    error: str | None
-    served_by: str | None
 
 
 def _target(device: str) -> tuple[str, dict[str, str]]:
@@ -107,7 +92,9 @@ class Devices:
             thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:  # the test failed inside the block: no sentinels, no retries, just stop
+            self.fatal.append(f"stopped by {exc_type.__name__}")
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=GIVE_UP_S + 30)
@@ -132,9 +119,12 @@ class Devices:
                 n += 1
                 for device in devices:
                     conn = self._deliver(conn, device, n, {"n": n})
-                    next_at += interval
-                    time.sleep(max(0.0, next_at - time.monotonic()))  # pacing the load, not waiting for a state
+                    # pacing the load, not waiting for a state; after a stall (a retry's pause) no burst to catch up
+                    next_at = max(next_at + interval, time.monotonic() - interval)
+                    time.sleep(max(0.0, next_at - time.monotonic()))
             for device in devices:
+                if self.fatal:
+                    break
                 self.last[device] = n + 1
                 conn = self._deliver(conn, device, n + 1, {"n": n + 1, "end": True})
         finally:
@@ -166,6 +156,8 @@ class Devices:
                     return conn
             if status is not None and status not in RETRY_STATUSES:
                 self.fatal.append(f"{device} #{n}: {status} from {served_by}")
+                return conn
+            if self.fatal:  # another device failed the run, or the test stopped it
                 return conn
             if time.monotonic() > give_up:
                 self.fatal.append(f"{device} #{n}: no 2xx within {GIVE_UP_S}s, last {status or error}")
@@ -283,7 +275,7 @@ def test_cluster_kill_and_rolling_upgrade(zips: dict[str, Path]) -> None:
             assert not load.fatal, load.fatal
             messages = _sentinels_at_broker(cluster, load, [drained, keeper])
             stats = cluster.balancer.command("show stat")
-            result = _account(load, messages, victim.name, marks)
+            result = account(load.attempts, [(m.get("device"), m.get("n")) for m in messages], victim.name, marks)
             reaction = marks["down"] - marks["kill"]
             dying_ms = (marks["kill"] - marks["signal"]) * 1000
             print(f"\ncluster: {len(cluster.nodes)} nodes up in {started:.0f} s (kuiperd started, plugin installed on "
@@ -316,81 +308,3 @@ def _retries(stats: str) -> str:
 
     rows = csv.DictReader(io.StringIO(stats.lstrip("# ")))
     return ", ".join(f"{r['pxname']} {r['wretr'] or 0}/{r['wredis'] or 0}" for r in rows if r["svname"] == "BACKEND")
-
-
-@dataclass
-class Accounting:
-    records: int
-    attempts: int
-    lost: list[Attempt]
-    duplicates: dict[tuple[str, int], int]
-    duplicate_causes: dict[tuple[str, int], list[Attempt]]
-    strays: list[tuple[Any, Any]]
-    disorder: list[str]
-    kill_failures: list[Attempt]
-    other_failures: list[Attempt]
-    cycle_failures: list[Attempt]
-    victim: str
-    kill: float
-
-    def report(self) -> str:
-        lines = [f"records answered 2xx: {self.records}; attempts {self.attempts} (retries "
-                 f"{self.attempts - self.records}); failed attempts in the kill window {len(self.kill_failures)} "
-                 f"({dict(Counter(str(a.status or a.error) for a in self.kill_failures))}), during the "
-                 f"drain-upgrade-undrain cycle {len(self.cycle_failures)}"]
-        ages = [self.kill - a.done for a in self.lost]
-        lines.append(f"lost (answered 2xx by {self.victim} before its kill, never at the broker): {len(self.lost)}"
-                     + (f", answered {min(ages) * 1000:.0f}-{max(ages) * 1000:.0f} ms before the kill" if ages else ""))
-        lines.append(f"duplicates: {len(self.duplicates)}, each a request {self.victim} took but never answered "
-                     f"(502), retried with its key on another node: "
-                     + ", ".join(f"{d}#{n} x{c}" for (d, n), c in list(self.duplicates.items())[:10]))
-        return "\n".join(lines)
-
-    def check(self) -> None:
-        assert not self.strays, f"arrived but never sent: {self.strays[:10]}"
-        bad_lost = [a for a in self.lost if a.served_by != self.victim or not
-                    (self.kill - LOSS_WINDOW_S <= a.done and a.sent <= self.kill)]
-        assert not bad_lost, f"records answered 2xx and lost, not explained by the kill: {bad_lost[:10]}"
-        unexplained = {key: count for key, count in self.duplicates.items()
-                       if count - 1 > len(self.duplicate_causes.get(key, []))}
-        assert not unexplained, f"duplicates not explained by the kill: {unexplained}"
-        assert not self.disorder, f"per-device order broken within a node's stretch: {self.disorder[:10]}"
-        assert not self.other_failures, (
-            f"failed attempts outside the kill window or not from the killed node: {self.other_failures[:10]}")
-        assert not self.cycle_failures, (
-            f"clients saw errors during the drain-upgrade-undrain cycle: {self.cycle_failures[:10]}")
-
-
-def _account(load: Devices, messages: list[dict[str, Any]], victim: str, marks: dict[str, float]) -> Accounting:
-    arrived = [(m.get("device"), m.get("n")) for m in messages]
-    counts = Counter(arrived)
-    sent = set(load.ok)
-    strays = [key for key in counts if key not in sent]
-    lost = sorted((load.ok[key] for key in sent - set(counts)), key=lambda a: a.done)
-    failed = [a for a in load.attempts if a.status is None or not 200 <= a.status < 300]
-    # a failed attempt the victim may have delivered: it reached the victim (502 naming it, or a reset) while
-    # HAProxy still sent it requests
-    maybe_delivered: dict[tuple[str, int], list[Attempt]] = defaultdict(list)
-    for a in failed:
-        if a.served_by in (victim, None) and a.sent <= marks["down"]:
-            maybe_delivered[(a.device, a.n)].append(a)
-    duplicates = {key: count for key, count in counts.items() if count > 1}
-    # order: each device's first arrivals, by the node that answered 2xx; a duplicated record's node is ambiguous
-    # (which copy came first) and it is accounted for above, so it is left out here
-    last_seen: dict[tuple[str, str], int] = {}
-    disorder = []
-    for key in dict.fromkeys(arrived):
-        if key in duplicates or key not in load.ok:
-            continue
-        device, n = key
-        node = load.ok[key].served_by or "?"
-        previous = last_seen.get((device, node))
-        if previous is not None and n <= previous:
-            disorder.append(f"{device}: #{n} after #{previous} from {node}")
-        last_seen[(device, node)] = n
-    kill_window = [a for a in failed if marks["signal"] <= a.done <= marks["calm"] and a.served_by in (victim, None)]
-    cycle = [a for a in failed if a.done > marks["calm"]]
-    other = [a for a in failed if a not in kill_window and a not in cycle]
-    return Accounting(len(load.ok), len(load.attempts), lost, duplicates, dict(maybe_delivered), strays, disorder,
-                      kill_window, other, cycle, victim, marks["kill"])
-
