@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import secrets
 import shutil
 import threading
@@ -263,6 +264,7 @@ def test_cluster_kill_and_rolling_upgrade(zips: dict[str, Path]) -> None:
                 marks["signal"] = time.monotonic()
                 killed = victim.kill()
                 marks["kill"] = time.monotonic()  # every process of the node dead
+                kill_wall = time.time()
                 marks["down"] = cluster.wait_states({victim.name: "DOWN"}, documented + 30.0)
                 # the devices recovered: every one has a 2xx for a request sent after HAProxy took the node out
                 wait_for(lambda: load.answered_since(marks["down"]) >= set(devices) or load.fatal, 60.0,
@@ -286,6 +288,11 @@ def test_cluster_kill_and_rolling_upgrade(zips: dict[str, Path]) -> None:
                   f"(PUT /plugins/portables/{PLUGIN}) {marks['upgraded'] - marks['upgrade']:.0f} s, back UP "
                   f"{marks['back'] - marks['upgraded']:.1f} s after the undrain")
             print(result.report())
+            for a in result.kill_failures[:10]:
+                print(f"  kill window: {a.device}#{a.n} {a.status or a.error} from {a.served_by}, sent "
+                      f"{(a.sent - marks['kill']) * 1000:+.0f} ms, done {(a.done - marks['kill']) * 1000:+.0f} ms "
+                      f"from {victim.name}'s death at {time.strftime('%H:%M:%S', time.gmtime(kill_wall))}"
+                      f".{int(kill_wall * 1000) % 1000:03d} UTC")
             print(f"HAProxy retries/redispatches: {_retries(stats)}; test duration {time.monotonic() - began:.0f} s")
             abnormal = cluster.balancer.abnormal_log_lines()
             print(f"HAProxy log lines with a termination state other than ---- ({len(abnormal)}):\n  "
@@ -296,7 +303,7 @@ def test_cluster_kill_and_rolling_upgrade(zips: dict[str, Path]) -> None:
                 f"(+{DETECT_MARGIN_S:g} s margin)")
             passed = True
     finally:
-        if passed:
+        if passed and not os.environ.get("HTTPPUSH_CLUSTER_KEEP"):
             shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"\ncluster test: logs kept in {workdir}")
