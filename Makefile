@@ -35,7 +35,7 @@ test-real: package
 
 # Three real eKuiper nodes behind HAProxy (deploy/haproxy/haproxy.cfg), results in mosquitto: a node killed, another
 # drained, upgraded and undrained (docs/scaling.md). Part of `make test` too; needs root and
-# `apt-get install haproxy mosquitto mosquitto-clients` (under CI=true a missing one fails the test). About 3 minutes.
+# `apt-get install haproxy mosquitto mosquitto-clients` (under CI=true a missing one fails the test). 1.5-2 minutes here.
 cluster: package
 	$(PY) -m pytest -m cluster -s $(ARGS)
 
