@@ -16,8 +16,9 @@ At the broker, exactly:
 - a record arrives twice only where the kill made it possible: an attempt the killed node took but never answered
   (HAProxy's 502), retried with the same key on another node (keys are per node);
 - nothing arrives that was never sent;
-- the kill's failed attempts all name the killed node, and after the devices recovered from it, through the whole
-  drain-upgrade-undrain cycle, clients see no 5xx and no failed connection at all.
+- the kill's failed attempts all name the killed node (``X-Served-By`` on HAProxy's 502) or no node (a connection
+  closed without an answer), and after the devices recovered from it, through the whole drain-upgrade-undrain
+  cycle, clients see no 5xx and no failed connection at all.
 HAProxy must take the killed node out within its checks' documented time (inter x fall, read from the config) plus
 :data:`DETECT_MARGIN_S`, and the drained node out before its drain grace ends.
 """
