@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -291,13 +291,20 @@ class EkuiperHost:
     #: Seconds to wait after SIGTERM before SIGKILL.
     STOP_TIMEOUT = 10.0
 
-    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None, version: str | None = None) -> None:
+    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None, version: str | None = None, *,
+                 address: str = "127.0.0.1", wrapper: Sequence[str] = ()) -> None:
         """Prepare (but do not start) a host rooted at ``workdir / "kuiper"``; ``extra_env`` overrides the env.
 
         ``version``: run that eKuiper release (``kuiperd_path(version)``) instead of the default binary.
+        ``address``: the loopback address its REST API, CLI port and built-in data server listen on (one per host
+        when several run side by side, e.g. ``127.0.0.2``). ``wrapper``: a command line that runs kuiperd, which is
+        passed as its last argument; it must ``exec`` kuiperd, so that the process started is kuiperd itself (e.g.
+        ``unshare -m … sh -c '…; exec "$0"'``, harness/cluster.py's private ``/tmp``).
         """
         self.workdir = Path(workdir).resolve()
         self.version = version
+        self.address = address
+        self.wrapper: tuple[str, ...] = tuple(wrapper)
         self.root = self.workdir / "kuiper"
         self.extra_env: dict[str, str] = dict(extra_env or {})
         for key, value in self.extra_env.items():
@@ -316,11 +323,11 @@ class EkuiperHost:
     @property
     def rest_url(self) -> str:
         """Base URL of the host's REST API, e.g. ``http://127.0.0.1:41234``."""
-        return f"http://127.0.0.1:{self.rest_port}"
+        return f"http://{self.address}:{self.rest_port}"
 
     def data_url(self, path: str) -> str:
         """URL of the host's built-in httppush data server for endpoint ``path`` (e.g. ``/b``)."""
-        return f"http://127.0.0.1:{self.data_port}{path}"
+        return f"http://{self.address}:{self.data_port}{path}"
 
     @property
     def out_path(self) -> Path:
@@ -353,13 +360,13 @@ class EkuiperHost:
         env.update(
             {
                 "KuiperBaseKey": str(self.root),
-                "KUIPER__BASIC__RESTIP": "127.0.0.1",
+                "KUIPER__BASIC__RESTIP": self.address,
                 "KUIPER__BASIC__RESTPORT": str(self.rest_port),
-                "KUIPER__BASIC__IP": "127.0.0.1",
+                "KUIPER__BASIC__IP": self.address,
                 "KUIPER__BASIC__PORT": str(self.cli_port),
                 "KUIPER__BASIC__PPROF": "false",
                 "KUIPER__BASIC__ENABLEPRIVATENET": "true",
-                "KUIPER__SOURCE__HTTPSERVERIP": "127.0.0.1",
+                "KUIPER__SOURCE__HTTPSERVERIP": self.address,
                 "KUIPER__SOURCE__HTTPSERVERPORT": str(self.data_port),
                 "KUIPER__PORTABLE__PYTHONBIN": python,
                 "PATH": os.pathsep.join([str(Path(python).parent), env.get("PATH", os.defpath)]),
@@ -376,13 +383,13 @@ class EkuiperHost:
         HOST_LOCK.acquire()
         self._create_root()
         if not self.rest_port:
-            self.rest_port, self.cli_port, self.data_port = free_tcp_ports(3)
+            self.rest_port, self.cli_port, self.data_port = free_tcp_ports(3, self.address)
         env = self.environment()
         self._out_file = open(self.out_path, "ab")
         self._out_file.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {binary}\n".encode())
         self._out_file.flush()
         self.process = subprocess.Popen(
-            [binary],
+            [*self.wrapper, binary],
             cwd=self.root,
             env=env,
             stdin=subprocess.DEVNULL,
