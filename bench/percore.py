@@ -236,10 +236,19 @@ def _spread(values: list[float]) -> str:
     return f"{med:,.1f} ({min(values):,.1f}–{max(values):,.1f})"
 
 
+def _cores(group: list[Run]) -> str:
+    """Median cores each process kept busy over the measurement windows: CPU seconds ÷ wall seconds."""
+    def med(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f}"
+    plugin = [r.plugin_cpu_s / r.window_s for r in group if r.plugin_cpu_s is not None]
+    return " / ".join([med(plugin) if plugin else "–", med([r.kuiperd_cpu_s / r.window_s for r in group]),
+                       med([r.client_cpu_s / r.window_s for r in group])])
+
+
 def report(runs: list[Run], conns: int) -> str:
     lines = [f"| case | target | runs | requests | records | plugin CPU µs/request | plugin CPU µs/record | "
-             f"kuiperd CPU µs/record | client CPU µs/record | plugin+kuiperd+client, share of {runs[0].cores} cores "
-             f"| machine busy |", "|" + "---|" * 11]
+             f"kuiperd CPU µs/record | client CPU µs/record | cores used: plugin / kuiperd / client | "
+             f"plugin+kuiperd+client, share of {runs[0].cores} cores | machine busy |", "|" + "---|" * 12]
     summary: dict[str, dict[str, float]] = {}
     for case in dict.fromkeys(r.case for r in runs):
         for kind in KINDS:
@@ -253,7 +262,7 @@ def report(runs: list[Run], conns: int) -> str:
             lines.append(
                 f"| {case} | {kind} | {len(group)} | {sum(r.requests for r in group):,} | "
                 f"{sum(r.records for r in group):,} | {_spread(preq)} | {_spread(prec)} | {_spread(kup)} | "
-                f"{_spread(cli)} | {_spread([100 * r.ours_share for r in group])} % | "
+                f"{_spread(cli)} | {_cores(group)} | {_spread([100 * r.ours_share for r in group])} % | "
                 f"{_spread([100 * r.machine_busy for r in group])} % |")
             summary[f"{case}/{kind}"] = {"plugin_req": statistics.median(preq) if preq else 0.0,
                                          "plugin_rec": statistics.median(prec) if prec else 0.0,
