@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from .admin import ADMIN_METHODS, Admin
+from .admin import Admin, AdminAction
 from .answers import Answer, HttpError, Later, MethodNotAllowed, NotFound, RateLimitedLog, Unavailable, error_answer
 from .backoff import AuthBackoff
 from .budget import Budget
@@ -49,9 +49,8 @@ class PushApp:
         self.metrics = table.metrics
         self.max_body_size = config.max_body_size
         self.limits = Limits(config.max_records, config.max_fields, config.max_values, config.max_record_values)
-        self.admin = admin if admin is not None else Admin(table, config.health_path, config.metrics_path)
-        self.offload = Offload()
-        self.reject_log = RateLimitedLog()
+        self.admin = admin if admin is not None else Admin(table, config)
+        self.offload, self.reject_log = Offload(), RateLimitedLog()
         self.backoff = AuthBackoff()
 
     def head(self, head: RequestHead) -> Answer | Exchange:
@@ -63,6 +62,7 @@ class PushApp:
                 return self.failed(exc, head)
             if isinstance(found, Answer):
                 self.metrics.unrouted.answered(found.status)
+            if not isinstance(found, Route):  # answered, or an admin action (which counts its answer)
                 return found
             route = found
         exchange = Exchange(self, route, head)
@@ -74,10 +74,10 @@ class PushApp:
                 return exchange.failed(exc)
         return exchange
 
-    def _resolve(self, head: RequestHead) -> Route | Answer:
+    def _resolve(self, head: RequestHead) -> Route | Answer | AdminAction:
         """When no literal route matches: the server's own paths, then templates, then a CORS preflight; raises 405
         (another method is served on the path) or 404."""
-        answer = self.admin.answer(head)
+        answer = self.admin.answer(head, self.backoff, self.metrics.unrouted.answered)
         if answer is not None:
             return answer
         route = self.table.match(head.path, head.method)
@@ -90,7 +90,7 @@ class PushApp:
                 return preflight(head, corsed)
         allowed = self.table.methods(path)
         if path in self.admin.paths:
-            allowed = sorted({*allowed, *ADMIN_METHODS})
+            allowed = sorted({*allowed, *self.admin.methods(path)})
         if allowed:
             raise MethodNotAllowed(f"method {head.method} is not served on {path}; use {' or '.join(allowed)}", allowed)
         raise NotFound(f"no source listens on {path}")

@@ -4,6 +4,10 @@ server-wide gauges, and the ordered shutdown.
 Timeouts are enforced by one sweep, not a timer per connection: each connection keeps one ``deadline`` (a float), set
 as it moves between phases, and the sweep calls ``on_deadline()`` on those past theirs. The sweep also refreshes the
 ``Date`` header every answer carries.
+
+A connection is retired — its next answer says ``Connection: close`` and it closes after it — while the node drains
+(``drain.py``), once it is older than ``httpServerMaxConnectionAge`` or has carried ``httpServerMaxConnectionRequests``
+requests: so clients and balancers holding connections open spread over the nodes there are now.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Protocol
 
 from .answers import HttpError, Unavailable
 from .budget import Budget
+from .drain import Drain
 from .request import Application
 from .settings import ServerConfig
 
@@ -23,6 +28,8 @@ _now = time.monotonic
 
 class Connection(Protocol):
     deadline: float
+    born: float
+    requests: int
 
     def on_deadline(self) -> None: ...
 
@@ -36,10 +43,13 @@ class Connection(Protocol):
 class ConnectionSet:
     """What every connection of one server shares: the application, the settings, the byte budget."""
 
-    def __init__(self, app: Application, config: ServerConfig, budget: Budget) -> None:
+    def __init__(self, app: Application, config: ServerConfig, budget: Budget, drain: Drain | None = None) -> None:
         self.app = app
         self.config = config
         self.budget = budget
+        self.drain = drain if drain is not None else Drain()
+        self._max_age = config.max_connection_age or float("inf")
+        self._max_requests = config.max_connection_requests or float("inf")
         self.connections: set[Connection] = set()
         self.stopping = False
         self.date = b""
@@ -70,6 +80,19 @@ class ConnectionSet:
         if not self.connections and self._empty is not None:
             self._empty.set()
 
+    def retire(self, conn: Connection) -> bool:
+        """Whether ``conn`` is to close after the answer being written (draining, or past its age or requests)."""
+        return self.drain.active or conn.requests >= self._max_requests or _now() - conn.born >= self._max_age
+
+    def idle_deadline(self, conn: Connection) -> float:
+        """When ``conn``, idle from now, is closed: after the idle timeout, or at its max age if that comes first."""
+        return min(_now() + self.config.idle_timeout, conn.born + self._max_age)
+
+    def close_idle(self) -> None:
+        """Close the idle connections; ask the busy ones to close after their answers."""
+        for conn in list(self.connections):
+            conn.close_when_idle()
+
     def _sweep(self) -> None:
         self.date = b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
         now = _now()
@@ -81,8 +104,7 @@ class ConnectionSet:
         """Ordered: close idle connections and ask busy ones to close after their answer; wait up to ``timeout``
         for them to go; then answer what is still in flight with 503 and close it; abort what is left."""
         self.stopping = True
-        for conn in list(self.connections):
-            conn.close_when_idle()
+        self.close_idle()
         await self._until_empty(timeout)
         for conn in list(self.connections):
             conn.force_close(Unavailable("the server is stopping"))

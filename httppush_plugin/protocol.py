@@ -58,6 +58,7 @@ class HttpConnection(asyncio.Protocol):
         self.remote = ""
         self.peercert: dict[str, Any] | None = None
         self.phase, self.deadline = IDLE, _INF
+        self.born, self.requests = _now(), 0  # when accepted; requests begun on it (httpServerMaxConnection…)
         self._busy: Later | None = None  # an answer we owe and are waiting for
         self._owed = (True, False, 0)  # how it is written: keep-alive, HEAD, body bytes held in the budget
         self._queue: deque[Queued] = deque()  # requests parsed while an answer was owed
@@ -153,6 +154,7 @@ class HttpConnection(asyncio.Protocol):
         if self._discarding:  # what follows a request that closed the connection is never handled
             raise _Stop
         self.phase = HEAD
+        self.requests += 1
         self.deadline = _now() + self.config.read_header_timeout
         if self._busy is not None or self._queue:  # behind an owed answer: its unread bytes wait in the kernel
             self._pause()
@@ -178,16 +180,14 @@ class HttpConnection(asyncio.Protocol):
             # LINGER_S and LINGER_BYTES of reading, not a whole body's.
             self._fatal(early)
             raise _Stop
-        self.phase = BODY
-        self.deadline = _now() + self.config.read_body_timeout
+        self.phase, self.deadline = BODY, _now() + self.config.read_body_timeout
         if expect and early is None:
             self.transport.write(CONTINUE)
 
     def on_message_complete(self) -> None:
         item, held = self.reader.take()
         self._continue = False  # its body came whole without the 100: none is owed
-        self.phase = BUSY
-        self.deadline = _INF
+        self.phase, self.deadline = BUSY, _INF
         keep_alive = self.parser.should_keep_alive()
         queue = self._queue
         if self._busy is None and not queue and not self._write_paused:
@@ -263,12 +263,14 @@ class HttpConnection(asyncio.Protocol):
         if self._shut or transport.is_closing():  # answers owed after a "Connection: close" are dropped
             return
         close = answer.close or not keep_alive or self.shared.stopping or (self._closing and not self._queue)
+        if not close and self.shared.retire(self):  # draining, or past its age or requests: what is queued first
+            self._closing = True
+            close = not self._queue
         transport.write(encode(answer, self.shared.date, close, self._http10, head_only))
         if close:
             self._close(linger=self._discarding)
         elif self.phase == BUSY and self._busy is None and not self._queue:
-            self.phase = IDLE
-            self.deadline = _now() + self.config.idle_timeout
+            self.phase, self.deadline = IDLE, self.shared.idle_deadline(self)
 
     def _fatal(self, what: BaseException | Answer) -> None:
         """A request that cannot go on: answer it (after what is owed before it), then close, lingering. ``what``:
@@ -300,12 +302,10 @@ class HttpConnection(asyncio.Protocol):
         if linger and self._dropped <= LINGER_BYTES and transport.can_write_eof():
             self._resume()
             transport.write_eof()
-            self.phase = LINGER
-            self.deadline = _now() + LINGER_S
-        else:
+            self.phase, self.deadline = LINGER, _now() + LINGER_S
+        else:  # aborted if the client never reads the rest
             transport.close()
-            self.phase = CLOSING
-            self.deadline = _now() + self.config.idle_timeout  # aborted if the client never reads the rest
+            self.phase, self.deadline = CLOSING, _now() + self.config.idle_timeout
 
     # -- deadlines and shutdown (called by the ConnectionSet) --------------------------------------------------
 
@@ -328,8 +328,7 @@ class HttpConnection(asyncio.Protocol):
 
     def _end_linger(self) -> None:
         self.transport.close()
-        self.phase = CLOSING
-        self.deadline = _now() + LINGER_S
+        self.phase, self.deadline = CLOSING, _now() + LINGER_S
 
     def close_when_idle(self) -> None:
         if self.phase == IDLE and self._idle():

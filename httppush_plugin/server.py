@@ -23,6 +23,7 @@ from .auth import ClientCertAuth
 from .budget import Budget
 from .channel import ChannelSender
 from .connections import ConnectionSet
+from .drain import Drain
 from .errors import ConfigError
 from .protocol import HttpConnection
 from .routing import EndpointTable, Subscription
@@ -47,8 +48,10 @@ class SharedServer:
         server.unsubscribe(sub)    # last one: the port is released (after httpServerRestartGrace if it served)
     """
 
-    def __init__(self, load_config: Callable[[], ServerConfig]) -> None:
+    def __init__(self, load_config: Callable[[], ServerConfig], drain: Drain | None = None) -> None:
         self._load_config = load_config
+        #: whether this node drains: outlives the server's stops and starts (and, with a marker file, the process)
+        self.drain = drain if drain is not None else Drain()
         #: routes come and go with the sources; their counters and idempotency keys live as long as this object
         self.table = EndpointTable()
         self.port: int | None = None  # the bound port (differs from config.port when that is 0)
@@ -144,9 +147,9 @@ class SharedServer:
     async def _start(self) -> None:
         cfg = self._load_config()
         ssl_context = _ssl_context(cfg)
-        admin = Admin(self.table, cfg.health_path, cfg.metrics_path)
+        admin = Admin(self.table, cfg, self.drain)
         budget = Budget(cfg.max_buffered)
-        connections = ConnectionSet(PushApp(self.table, cfg, admin, budget), cfg, budget)
+        connections = ConnectionSet(PushApp(self.table, cfg, admin, budget), cfg, budget, self.drain)
         admin.gauges = connections.gauges
         self.table.grace = cfg.restart_grace
         loop = asyncio.get_running_loop()
@@ -157,6 +160,7 @@ class SharedServer:
         except OSError as exc:
             raise BindError(f"cannot listen on {cfg.address}: {exc.strerror or exc}") from None
         connections.start()
+        self.drain.on_drained = connections.close_idle
         self._server, self._connections = server, connections
         self.port = server.sockets[0].getsockname()[1] if server.sockets else cfg.port
         log.info("httppush server listening on %s (port %s)", cfg.address, self.port)
@@ -169,6 +173,7 @@ class SharedServer:
         if server is not None:
             server.close()
         if connections is not None:
+            self.drain.on_drained = lambda: None
             await connections.shutdown(SHUTDOWN_TIMEOUT_S)
         log.info("httppush server stopped; port %s released", self.port)
         self.port = None

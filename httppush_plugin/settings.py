@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
 from .errors import ConfigError
 from .layout import host_config_path
+from .settingsfile import check_known, read_section, with_origin
 from .values import seconds, switched_off, whole_number
 
 #: Default listen port per source symbol. ``httppush`` keeps the seed's 10081 (hosts without the built-in);
@@ -65,6 +64,20 @@ def _grace(what: str, value: Any) -> float:
     except (TypeError, ValueError):
         pass  # seconds() says what is wrong with it
     return seconds(what, value)
+
+
+def _count(what: str, value: Any) -> int:
+    """A whole number, or none (``0``, ``off``, ``false``)."""
+    return 0 if switched_off(value) else whole_number(what, value, 0)
+
+
+def _token(what: str, value: Any) -> str:
+    if switched_off(value):
+        return ""
+    if not isinstance(value, str) or len(value) < 16 or any(not 0x21 <= ord(c) < 0x7F for c in value):
+        raise ConfigError(f"{what} must be at least 16 printable characters without spaces (e.g. the output of "
+                          "`openssl rand -hex 24`), or off")
+    return value
 
 
 def _admin_path(what: str, value: Any) -> str:
@@ -149,6 +162,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("httpServerMetricsPath", "metrics_path", "SERVER_METRICS_PATH", "/metrics", _admin_path,
             "Path of the Prometheus metrics (OpenMetrics when the Accept header asks for it), for GET and HEAD, "
             "without authentication; switched off as httpServerHealthPath. The two paths must differ."),
+    Setting("httpServerAdminPath", "admin_path", "SERVER_ADMIN_PATH", "/admin", _admin_path,
+            "Path under which the admin actions are answered, for POST: <path>/drain and <path>/undrain "
+            "(docs/scaling.md#draining); switched off as httpServerHealthPath."),
+    Setting("httpServerAdminToken", "admin_token", "SERVER_ADMIN_TOKEN", "", _token,
+            "Bearer token the admin actions require (Authorization: Bearer <token>), at least 16 characters; a wrong "
+            "one is answered 401 and counts toward the auth backoff (429). Off (the default): the actions answer "
+            "403. Prefer the environment variable to a file.", shown="off"),
+    Setting("httpServerDrainGrace", "drain_grace", "SERVER_DRAIN_GRACE", 10.0, _grace,
+            "Seconds a drain lasts before the node counts as drained: health answers 503 \"draining\" from the "
+            "start, requests are still served and each answer closes its connection; at the end the idle "
+            "connections are closed too. Longer than the balancer takes to see a failed health check (HAProxy: "
+            "inter × fall). A drain's ?grace= overrides it.", shown="10"),
+    Setting("httpServerMaxConnectionAge", "max_connection_age", "SERVER_MAX_CONNECTION_AGE", 0.0, _grace,
+            "Seconds a connection may live: past it, its next answer carries Connection: close and the connection "
+            "closes after it (an idle one closes at once), so long-lived keep-alive clients and balancers spread "
+            "over nodes added since. Off (0, the default): as long as the client keeps it busy.", shown="off"),
+    Setting("httpServerMaxConnectionRequests", "max_connection_requests", "SERVER_MAX_CONNECTION_REQUESTS", 0,
+            _count,
+            "Requests a connection may carry: the answer to the last one carries Connection: close and the "
+            "connection closes after it. Off (0, the default): no limit.", shown="off"),
 )
 #: The keys of the mapping setting ``httpServerTls``: (key, environment variable suffix, example, text).
 TLS_KEYS: tuple[tuple[str, str, str, str], ...] = (
@@ -200,6 +233,11 @@ class ServerConfig:
     health_path: str = _DEFAULTS["health_path"]
     metrics_path: str = _DEFAULTS["metrics_path"]
     restart_grace: float = _DEFAULTS["restart_grace"]
+    admin_path: str = _DEFAULTS["admin_path"]
+    admin_token: str = _DEFAULTS["admin_token"]
+    drain_grace: float = _DEFAULTS["drain_grace"]
+    max_connection_age: float = _DEFAULTS["max_connection_age"]
+    max_connection_requests: int = _DEFAULTS["max_connection_requests"]
 
     @property
     def scheme(self) -> str:
@@ -231,11 +269,11 @@ def load_server_config(plugin_dir: Path, symbol: str, environ: Mapping[str, str]
     """
     environ = os.environ if environ is None else environ
     where: dict[str, str] = {}  # setting -> the file and key, or the variable, it came from (for error messages)
-    section = _settings_file(plugin_dir / "etc" / "kuiper.yaml", ("source",), where)
+    section = read_section(plugin_dir / "etc" / "kuiper.yaml", ("source",), where)
     host_path = host_config_path(plugin_dir, environ)
     if host_path is not None:
-        host_section = _settings_file(host_path, ("source", symbol), where)
-        _check_known(host_section, [*(s.name for s in SETTINGS), TLS_SETTING], host_path, f"source.{symbol}")
+        host_section = read_section(host_path, ("source", symbol), where)
+        check_known(host_section, [*(s.name for s in SETTINGS), TLS_SETTING], host_path, f"source.{symbol}")
         section.update(host_section)
     prefix = env_prefix(symbol)
     for setting in SETTINGS:
@@ -245,7 +283,7 @@ def load_server_config(plugin_dir: Path, symbol: str, environ: Mapping[str, str]
             where[setting.name] = f"environment variable {name}"
     tls = section.get(TLS_SETTING) or {}
     if not isinstance(tls, dict):
-        raise ConfigError(_with_origin(f"setting '{TLS_SETTING}' is {tls!r}; must be a mapping with 'certfile' and "
+        raise ConfigError(with_origin(f"setting '{TLS_SETTING}' is {tls!r}; must be a mapping with 'certfile' and "
                                        "'keyfile'", where))
     tls = dict(tls)
     for key, env, _, _ in TLS_KEYS:
@@ -255,7 +293,7 @@ def load_server_config(plugin_dir: Path, symbol: str, environ: Mapping[str, str]
     try:
         return _server_config(section, tls, symbol)
     except ConfigError as exc:
-        raise ConfigError(_with_origin(str(exc), where)) from None
+        raise ConfigError(with_origin(str(exc), where)) from None
 
 
 def _server_config(section: Mapping[str, Any], tls: dict[str, Any], symbol: str) -> ServerConfig:
@@ -267,6 +305,10 @@ def _server_config(section: Mapping[str, Any], tls: dict[str, Any], symbol: str)
     if values["health_path"] and values["health_path"] == values["metrics_path"]:
         raise ConfigError(f"setting 'httpServerMetricsPath' is {values['metrics_path']!r}, the same as "
                           "httpServerHealthPath; give them different paths (or switch one off: off)")
+    actions = [values["admin_path"].rstrip("/") + action for action in ("/drain", "/undrain")]
+    if values["admin_path"] and {values["health_path"], values["metrics_path"]} & set(actions):
+        raise ConfigError(f"setting 'httpServerAdminPath' is {values['admin_path']!r}: its actions {actions} take "
+                          "the health or metrics path; give them different paths")
     if values["max_buffered"] < values["max_body_size"]:
         raise ConfigError(f"setting 'httpServerMaxBuffered' is {values['max_buffered']}, less than "
                           f"httpServerMaxBodySize ({values['max_body_size']}): a body of a size between the two could "
@@ -291,51 +333,3 @@ def _tls_setting(tls: dict[str, Any]) -> TlsConfig | None:
                           "certificate(s) that client certificates must be signed by")
     return TlsConfig(certfile=str(certfile), keyfile=str(keyfile), cafile=cafile,
                      client_auth=client_auth)  # type: ignore[arg-type]
-
-
-def _settings_file(path: Path, keys: tuple[str, ...], where: dict[str, str]) -> dict[str, Any]:
-    """The mapping under ``keys`` (``("source",)``, ``("source", "pyhttppush")``) of the yaml file ``path``; ``{}``
-    when the file or a key is absent. Notes in ``where`` the file and key each setting comes from."""
-    if not path.is_file():
-        return {}
-    try:
-        node: Any = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cannot parse {path}: {exc}") from exc
-    if not isinstance(node, dict) or not isinstance(node.get(keys[0]) or {}, dict):
-        raise ConfigError(f"{path}: expected a mapping with a '{keys[0]}:' section")
-    for depth, key in enumerate(keys):
-        node = node.get(key)
-        if node is None:
-            return {}
-        if not isinstance(node, dict):
-            dotted = ".".join(keys[: depth + 1])
-            raise ConfigError(f"{path}, key '{dotted}' is {node!r}; must be a mapping of settings, e.g. "
-                              f"{{httpServerPort: 10090}}")
-    dotted = ".".join(keys)
-    where.update({str(key): f"{path}, key '{dotted}.{key}'" for key in node})
-    return dict(node)
-
-
-def _check_known(section: Mapping[Any, Any], known: list[str], path: Path, dotted: str) -> None:
-    """Refuse a key of the host's ``source.<symbol>`` that is no setting: that section is the plugin's alone, and a
-    misspelt setting would otherwise do nothing at all. Keys are case-sensitive: the file is read as written."""
-    for key in section:
-        if key not in known:
-            near = [name for name in known if name.lower() == str(key).lower()]
-            hint = f"did you mean '{near[0]}'?" if near else f"the settings are {', '.join(known)}"
-            raise ConfigError(f"{path}, key '{dotted}.{key}' is not a setting of this plugin; {hint}")
-
-
-def _with_origin(message: str, where: Mapping[str, str]) -> str:
-    """``message`` (``setting '<key>' …``) followed by where that key's value came from, if not a default."""
-    if not message.startswith("setting '"):
-        return message
-    key = message.split("'", 2)[1]
-    parent = key.split(".", 1)[0]
-    origins = [where[key]] if key in where else [where[parent]] if parent in where else []
-    origins += [origin for name, origin in where.items() if name.startswith(key + ".")]
-    origins = list(dict.fromkeys(origins))
-    return f"{message} (from {'; '.join(origins)})" if origins else message

@@ -29,7 +29,8 @@ from ekuiper.runtime.connection import PairChannel
 
 from .channel import ChannelSender, channel_url
 from .decoders import build_decoder
-from .layout import SearchPaths
+from .drain import Drain
+from .layout import SearchPaths, host_root
 from .properties import EndpointConfig
 from .routing import Subscription
 from .server import SharedServer
@@ -50,7 +51,9 @@ class PluginRuntime:
         self.symbol = symbol
         self.send_timeout_ms = send_timeout_ms
         self.paths = SearchPaths(plugin_dir)
-        self.server = SharedServer(lambda: load_server_config(plugin_dir, symbol))
+        data = host_root(plugin_dir) / "data"  # eKuiper's data folder: a drain outlives this process there
+        marker = data / f"{plugin_dir.name}.draining" if data.is_dir() else None
+        self.server = SharedServer(lambda: load_server_config(plugin_dir, symbol), Drain(marker))
         #: the live source of each instance (ruleId, opId, instanceId), to retire it when its start comes again
         self.instances: dict[tuple[str, str, int], HttpPushSource] = {}
 

@@ -339,6 +339,30 @@ def test_health_and_metrics_paths_and_idempotency_settings(tmp_path: Path) -> No
             EndpointConfig.from_props({"datasource": "/a", "idempotency": bad})
 
 
+def test_balancer_settings(tmp_path: Path) -> None:
+    """The admin token and path, the drain's grace, connection max age and requests (docs/scaling.md)."""
+    cfg = load_server_config(tmp_path, "pyhttppush", {})
+    assert (cfg.admin_path, cfg.admin_token, cfg.drain_grace) == ("/admin", "", 10.0)
+    assert (cfg.max_connection_age, cfg.max_connection_requests) == (0.0, 0)  # off
+    env = {"PYHTTPPUSH_SERVER_ADMIN_TOKEN": "t" * 16, "PYHTTPPUSH_SERVER_ADMIN_PATH": "/-/admin",
+           "PYHTTPPUSH_SERVER_DRAIN_GRACE": "0", "PYHTTPPUSH_SERVER_MAX_CONNECTION_AGE": "300",
+           "PYHTTPPUSH_SERVER_MAX_CONNECTION_REQUESTS": "1000"}
+    cfg = load_server_config(tmp_path, "pyhttppush", env)
+    assert (cfg.admin_path, cfg.admin_token, cfg.drain_grace) == ("/-/admin", "t" * 16, 0.0)
+    assert (cfg.max_connection_age, cfg.max_connection_requests) == (300.0, 1000)
+    for name, value, needle in (
+            ("ADMIN_TOKEN", "short", "httpServerAdminToken' must be at least 16 printable characters"),
+            ("ADMIN_TOKEN", "has a space in it!", "without spaces"),
+            ("ADMIN_PATH", "admin", "must be a URL path"),
+            ("MAX_CONNECTION_REQUESTS", "-1", "httpServerMaxConnectionRequests' is -1"),
+            ("MAX_CONNECTION_AGE", "forever", "httpServerMaxConnectionAge' is 'forever'")):
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            load_server_config(tmp_path, "pyhttppush", {f"PYHTTPPUSH_SERVER_{name}": value})
+    with pytest.raises(ConfigError, match="its actions .* take the health or metrics path"):
+        load_server_config(tmp_path, "pyhttppush", {"PYHTTPPUSH_SERVER_ADMIN_PATH": "/",
+                                                    "PYHTTPPUSH_SERVER_HEALTH_PATH": "/drain"})
+
+
 def test_restart_grace_setting(tmp_path: Path) -> None:
     assert load_server_config(tmp_path, "pyhttppush", {}).restart_grace == 2.0
     for value, expected in (("0", 0.0), ("0.0", 0.0), ("off", 0.0), ("false", 0.0), ("1.5", 1.5)):

@@ -88,8 +88,14 @@ def test_health_is_503_while_a_source_is_not_attached(tmp_path: Path) -> None:
              "stream": "stream1", "instance": 0}]
         found = samples(port)
         assert value(found, "httppush_sources", method="POST", path="/api", attached="false") == 1
+        other = Subscription(endpoint.__class__.from_props({"datasource": "/other"}), sub.decoder,
+                             instance=("rule2", "stream2", 0))
+        server.subscribe(other)
         sender_ = server.call(ChannelSender.connect(url, 1.0, "rule rule1 stream stream1 instance 0"))
         server.attach(sub, sender_)
+        answer = push(port, "/healthz", b"", method="GET")  # one of two attached
+        assert answer.status == 503 and answer.body["status"] == "partial", answer
+        server.unsubscribe(other)
         answer = push(port, "/healthz", b"", method="GET")
         assert answer.status == 200 and answer.body["status"] == "ok", answer
         assert push(port, "/api", '{"a": 1}').status == 200

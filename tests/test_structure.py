@@ -13,9 +13,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "httppush_plugin"
 #: Lowest first: a module may import only modules listed before it. The decoders package is one stage (its own
 #: modules import its ``base``).
 STAGES = (
-    "errors", "answers", "request", "values", "layout", "budget", "metrics",
+    "errors", "answers", "request", "values", "layout", "budget", "drain", "metrics",
     "credentials", "signatures", "auth", "backoff", "cors", "idempotency", "meta",
-    "properties_text", "properties", "settings",
+    "properties_text", "properties", "settingsfile", "settings",
     "decoders", "framing", "encoding", "delivery", "channel", "routing",
     "fanout", "admin", "offload", "app",
     "incoming", "wire", "connections", "protocol",
@@ -48,6 +48,8 @@ def _imports(module: str, path: Path) -> set[str]:
                 found.add("<absolute import of httppush_plugin>")
             continue
         base = node.module or ""
+        if not base and [alias.name for alias in node.names] == ["__version__"]:
+            continue  # the package's version string: no code
         if node.level == 1 and inside_decoders:
             found.add(f"decoders.{base}" if base else "decoders")
         elif node.level == 2 or (node.level == 1 and not inside_decoders):

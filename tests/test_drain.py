@@ -1,0 +1,174 @@
+"""What a load balancer needs of one node, over real HTTP against the installed plugin under the emulated host:
+draining (the authenticated admin actions, health 503 "draining", Connection: close, the grace, undraining, a drain
+that outlives the plugin process), connection max age and max requests, and health's states."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.hostemu import DataChannel, PluginHost
+from tests.support.http import RawClient, push, request, sender, wait_healthy
+from tests.support.metrics import samples, value
+from tests.support.sentinel import assert_sentinel_next_on_channels
+from tests.support.wait import wait_until
+
+TOKEN = "drain-token-0123456789abcdef"
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def marker(installed: Path) -> Iterator[Path]:
+    """The drain marker in the emulated host's data folder: removed after the test whatever happened, so that a
+    drain never leaks into the next test's plugin."""
+    path = installed.parents[2] / "data" / "pyhttppush.draining"
+    path.unlink(missing_ok=True)
+    yield path
+    path.unlink(missing_ok=True)
+
+
+def _started(plugin: Callable[..., PluginHost], port: int, **env: str) -> tuple[PluginHost, DataChannel]:
+    host = plugin(PYHTTPPUSH_SERVER_ADMIN_TOKEN=TOKEN, **env)
+    channel = host.start_source("r1", "s1", {"datasource": "/api"})
+    assert isinstance(channel, DataChannel)
+    wait_healthy(port)
+    return host, channel
+
+
+def _exchange(conn: RawClient, n: int) -> tuple[int, str]:
+    """Push record ``n`` on ``conn``: the status and the answer's Connection header."""
+    conn.send(request(path="/api", body=json.dumps({"n": n})))
+    answer = conn.read_response()
+    return answer.status, answer.header("Connection") or ""
+
+
+def test_admin_actions_need_the_token(plugin: Callable[..., PluginHost], server_port: int, marker: Path) -> None:
+    host = plugin()  # no httpServerAdminToken: switched off
+    host.start_source("r1", "s1", {"datasource": "/api"})
+    wait_healthy(server_port)
+    off = push(server_port, "/admin/drain", b"", headers=BEARER)
+    assert off.status == 403 and "httpServerAdminToken" in off.body["error"], off
+    assert push(server_port, "/admin/drain", b"", method="GET").status == 405  # POST only
+    assert wait_healthy(server_port).body["status"] == "ok"
+    assert not marker.exists()
+
+
+def test_a_wrong_token_is_refused_and_backs_off(plugin: Callable[..., PluginHost], server_port: int,
+                                                marker: Path) -> None:
+    _started(plugin, server_port)
+    for attempt in range(10):
+        wrong = push(server_port, "/admin/drain", b"", headers={"Authorization": f"Bearer wrong-{attempt:020d}"})
+        assert wrong.status == 401 and wrong.headers["WWW-Authenticate"].startswith("Bearer"), wrong
+    backed_off = push(server_port, "/admin/drain", b"", headers=BEARER)  # even the right one, now
+    assert backed_off.status == 429 and "Retry-After" in backed_off.headers, backed_off
+    found = samples(server_port)  # counted with the requests that reached no endpoint
+    assert value(found, "httppush_requests_total", status="401") == 10
+    assert value(found, "httppush_requests_total", status="429") == 1
+    assert wait_healthy(server_port).body["status"] == "ok" and not marker.exists()
+
+
+def test_drain_serves_closes_and_is_drained_after_the_grace(plugin: Callable[..., PluginHost], server_port: int,
+                                                            marker: Path) -> None:
+    _, channel = _started(plugin, server_port, PYHTTPPUSH_SERVER_DRAIN_GRACE="30")
+    with RawClient(server_port) as busy, RawClient(server_port) as idle:
+        assert _exchange(busy, 1) == (200, "")  # kept alive before the drain
+        assert _exchange(idle, 2) == (200, "")
+        drained = push(server_port, "/admin/drain?grace=1.5", b"", headers=BEARER)
+        assert drained.status == 200, drained
+        assert drained.body["status"] == "draining" and drained.body["graceS"] == 1.5, drained
+        assert drained.body["drained"] is False and 0 < drained.body["graceLeftS"] <= 1.5, drained
+        assert json.loads(marker.read_text())["grace"] == 1.5
+        health = push(server_port, "/healthz", b"", method="GET")
+        assert health.status == 503 and health.body["status"] == "draining", health
+        # still served, and the connection closes after the answer
+        assert _exchange(busy, 3) == (200, "close")
+        assert busy.wait_closed(2.0)
+        assert push(server_port, "/api", '{"n": 4}').headers.get("Connection") == "close"
+        # the idle one is closed once the grace is over
+        assert idle.wait_closed(10.0) and idle.unexpected == b""
+    assert push(server_port, "/healthz", b"", method="GET").body["drained"] is True
+    assert [m["n"] for m in channel.messages(4)] == [1, 2, 3, 4]
+    undrained = push(server_port, "/admin/undrain", b"", headers=BEARER)
+    assert undrained.status == 200 and undrained.body["status"] == "ok" and "drained" not in undrained.body
+    assert not marker.exists()
+    with RawClient(server_port) as conn:  # kept alive again
+        assert _exchange(conn, 5) == (200, "")
+        assert _exchange(conn, 6) == (200, "")
+    assert [m["n"] for m in channel.messages(2)] == [5, 6]
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), channel)
+
+
+def test_a_drain_can_wait_for_its_grace(plugin: Callable[..., PluginHost], server_port: int, marker: Path) -> None:
+    """``?wait=true``: a preStop hook's curl returns once the node is drained."""
+    _started(plugin, server_port)
+    started = time.monotonic()
+    held = push(server_port, "/admin/drain?grace=1&wait=true", b"", headers=BEARER)
+    assert held.status == 200 and held.body["status"] == "draining" and held.body["drained"] is True, held
+    assert time.monotonic() - started >= 0.9
+    for query, what in (("grace=soon", "grace"), ("grace=-1", "grace"), ("wait=maybe", "wait")):
+        bad = push(server_port, f"/admin/drain?{query}", b"", headers=BEARER)
+        assert bad.status == 400 and what in bad.body["error"], bad
+
+
+def test_a_drain_outlives_the_plugin_process(plugin: Callable[..., PluginHost], make_host: Callable[..., PluginHost],
+                                             server_port: int, marker: Path) -> None:
+    """An upgrade or restart while drained comes back drained, until undrained."""
+    first, _ = _started(lambda **env: make_host(server_port, may_exit=True, **env), server_port)
+    assert push(server_port, "/admin/drain?grace=0", b"", headers=BEARER).status == 200
+    first.close()
+    assert marker.exists()
+    second = plugin(PYHTTPPUSH_SERVER_ADMIN_TOKEN=TOKEN)
+    channel = second.start_source("r1", "s1", {"datasource": "/api"})
+    health = wait_until(lambda: (reply := push(server_port, "/healthz", b"", method="GET")).body.get(
+        "endpoints") and reply.body["endpoints"][0]["sources"][0]["attached"] and reply, 10.0, "the source to attach")
+    assert health.status == 503 and health.body["status"] == "draining" and health.body["drained"] is True, health
+    assert push(server_port, "/api", '{"n": 1}').status == 200  # served, while drained
+    assert push(server_port, "/admin/undrain", b"", headers=BEARER).body["status"] == "ok"
+    assert wait_healthy(server_port).body["status"] == "ok" and not marker.exists()
+    assert [m["n"] for m in channel.messages(1)] == [1]
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), channel)
+
+
+def test_max_requests_per_connection(plugin: Callable[..., PluginHost], server_port: int) -> None:
+    _, channel = _started(plugin, server_port, PYHTTPPUSH_SERVER_MAX_CONNECTION_REQUESTS="3")
+    with RawClient(server_port) as conn:
+        assert [_exchange(conn, n) for n in range(3)] == [(200, ""), (200, ""), (200, "close")]
+        assert conn.wait_closed(2.0)
+    with RawClient(server_port) as conn:  # pipelined past the limit: answered up to the one that closes
+        conn.send(b"".join(request(path="/api", body=json.dumps({"n": n})) for n in range(3, 7)))
+        answers = [conn.read_response()]
+        while not answers[-1].closes:
+            answers.append(conn.read_response())
+        assert len(answers) >= 3 and {a.status for a in answers} == {200}, answers
+        assert conn.wait_closed(2.0) and conn.leftover == b""
+    # every request answered 2xx delivered, those never answered not
+    assert [m["n"] for m in channel.messages(3 + len(answers))] == list(range(3 + len(answers)))
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), channel)
+
+
+def test_max_connection_age(plugin: Callable[..., PluginHost], server_port: int) -> None:
+    _, channel = _started(plugin, server_port, PYHTTPPUSH_SERVER_MAX_CONNECTION_AGE="1")
+    with RawClient(server_port) as busy, RawClient(server_port) as idle:
+        assert _exchange(idle, 0) == (200, "")
+        statuses = []
+        while not statuses or statuses[-1][1] != "close":
+            statuses.append(_exchange(busy, len(statuses) + 1))
+            assert len(statuses) < 10_000, "never closed"
+        assert statuses[0] == (200, "") and {status for status, _ in statuses} == {200}
+        assert busy.wait_closed(2.0)
+        assert idle.wait_closed(5.0) and idle.unexpected == b""  # idle past its age: closed, no answer
+    assert len(channel.messages(len(statuses) + 1)) == len(statuses) + 1
+    assert_sentinel_next_on_channels(sender(server_port, "/api"), channel)
+
+
+def test_health_while_no_endpoint_is_left(plugin: Callable[..., PluginHost], server_port: int) -> None:
+    """During httpServerRestartGrace the server runs with no source: 503 "unavailable", not "ok"."""
+    host, channel = _started(plugin, server_port, PYHTTPPUSH_SERVER_RESTART_GRACE="30")
+    host.stop_source(channel)
+    health = wait_until(lambda: (reply := push(server_port, "/healthz", b"", method="GET")).status == 503 and reply,
+                        10.0, "health to say the source is gone")
+    assert health.body["status"] == "unavailable" and health.body["endpoints"] == [], health
