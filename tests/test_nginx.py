@@ -21,6 +21,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import pytest
 
 from harness.net import free_port, wait_port, wait_port_closed
 from tests.hostemu import DataChannel, PluginHost
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
@@ -111,41 +113,95 @@ def nodes(installed: Path, host_python: str, tmp_path: Path) -> Iterator[list[No
             node.close()
 
 
-@pytest.fixture
-def nginx(nodes: list[Node], tmp_path: Path) -> Iterator[int]:
-    binary = nginx_binary()
-    port = free_port()
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(render(NGINX_CONF.read_text(), f"127.0.0.1:{port}", [n.upstream for n in nodes]))
-    log = tmp_path / "nginx-error.log"
-    process = subprocess.Popen(
-        [binary, "-c", str(conf), "-p", str(tmp_path),
-         "-g", f"daemon off; pid {tmp_path / 'nginx.pid'}; error_log {log} info;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
+class Nginx:
+    """nginx with ``deploy/nginx/nginx.conf`` on ``127.0.0.1:port`` in front of ``nodes``; :meth:`reload` rewrites the
+    file with some nodes marked ``down`` and reloads it (SIGHUP), as docs/nginx.md's maintenance does."""
+
+    def __init__(self, nodes: list[Node], workdir: Path) -> None:
+        self.nodes, self.port = nodes, free_port()
+        self.conf, self.log = workdir / "nginx.conf", workdir / "nginx-error.log"
+        self.write()
+        self.process = subprocess.Popen(
+            [nginx_binary(), "-c", str(self.conf), "-p", str(workdir),
+             "-g", f"daemon off; pid {workdir / 'nginx.pid'}; error_log {self.log} info;"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_port(port, timeout=15)
+            wait_port(self.port, timeout=15)
         except RuntimeError:
-            raise AssertionError(f"nginx did not listen: {log.read_text() if log.exists() else ''}") from None
-        yield port
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
+            self.close()
+            raise AssertionError(f"nginx did not listen: {self.log.read_text() if self.log.exists() else ''}") from None
+
+    def write(self, down: tuple[Node, ...] = ()) -> None:
+        text = render(NGINX_CONF.read_text(), f"127.0.0.1:{self.port}", [n.upstream for n in self.nodes])
+        for node in down:
+            text, n = re.subn(rf"(server {re.escape(node.upstream)} [^;\n]*);", r"\1 down;", text)
+            assert n == 1, f"no server line for {node.upstream}"
+        self.conf.write_text(text)
+
+    def reload(self, down: tuple[Node, ...] = ()) -> None:
+        self.write(down)
+        os.kill(self.process.pid, signal.SIGHUP)
+
+    def connect(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+
+    def close(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=10)
+            self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
 
-def post(conn: http.client.HTTPConnection, device: str, record: dict[str, Any]) -> tuple[int, str]:
-    """One record for ``device`` on a keep-alive connection (to nginx, or to a node): must be answered 200; returns
-    (status, X-Served-By)."""
+@pytest.fixture
+def nginx(nodes: list[Node], tmp_path: Path) -> Iterator[Nginx]:
+    server = Nginx(nodes, tmp_path)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def post(conn: http.client.HTTPConnection, device: str, record: dict[str, Any]) -> str:
+    """One record for ``device`` on a keep-alive connection (to nginx, or to a node); it must be answered 200.
+    Returns X-Served-By."""
     conn.request("POST", TEMPLATE.format(id=device), body=json.dumps(record),
                  headers={"Content-Type": "application/json"})
     response = conn.getresponse()
     body = response.read()
     assert response.status == 200, f"{device} {record}: {response.status} {body[:300]!r}"
-    return response.status, response.getheader("X-Served-By") or ""
+    return response.getheader("X-Served-By") or ""
+
+
+class Tally:
+    """What each node answered 2xx for, in answer order, and which nodes answered each device."""
+
+    def __init__(self, nodes: list[Node]) -> None:
+        self.answered: dict[str, list[dict[str, Any]]] = {n.upstream: [] for n in nodes}
+        self.home: dict[str, list[str]] = {d: [] for d in DEVICES}
+        self.seq = 0
+
+    def send(self, conn: http.client.HTTPConnection, device: str) -> list[str]:
+        """One numbered record of ``device`` through nginx; returns the nodes tried (X-Served-By), the last answered."""
+        record = {"d": device, "seq": self.seq}
+        self.seq += 1
+        tried = [s.strip() for s in post(conn, device, record).split(",")]
+        assert tried[-1] in self.answered, f"{device}: X-Served-By {tried} does not end with a node"
+        self.answered[tried[-1]].append(record)
+        self.home[device].append(tried[-1])
+        return tried
+
+    def round(self, conn: http.client.HTTPConnection) -> dict[str, list[str]]:
+        return {device: self.send(conn, device) for device in DEVICES}
+
+    def placement(self) -> dict[str, str]:
+        """Each device's one node so far (every request of a device answered by the same node), both nodes used."""
+        split = {d: set(s) for d, s in self.home.items() if len(set(s)) != 1}
+        assert not split, f"devices answered by more than one node: {split}"
+        placed = {d: s[0] for d, s in self.home.items()}
+        assert len(set(placed.values())) == 2, f"the hash put every device on one node: {placed}"
+        return placed
 
 
 def assert_exactly_then_sentinel(node: Node, expected: list[dict[str, Any]]) -> None:
@@ -154,7 +210,7 @@ def assert_exactly_then_sentinel(node: Node, expected: list[dict[str, Any]]) -> 
     sentinel = {"d": "sentinel", "seq": -1}
     conn = http.client.HTTPConnection(node.address, node.port, timeout=10)
     try:
-        status, _ = post(conn, "sentinel", sentinel)
+        post(conn, "sentinel", sentinel)
     finally:
         conn.close()
     got = [item["message"] for item in node.channel.take(len(expected) + 1, timeout=10)]
@@ -162,39 +218,89 @@ def assert_exactly_then_sentinel(node: Node, expected: list[dict[str, Any]]) -> 
     assert got[-1] == sentinel, f"{node.upstream}: {got[-1]} arrived where the sentinel should"
 
 
-def test_nginx_hashes_devices_fails_over_and_loses_nothing(nodes: list[Node], nginx: int) -> None:
+def test_nginx_hashes_devices_fails_over_and_loses_nothing(nodes: list[Node], nginx: Nginx) -> None:
     a, b = nodes
-    by_upstream = {n.upstream: n for n in nodes}
-    answered: dict[str, list[dict[str, Any]]] = {n.upstream: [] for n in nodes}
-    home: dict[str, set[str]] = {d: set() for d in DEVICES}
-    conn = http.client.HTTPConnection("127.0.0.1", nginx, timeout=10)  # one connection: the hash is per request
-    for seq in range(ROUNDS):
-        for device in DEVICES:
-            record = {"d": device, "seq": seq}
-            _, served = post(conn, device, record)
-            assert served in by_upstream, f"{device}: X-Served-By {served!r} is not one node"
-            home[device].add(served)
-            answered[served].append(record)
-    split = {d: s for d, s in home.items() if len(s) != 1}
-    assert not split, f"devices answered by more than one node: {split}"
-    on_a = [d for d in DEVICES if home[d] == {a.upstream}]
-    assert on_a and len(on_a) < len(DEVICES), f"the hash put every device on one node: {home}"
-    assert_exactly_then_sentinel(a, answered[a.upstream])
+    tally = Tally(nodes)
+    conn = nginx.connect()  # one connection for every device: the hash is per request
+    for _ in range(ROUNDS):
+        for device, tried in tally.round(conn).items():
+            assert len(tried) == 1, f"{device}: answered after a retry with both nodes up: {tried}"
+    placed = tally.placement()
+    on_a = [d for d, node in placed.items() if node == a.upstream]
+    assert_exactly_then_sentinel(a, tally.answered[a.upstream])
 
     a.kill()
     retried = []
-    for seq in range(ROUNDS, 2 * ROUNDS):
-        for device in DEVICES:
-            record = {"d": device, "seq": seq}
-            _, served = post(conn, device, record)
-            tried = [s.strip() for s in served.split(",")]
-            assert tried[-1] == b.upstream, f"{device} after the kill: answered by {served!r}, not {b.upstream}"
+    for _ in range(ROUNDS):
+        for device, tried in tally.round(conn).items():
+            assert tried[-1] == b.upstream, f"{device} after the kill: answered by {tried}, not {b.upstream}"
             if len(tried) > 1:
-                assert tried == [a.upstream, b.upstream], served
+                assert tried == [a.upstream, b.upstream], tried
                 retried.append(device)
-            answered[b.upstream].append(record)
     assert retried and set(retried) <= set(on_a), (
         f"the killed node's devices should have moved with a retried connect (X-Served-By listing both): "
         f"retried {retried}, the node had {on_a}")
     conn.close()
-    assert_exactly_then_sentinel(b, answered[b.upstream])
+    assert_exactly_then_sentinel(b, tally.answered[b.upstream])
+
+
+def test_nginx_maintenance_down_and_reload(nodes: list[Node], nginx: Nginx) -> None:
+    """docs/nginx.md's maintenance: mark the node ``down`` and reload, stop its source (which answers 503 for the
+    restart grace, 404 after it: nginx would pass either to a client), start it again, remove ``down`` and reload. No
+    client sees anything but 2xx, nothing reaches the node while it is down, and its devices come back to it."""
+    a, b = nodes
+    tally = Tally(nodes)
+    with closing(nginx.connect()) as conn:
+        for _ in range(ROUNDS):
+            tally.round(conn)
+    placed = tally.placement()
+    mover = next(d for d, node in placed.items() if node == a.upstream)
+
+    nginx.reload(down=(a,))
+    # The old workers finish what they hold; a new connection reaches a new worker once they run: until then a
+    # record of the moving device may still go to a, which the tally attributes as answered.
+    wait_until(lambda: send_once(tally, nginx, mover)[-1] == b.upstream, 10.0,
+               f"{mover} to move to {b.upstream} after the reload")
+    assert_exactly_then_sentinel(a, tally.answered[a.upstream])
+    assert a.host.stop_source(a.channel) == "ok"
+    status = push_direct(a, mover)
+    assert status in (503, 404), f"a node with its source stopped answered {status}"  # what nginx would pass on
+    before = len(tally.answered[a.upstream])
+    with closing(nginx.connect()) as conn:
+        for _ in range(ROUNDS):
+            for device, tried in tally.round(conn).items():
+                assert tried == [b.upstream], f"{device} while {a.upstream} is down: {tried}"
+    assert len(tally.answered[a.upstream]) == before
+
+    channel = a.host.start_source("nginx_pyhttppush_again", "telemetry", {"datasource": TEMPLATE, "format": "json"})
+    assert isinstance(channel, DataChannel)
+    a.channel = channel
+    wait_port(a.port, host=a.address)
+    nginx.reload()
+    wait_until(lambda: send_once(tally, nginx, mover)[-1] == a.upstream, 10.0,
+               f"{mover} to come back to {a.upstream} after the reload")
+    with closing(nginx.connect()) as conn:
+        back = {device: tried[-1] for device, tried in tally.round(conn).items()}
+    assert back == placed, f"after the node came back, the devices are not where they were: {back} vs {placed}"
+    assert_exactly_then_sentinel(a, tally.answered[a.upstream][before:])
+    assert_exactly_then_sentinel(b, tally.answered[b.upstream])
+
+
+def send_once(tally: Tally, nginx: Nginx, device: str) -> list[str]:
+    """One record of ``device`` on a new connection: after a reload only new connections are sure to reach the new
+    workers (the old ones finish the connections they hold)."""
+    with closing(nginx.connect()) as conn:
+        return tally.send(conn, device)
+
+
+def push_direct(node: Node, device: str) -> int:
+    """One record straight to the node (not through nginx), returning the status whatever it is."""
+    conn = http.client.HTTPConnection(node.address, node.port, timeout=10)
+    try:
+        conn.request("POST", TEMPLATE.format(id=device), body=b'{"d": "direct"}',
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
