@@ -34,6 +34,7 @@ from tests.support.wait import wait_until
 ROOT = Path(__file__).resolve().parents[1]
 NGINX_CONF = ROOT / "deploy" / "nginx" / "nginx.conf"
 TEMPLATE = "/devices/{id}/telemetry"
+LITERAL = "/telemetry"  # the device named by the X-Device-Id header
 DEVICES = [f"dev-{i:02d}" for i in range(15)]  # odd: round robin would split one; on one node by chance: 2^-14
 ROUNDS = 4  # records per device before the kill, and again after it
 
@@ -163,11 +164,14 @@ def nginx(nodes: list[Node], tmp_path: Path) -> Iterator[Nginx]:
         server.close()
 
 
-def post(conn: http.client.HTTPConnection, device: str, record: dict[str, Any]) -> str:
+def post(conn: http.client.HTTPConnection, device: str, record: dict[str, Any], header: bool = False) -> str:
     """One record for ``device`` on a keep-alive connection (to nginx, or to a node); it must be answered 200.
+    The device is named by the path template, or with ``header`` by X-Device-Id on the literal path ``LITERAL``.
     Returns X-Served-By."""
-    conn.request("POST", TEMPLATE.format(id=device), body=json.dumps(record),
-                 headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if header:
+        headers["X-Device-Id"] = device
+    conn.request("POST", LITERAL if header else TEMPLATE.format(id=device), body=json.dumps(record), headers=headers)
     response = conn.getresponse()
     body = response.read()
     assert response.status == 200, f"{device} {record}: {response.status} {body[:300]!r}"
@@ -177,16 +181,17 @@ def post(conn: http.client.HTTPConnection, device: str, record: dict[str, Any]) 
 class Tally:
     """What each node answered 2xx for, in answer order, and which nodes answered each device."""
 
-    def __init__(self, nodes: list[Node]) -> None:
+    def __init__(self, nodes: list[Node], header: bool = False) -> None:
         self.answered: dict[str, list[dict[str, Any]]] = {n.upstream: [] for n in nodes}
         self.home: dict[str, list[str]] = {d: [] for d in DEVICES}
         self.seq = 0
+        self.header = header
 
     def send(self, conn: http.client.HTTPConnection, device: str) -> list[str]:
         """One numbered record of ``device`` through nginx; returns the nodes tried (X-Served-By), the last answered."""
         record = {"d": device, "seq": self.seq}
         self.seq += 1
-        tried = [s.strip() for s in post(conn, device, record).split(",")]
+        tried = [s.strip() for s in post(conn, device, record, self.header).split(",")]
         assert tried[-1] in self.answered, f"{device}: X-Served-By {tried} does not end with a node"
         self.answered[tried[-1]].append(record)
         self.home[device].append(tried[-1])
@@ -204,16 +209,18 @@ class Tally:
         return placed
 
 
-def assert_exactly_then_sentinel(node: Node, expected: list[dict[str, Any]]) -> None:
+def assert_exactly_then_sentinel(node: Node, expected: list[dict[str, Any]], channel: DataChannel | None = None,
+                                 header: bool = False) -> None:
     """The node's host got exactly ``expected`` (the records it answered 2xx for, in answer order), then a sentinel
-    POSTed to the node directly: nothing missing, nothing doubled, nothing else."""
+    POSTed to the node directly: nothing missing, nothing doubled, nothing else. ``channel`` and ``header``: the
+    X-Device-Id endpoint's instead of the template's."""
     sentinel = {"d": "sentinel", "seq": -1}
     conn = http.client.HTTPConnection(node.address, node.port, timeout=10)
     try:
-        post(conn, "sentinel", sentinel)
+        post(conn, "sentinel", sentinel, header)
     finally:
         conn.close()
-    got = [item["message"] for item in node.channel.take(len(expected) + 1, timeout=10)]
+    got = [item["message"] for item in (channel or node.channel).take(len(expected) + 1, timeout=10)]
     assert got[:-1] == expected, f"{node.upstream}: the host got {got[:-1]}, the node answered 2xx for {expected}"
     assert got[-1] == sentinel, f"{node.upstream}: {got[-1]} arrived where the sentinel should"
 
@@ -242,6 +249,23 @@ def test_nginx_hashes_devices_fails_over_and_loses_nothing(nodes: list[Node], ng
         f"retried {retried}, the node had {on_a}")
     conn.close()
     assert_exactly_then_sentinel(b, tally.answered[b.upstream])
+
+
+def test_nginx_hashes_on_the_x_device_id_header(nodes: list[Node], nginx: Nginx) -> None:
+    """The example's second device key: X-Device-Id, on a literal path, keeps each device on one node too."""
+    channels = {}
+    for node in nodes:
+        channel = node.host.start_source(f"nginx_header_{node.port}", "literal",
+                                         {"datasource": LITERAL, "format": "json"})
+        assert isinstance(channel, DataChannel)
+        channels[node.upstream] = channel
+    tally = Tally(nodes, header=True)
+    with closing(nginx.connect()) as conn:
+        for _ in range(ROUNDS):
+            tally.round(conn)
+    tally.placement()
+    for node in nodes:
+        assert_exactly_then_sentinel(node, tally.answered[node.upstream], channels[node.upstream], header=True)
 
 
 def test_nginx_maintenance_down_and_reload(nodes: list[Node], nginx: Nginx) -> None:
