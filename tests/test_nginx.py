@@ -1,7 +1,9 @@
 """nginx with ``deploy/nginx/nginx.conf`` (only its addresses rewritten) in front of two plugin servers, each under
 the emulated eKuiper host (``tests/hostemu.py``), as docs/nginx.md describes: one device's requests all go to one
-node, the records reach that node's host, a killed node's devices move to the other with a retried connect, and
-nothing answered 2xx is missing or doubled.
+node (the device in the path, or in X-Device-Id), the records reach that node's host, a killed node's devices move to
+the other with a retried connect, nothing answered 2xx is missing or doubled, and the maintenance procedure (``down``,
+reload, stop, start, reload) shows clients nothing but 2xx and brings every device back. Only the one test that
+needs ``down`` changes more than the addresses of the file.
 
 Two plugins under emulated hosts in one process need two plugin names (the control channel's IPC path is
 ``/tmp/plugin_<name>.ipc``): the second is a copy of the installed plugin renamed ``pyhttppushb`` (folder and
