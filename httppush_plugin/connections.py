@@ -84,10 +84,6 @@ class ConnectionSet:
         """Whether ``conn`` is to close after the answer being written (draining, or past its age or requests)."""
         return self.drain.active or conn.requests >= self._max_requests or _now() - conn.born >= self._max_age
 
-    def idle_deadline(self, conn: Connection) -> float:
-        """When ``conn``, idle from now, is closed: after the idle timeout, or at its max age if that comes first."""
-        return min(_now() + self.config.idle_timeout, conn.born + self._max_age)
-
     def close_idle(self) -> None:
         """Close the idle connections; ask the busy ones to close after their answers."""
         for conn in list(self.connections):

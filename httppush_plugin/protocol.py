@@ -270,7 +270,7 @@ class HttpConnection(asyncio.Protocol):
         if close:
             self._close(linger=self._discarding)
         elif self.phase == BUSY and self._busy is None and not self._queue:
-            self.phase, self.deadline = IDLE, self.shared.idle_deadline(self)
+            self.phase, self.deadline = IDLE, _now() + self.config.idle_timeout
 
     def _fatal(self, what: BaseException | Answer) -> None:
         """A request that cannot go on: answer it (after what is owed before it), then close, lingering. ``what``:

@@ -176,8 +176,9 @@ SETTINGS: tuple[Setting, ...] = (
             "inter × fall). A drain's ?grace= overrides it.", shown="10"),
     Setting("httpServerMaxConnectionAge", "max_connection_age", "SERVER_MAX_CONNECTION_AGE", 0.0, _grace,
             "Seconds a connection may live: past it, its next answer carries Connection: close and the connection "
-            "closes after it (an idle one closes at once), so long-lived keep-alive clients and balancers spread "
-            "over nodes added since. Off (0, the default): as long as the client keeps it busy.", shown="off"),
+            "closes after it, so long-lived keep-alive clients and balancers spread over nodes added since. An idle "
+            "connection is not closed at its age (a client could be sending on it just then), only after "
+            "httpServerIdleTimeout. Off (0, the default): as long as the client keeps it busy.", shown="off"),
     Setting("httpServerMaxConnectionRequests", "max_connection_requests", "SERVER_MAX_CONNECTION_REQUESTS", 0,
             _count,
             "Requests a connection may carry: the answer to the last one carries Connection: close and the "
