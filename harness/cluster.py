@@ -42,7 +42,9 @@ from typing import Any
 import pytest
 
 from harness.net import free_port, wait_port
+from harness.procstat import children
 from harness.realhost import REPO_ROOT, EkuiperHost, require_kuiperd
+from harness.wait import wait_until
 
 HAPROXY_CFG = REPO_ROOT / "deploy" / "haproxy" / "haproxy.cfg"
 PLUGIN = "pyhttppush"
@@ -81,20 +83,6 @@ def cluster_workdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="httppush-cluster-", dir="/var/tmp"))
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str | Callable[[], str], interval: float = 0.05) -> Any:
-    """Poll ``check`` until it returns something truthy and return it; :class:`AssertionError` naming ``what`` after
-    ``timeout`` seconds (``check`` runs once more after the deadline)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        late = time.monotonic() >= deadline
-        result = check()
-        if result:
-            return result
-        if late:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what() if callable(what) else what}")
-        time.sleep(interval)
-
-
 def _request(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
              timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
     """One HTTP request; returns (status, JSON body or {"text": …}) for any status."""
@@ -119,21 +107,6 @@ def _running(pid: int) -> bool:
     except OSError:
         return False
     return stat[stat.rfind(")") + 2] != "Z"
-
-
-def _children(pid: int) -> list[int]:
-    """PIDs whose parent is ``pid`` (a /proc walk)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rfind(")") + 2:].split()[1]) == pid:
-            found.append(int(entry.name))
-    return found
 
 
 class Node:
@@ -172,7 +145,7 @@ class Node:
         if self.host.process is None:
             return []
         pids = []
-        for pid in _children(self.host.process.pid):
+        for pid in children(self.host.process.pid):
             try:
                 if f"{PLUGIN}/main.py".encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
                     pids.append(pid)
@@ -197,7 +170,7 @@ class Node:
         pids = [self.host.process.pid, *self.plugin_pids()]
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: not any(_running(pid) for pid in pids), 10.0, f"{self.name}'s processes {pids} to die",
+        wait_until(lambda: not any(_running(pid) for pid in pids), 10.0, f"{self.name}'s processes {pids} to die",
                  interval=0.001)
         return pids
 
@@ -254,7 +227,7 @@ class Subscriber:
             self.broker.publish(self.topic, probe)
             return False
 
-        wait_for(back, timeout, "the subscriber to receive a probe", interval=0.5)
+        wait_until(back, timeout, "the subscriber to receive a probe", interval=0.5)
 
     def lines(self) -> list[str]:
         """Every message received so far (complete lines only)."""
@@ -295,7 +268,7 @@ class Balancer:
         self.process = subprocess.Popen(["haproxy", "-db", "-f", str(config)], env=env, stdin=subprocess.DEVNULL,
                                         stdout=self._log_file, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: self.process.poll() is not None or self._stat_ok(), 15.0, "HAProxy's runtime API")
+            wait_until(lambda: self.process.poll() is not None or self._stat_ok(), 15.0, "HAProxy's runtime API")
         except AssertionError:
             pass
         if self.process.poll() is not None:
@@ -432,7 +405,7 @@ class Cluster:
         """Wait until HAProxy shows each named server in the given state ("UP"/"DOWN"); returns the monotonic time
         it was first seen so."""
         assert self.balancer is not None
-        wait_for(lambda: all(self.balancer.servers().get(name) == state for name, state in want.items()), timeout,
+        wait_until(lambda: all(self.balancer.servers().get(name) == state for name, state in want.items()), timeout,
                  lambda: f"HAProxy states {want} (now {self.balancer.servers()})", interval=0.05)
         return time.monotonic()
 
@@ -460,4 +433,4 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     process.wait(timeout=10)
 
 
-__all__ = ["Balancer", "Broker", "Cluster", "Node", "Subscriber", "cluster_workdir", "require_tools", "wait_for"]
+__all__ = ["Balancer", "Broker", "Cluster", "Node", "Subscriber", "cluster_workdir", "require_tools"]

@@ -1,4 +1,4 @@
-"""What /proc says about one process (Linux): CPU seconds, resident memory, and its peak."""
+"""What /proc says about processes (Linux): CPU seconds, resident memory and its peak, and who is whose child."""
 
 from __future__ import annotations
 
@@ -49,3 +49,26 @@ def find_pid(cmdline_part: bytes) -> int | None:
             except OSError:
                 continue
     return None
+
+
+def children_by_parent() -> dict[int, list[int]]:
+    """Each process's children, from the ppid in ``/proc/<pid>/stat`` (empty without /proc)."""
+    found: dict[int, list[int]] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # the ppid follows the parenthesised command name, which may hold spaces and parentheses
+        found.setdefault(int(stat[stat.rfind(")") + 2:].split()[1]), []).append(int(entry.name))
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs whose parent is ``pid``."""
+    return children_by_parent().get(pid, [])

@@ -39,6 +39,7 @@ import pytest
 
 from harness.hostlock import HOST_LOCK
 from harness.net import free_tcp_ports
+from harness.procstat import children_by_parent
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = REPO_ROOT / ".cache"
@@ -430,20 +431,7 @@ class EkuiperHost:
         """PIDs of all live descendants of kuiperd (Linux /proc walk; empty elsewhere)."""
         if self.process is None:
             return []
-        proc_dir = Path("/proc")
-        if not proc_dir.is_dir():
-            return []
-        children: dict[int, list[int]] = {}
-        for entry in proc_dir.iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # Field 4 (ppid) follows the parenthesised command name, which may contain spaces.
-            fields = stat[stat.rfind(")") + 2 :].split()
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
+        children = children_by_parent()
         found: list[int] = []
         stack = [self.process.pid]
         while stack:

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from harness.procstat import children
 from harness.realhost import EkuiperError, EkuiperHost, RecordSink, http_post
 from tests.support.http import Reply, push, sender
 from tests.support.sentinel import assert_sentinel_next_in_sink
@@ -92,17 +93,12 @@ def plugin_pids(host: EkuiperHost) -> list[int]:
     """PIDs of the plugin processes: children of kuiperd whose command line names ``pyhttppush/main.py``."""
     assert host.process is not None
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
+    for pid in children(host.process.pid):
         try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes()
+            if b"pyhttppush/main.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
         except OSError:
             continue
-        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
-        if ppid == host.process.pid and b"pyhttppush/main.py" in cmdline:
-            found.append(int(entry.name))
     return found
 
 

@@ -37,7 +37,8 @@ from typing import Any
 
 import pytest
 
-from harness.cluster import PLUGIN, Cluster, Node, cluster_workdir, require_tools, wait_for
+from harness.cluster import PLUGIN, Cluster, Node, cluster_workdir, require_tools
+from harness.wait import wait_until
 from tests.support.cluster_accounting import Attempt, account
 
 pytestmark = [pytest.mark.realhost, pytest.mark.cluster]
@@ -175,7 +176,7 @@ def _define(node: Node, cluster: Cluster) -> None:
     for stream, rule_id, sql in STREAMS:
         host.create_stream(stream)
         host.create_rule(rule_id, sql, [cluster.sink_action()])
-    wait_for(lambda: all(node.ref_count().get(rule_id) for _, rule_id, _ in STREAMS), 60.0,
+    wait_until(lambda: all(node.ref_count().get(rule_id) for _, rule_id, _ in STREAMS), 60.0,
              lambda: f"both sources started on {node.name}: {node.ref_count()}")
 
 
@@ -196,12 +197,12 @@ def _drain_upgrade_undrain(cluster: Cluster, node: Node, token: str, zip_path: P
     assert marks["out"] - marks["drain"] < grace, (
         f"HAProxy took {node.name} out {marks['out'] - marks['drain']:.1f} s after the drain, not within its "
         f"{grace} s grace: requests would meet closed connections")
-    wait_for(lambda: _health(node).get("drained") is True, grace + 30.0,
+    wait_until(lambda: _health(node).get("drained") is True, grace + 30.0,
              lambda: f"{node.name} drained (health: {_health(node)})")
     before = node.plugin_pids()
     marks["upgrade"] = time.monotonic()
     node.host.update_plugin(PLUGIN, zip_path)
-    wait_for(lambda: (node.plugin_pids() not in ([], before) and _health(node).get("status") == "draining"
+    wait_until(lambda: (node.plugin_pids() not in ([], before) and _health(node).get("status") == "draining"
                       and all(node.ref_count().get(rule_id) for _, rule_id, _ in STREAMS)), 120.0,
              lambda: f"{node.name}'s new plugin up, draining, sources started (health {_health(node)}, "
                      f"refCount {node.ref_count()})")
@@ -210,7 +211,7 @@ def _drain_upgrade_undrain(cluster: Cluster, node: Node, token: str, zip_path: P
     status, body = node.admin("undrain", token)
     assert status == 200, (status, body)
     marks["back"] = cluster.wait_states({node.name: "UP"}, 60.0)
-    wait_for(lambda: load.ok_count(node.name, marks["back"]) >= 50, 60.0,
+    wait_until(lambda: load.ok_count(node.name, marks["back"]) >= 50, 60.0,
              f"{node.name} to serve again after the undrain")
 
 
@@ -220,7 +221,7 @@ def _sentinels_at_broker(cluster: Cluster, load: Devices, live: list[Node]) -> l
     the node sentinels."""
     assert cluster.subscriber is not None
     wanted = {(device, last) for device, last in load.last.items()}
-    wait_for(lambda: wanted <= {(m.get("device"), m.get("n")) for m in cluster.subscriber.messages()}, 90.0,
+    wait_until(lambda: wanted <= {(m.get("device"), m.get("n")) for m in cluster.subscriber.messages()}, 90.0,
              lambda: f"every device's sentinel at the broker; missing "
                      f"{sorted(wanted - {(m.get('device'), m.get('n')) for m in cluster.subscriber.messages()})}")
     probes = set()
@@ -234,7 +235,7 @@ def _sentinels_at_broker(cluster: Cluster, load: Devices, live: list[Node]) -> l
             assert conn.getresponse().status == 200
             conn.close()
             probes.add(device)
-    wait_for(lambda: probes <= {m.get("device") for m in cluster.subscriber.messages()}, 60.0,
+    wait_until(lambda: probes <= {m.get("device") for m in cluster.subscriber.messages()}, 60.0,
              "the live nodes' sentinels at the broker")
     return [m for m in cluster.subscriber.messages() if "probe_end" not in m]
 
@@ -258,7 +259,7 @@ def test_cluster_kill_and_rolling_upgrade(zips: dict[str, Path]) -> None:
             documented = checks["inter"] * checks["fall"]
             devices = [f"{kind}{i:02d}" for kind in ("p", "h") for i in range(DEVICES_PER_KIND)]
             with Devices(cluster.balancer.port, devices) as load:
-                wait_for(lambda: all(load.ok_count(name) >= 100 for name in names) or load.fatal, 90.0,
+                wait_until(lambda: all(load.ok_count(name) >= 100 for name in names) or load.fatal, 90.0,
                          lambda: f"every node to serve ({ {n: load.ok_count(n) for n in names} })")
                 assert not load.fatal, load.fatal
                 # -- the kill: SIGKILL of kuiperd and its plugin, by PID
@@ -268,7 +269,7 @@ def test_cluster_kill_and_rolling_upgrade(zips: dict[str, Path]) -> None:
                 kill_wall = time.time()
                 marks["down"] = cluster.wait_states({victim.name: "DOWN"}, documented + 30.0)
                 # the devices recovered: every one has a 2xx for a request sent after HAProxy took the node out
-                wait_for(lambda: load.answered_since(marks["down"]) >= set(devices) or load.fatal, 60.0,
+                wait_until(lambda: load.answered_since(marks["down"]) >= set(devices) or load.fatal, 60.0,
                          lambda: f"every device answered after the kill "
                                  f"({len(load.answered_since(marks['down']))}/{len(devices)})")
                 marks["calm"] = time.monotonic()
