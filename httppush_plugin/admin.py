@@ -9,7 +9,7 @@ while some are attached and some not (yet); 503 ``"unavailable"`` while none is 
 at most once per :data:`METRICS_MAX_AGE_S` for each of the two formats: a scraper polls every few seconds, and a client
 asking more often gets the same bytes, at no cost.
 
-Example: ``Admin(table, config, drain).answer(head, backoff)`` → an :class:`~.answers.Answer`, an
+Example: ``Admin(table, config, drain).answer(head)`` → an :class:`~.answers.Answer`, an
 :class:`AdminAction` (an admin action, once its head is admitted), or ``None`` when ``head`` is not for these paths.
 """
 
@@ -23,7 +23,7 @@ from urllib.parse import parse_qs
 import orjson
 
 from . import __version__
-from .answers import Answer, BadRequest, Forbidden, HttpError, Later, error_answer
+from .answers import Answer, BadRequest, Conflict, Forbidden, HttpError, Later, TooLarge, Unavailable, error_answer
 from .auth import BearerAuth
 from .backoff import AuthBackoff
 from .drain import Drain
@@ -37,8 +37,8 @@ ADMIN_METHODS = ("GET", "HEAD")
 _NO_STORE = {"Cache-Control": "no-store"}
 #: How long one rendering of ``/metrics`` is answered again.
 METRICS_MAX_AGE_S = 1.0
-#: The most body bytes an admin action reads (it needs none).
-ACTION_BODY_LIMIT = 1024
+#: The query parameters of ``POST …/drain``.
+DRAIN_PARAMETERS = ("grace", "wait", "persist")
 
 
 class Admin:
@@ -53,9 +53,11 @@ class Admin:
             if path:
                 self.paths[path] = dict.fromkeys(ADMIN_METHODS, answer)
         self._token = BearerAuth.from_props({"tokens": {"admin": config.admin_token}}) if config.admin_token else None
-        if config.admin_path:
-            self.paths[config.admin_path.rstrip("/") + "/drain"] = {"POST": self._drain}
-            self.paths[config.admin_path.rstrip("/") + "/undrain"] = {"POST": self._undrain}
+        #: refused admin tokens back off on their own: a device's bad credentials from a shared address (a proxy on
+        #: the node) never lock out the operator's drain
+        self.backoff = AuthBackoff()
+        for path, action in config.admin_actions.items():
+            self.paths[path] = {"POST": self._drain if action == "drain" else self._undrain}
         #: name → (help, value) of the server-wide gauges in ``/metrics``, read at scrape time
         self.gauges = gauges
         #: Content-Type → (when rendered, the answer): the last rendering of each format
@@ -66,7 +68,7 @@ class Admin:
     def methods(self, path: str) -> list[str]:
         return list(self.paths.get(path, ()))
 
-    def answer(self, head: RequestHead, backoff: AuthBackoff, count: Callable[[int], None] = lambda status: None
+    def answer(self, head: RequestHead, count: Callable[[int], None] = lambda status: None
                ) -> Answer | AdminAction | None:
         """The answer to one of the server's paths; ``None`` for any other path, or a method they do not serve."""
         respond = self.paths.get(head.path, {}).get(head.method)
@@ -77,7 +79,9 @@ class Admin:
         if self._token is None:
             return error_answer(Forbidden("admin actions are switched off: set httpServerAdminToken"))
         try:
-            backoff.admit(self._token, head, head.remote)
+            self.backoff.admit(self._token, head, head.remote)
+            if head.has_body:
+                raise TooLarge("admin actions take no body")
         except HttpError as exc:
             return error_answer(exc)
         return AdminAction(respond, head, count)
@@ -99,6 +103,9 @@ class Admin:
                 sources.append(source)
             endpoints.append({"method": route.stats.method, "path": route.stats.path, "format": sorted(
                 {group.decoder.format for group in route.groups}), "sources": sources})
+        for (path, method), left in self.table.vacant().items():  # a rule restarting: its source is due back
+            configured += 1
+            endpoints.append({"method": method, "path": path, "format": [], "sources": [], "vacantS": round(left, 3)})
         status = ("draining" if self.drain.active else "ok" if attached == configured > 0
                   else "partial" if attached else "unavailable")
         return status, endpoints
@@ -131,30 +138,48 @@ class Admin:
         return answer
 
     def _drain(self, head: RequestHead) -> Answer | Later:
-        """``?grace=S`` (default httpServerDrainGrace), ``?wait=true``: answered once the grace is over."""
-        query = parse_qs(head.target.partition(b"?")[2].decode("latin-1"))
-        grace, wait = self.grace, query.get("wait", ["false"])[-1].lower()
+        """``?grace=S`` (default httpServerDrainGrace), ``?wait=true`` (answered once the grace is over),
+        ``?persist=true`` (kept across the plugin's restarts)."""
+        query = {key: values[-1] for key, values in parse_qs(
+            head.target.partition(b"?")[2].decode("latin-1"), keep_blank_values=True).items()}
+        unknown = sorted(set(query) - set(DRAIN_PARAMETERS))
+        if unknown:
+            raise BadRequest(f"unknown parameter {unknown[0]!r}; a drain takes {', '.join(DRAIN_PARAMETERS)}")
+        grace = self.grace
         if "grace" in query:
             try:
-                grace = float(query["grace"][-1])
+                grace = float(query["grace"])
             except ValueError:
                 grace = -1.0
             if not 0 <= grace <= 3600:
-                raise BadRequest(f"grace {query['grace'][-1]!r} is not a number of seconds from 0 to 3600")
-        if wait not in ("true", "false", "1", "0"):
-            raise BadRequest(f"wait {wait!r} is not true or false")
-        self.drain.start(grace)
-        return self.drain.hold(self._done) if wait in ("true", "1") else self._done()
+                raise BadRequest(f"grace {query['grace']!r} is not a number of seconds from 0 to 3600")
+        wait, persist = _flag(query, "wait"), _flag(query, "persist")
+        self.drain.start(grace, persist)
+        return self.drain.hold(self._waited) if wait else self._done()
+
+    def _waited(self, ended: str) -> Answer:
+        if ended == "undrained":
+            return error_answer(Conflict("an undrain ended the drain before its grace was over"))
+        if ended == "stopped":
+            return error_answer(Unavailable("the server stopped before the drain's grace was over"))
+        return self._done()
 
     def _undrain(self, head: RequestHead) -> Answer:
         self.drain.stop()
         return self._done()
 
 
+def _flag(query: dict[str, str], name: str) -> bool:
+    value = query.get(name, "false").lower()
+    if value not in ("true", "false"):
+        raise BadRequest(f"{name} {query[name]!r} is not true or false")
+    return value == "true"
+
+
 class AdminAction:
     """An admitted admin action (``request.Exchange``): it needs no body, and runs once the one sent is read."""
 
-    limit = ACTION_BODY_LIMIT
+    limit = 0
 
     def __init__(self, act: Callable[[RequestHead], Answer | Later], head: RequestHead,
                  count: Callable[[int], None]) -> None:

@@ -77,7 +77,7 @@ class PushApp:
     def _resolve(self, head: RequestHead) -> Route | Answer | AdminAction:
         """When no literal route matches: the server's own paths, then templates, then a CORS preflight; raises 405
         (another method is served on the path) or 404."""
-        answer = self.admin.answer(head, self.backoff, self.metrics.unrouted.answered)
+        answer = self.admin.answer(head, self.metrics.unrouted.answered)
         if answer is not None:
             return answer
         route = self.table.match(head.path, head.method)

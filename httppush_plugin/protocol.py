@@ -263,9 +263,9 @@ class HttpConnection(asyncio.Protocol):
         if self._shut or transport.is_closing():  # answers owed after a "Connection: close" are dropped
             return
         close = answer.close or not keep_alive or self.shared.stopping or (self._closing and not self._queue)
-        if not close and self.shared.retire(self):  # draining, or past its age or requests: what is queued first
+        if not close and self.shared.retire(self):  # draining, or past its age or requests: what was sent first
             self._closing = True
-            close = not self._queue
+            close = not self._queue and self.phase not in (HEAD, BODY)
         transport.write(encode(answer, self.shared.date, close, self._http10, head_only))
         if close:
             self._close(linger=self._discarding)

@@ -278,10 +278,14 @@ class EndpointTable:
 
     def vacancies(self) -> int:
         """Endpoints vacant now (their grace not over)."""
+        return len(self.vacant())
+
+    def vacant(self) -> dict[tuple[str, str], float]:
+        """(path, method) → seconds left, of each endpoint vacant now."""
         now = time.monotonic()
         for key in [key for key, (until, _) in self._vacant.items() if until <= now]:
             del self._vacant[key]
-        return len(self._vacant)
+        return {key: until - now for key, (until, _) in self._vacant.items()}
 
     def _check_vacant(self, path: str, method: str) -> None:
         """Raise 503 (``Retry-After``) when ``path`` and ``method`` name a vacant endpoint."""

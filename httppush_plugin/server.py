@@ -93,6 +93,7 @@ class SharedServer:
         if self._server is None:
             await self._start()
         try:
+            self._check_path(sub)
             self._check_auth(sub)
             replaced = self.table.add(sub)
         except ConfigError:
@@ -108,6 +109,12 @@ class SharedServer:
             if sender is not None:
                 sender.close()
         log.info("endpoint %s %s subscribed by %s", sub.endpoint.method, sub.endpoint.path, sub.label)
+
+    def _check_path(self, sub: Subscription) -> None:
+        config = self._connections.config if self._connections is not None else None
+        if config is not None and sub.endpoint.method == "POST" and sub.endpoint.path in config.admin_actions:
+            raise ConfigError(f"{sub.label} serves POST {sub.endpoint.path}, an admin action of this server "
+                              "(httpServerAdminPath): choose another DATASOURCE, or move httpServerAdminPath")
 
     def _check_auth(self, sub: Subscription) -> None:
         if not isinstance(sub.endpoint.auth, ClientCertAuth):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -155,10 +155,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("httpServerHealthPath", "health_path", "SERVER_HEALTH_PATH", "/healthz", _admin_path,
             "Path of the health answer, for GET and HEAD, without authentication: 200 {\"status\": \"ok\", "
             "\"endpoints\": [...]} listing every endpoint with its format and its sources (rule, stream, attached, "
-            "connected); 503 {\"status\": \"unavailable\", ...} while a started source is not attached to eKuiper's "
-            "channel yet. Other methods get 405 (Allow: GET, HEAD), unless a stream serves POST or PUT on the same "
-            "path. \"\", off or false switches it off (in the environment off or false: an empty variable counts as "
-            "unset)."),
+            "connected); 503 with \"status\" \"draining\" (the node drains), \"partial\" (some sources are not "
+            "attached to eKuiper's channel yet, or an endpoint is vacant during httpServerRestartGrace) or "
+            "\"unavailable\" (none is). Other methods get 405 (Allow: GET, HEAD), unless a stream serves POST or "
+            "PUT on the same path. \"\", off or false switches it off (in the environment off or false: an empty "
+            "variable counts as unset)."),
     Setting("httpServerMetricsPath", "metrics_path", "SERVER_METRICS_PATH", "/metrics", _admin_path,
             "Path of the Prometheus metrics (OpenMetrics when the Accept header asks for it), for GET and HEAD, "
             "without authentication; switched off as httpServerHealthPath. The two paths must differ."),
@@ -235,10 +236,16 @@ class ServerConfig:
     metrics_path: str = _DEFAULTS["metrics_path"]
     restart_grace: float = _DEFAULTS["restart_grace"]
     admin_path: str = _DEFAULTS["admin_path"]
-    admin_token: str = _DEFAULTS["admin_token"]
+    admin_token: str = field(default=_DEFAULTS["admin_token"], repr=False)
     drain_grace: float = _DEFAULTS["drain_grace"]
     max_connection_age: float = _DEFAULTS["max_connection_age"]
     max_connection_requests: int = _DEFAULTS["max_connection_requests"]
+
+    @property
+    def admin_actions(self) -> dict[str, str]:
+        """The admin actions' paths (none when httpServerAdminPath is off): ``{"/admin/drain": "drain", …}``."""
+        base = self.admin_path.rstrip("/")
+        return {f"{base}/{action}": action for action in ("drain", "undrain")} if self.admin_path else {}
 
     @property
     def scheme(self) -> str:
@@ -306,15 +313,15 @@ def _server_config(section: Mapping[str, Any], tls: dict[str, Any], symbol: str)
     if values["health_path"] and values["health_path"] == values["metrics_path"]:
         raise ConfigError(f"setting 'httpServerMetricsPath' is {values['metrics_path']!r}, the same as "
                           "httpServerHealthPath; give them different paths (or switch one off: off)")
-    actions = [values["admin_path"].rstrip("/") + action for action in ("/drain", "/undrain")]
-    if values["admin_path"] and {values["health_path"], values["metrics_path"]} & set(actions):
-        raise ConfigError(f"setting 'httpServerAdminPath' is {values['admin_path']!r}: its actions {actions} take "
-                          "the health or metrics path; give them different paths")
     if values["max_buffered"] < values["max_body_size"]:
         raise ConfigError(f"setting 'httpServerMaxBuffered' is {values['max_buffered']}, less than "
                           f"httpServerMaxBodySize ({values['max_body_size']}): a body of a size between the two could "
                           "never be received; make it at least as large")
-    return ServerConfig(tls=_tls_setting(tls), **values)
+    config = ServerConfig(tls=_tls_setting(tls), **values)
+    if {config.health_path, config.metrics_path} & set(config.admin_actions):
+        raise ConfigError(f"setting 'httpServerAdminPath' is {config.admin_path!r}: its actions "
+                          f"{sorted(config.admin_actions)} take the health or metrics path; give them different paths")
+    return config
 
 
 def _tls_setting(tls: dict[str, Any]) -> TlsConfig | None:

@@ -59,15 +59,28 @@ def test_admin_actions_need_the_token(plugin: Callable[..., PluginHost], server_
 
 def test_a_wrong_token_is_refused_and_backs_off(plugin: Callable[..., PluginHost], server_port: int,
                                                 marker: Path) -> None:
-    _started(plugin, server_port)
+    """The admin actions back off on their own: refused admin tokens do not lock out devices from the same address,
+    and a device's refused credentials (a proxy on the node: one address for all) do not lock out the operator."""
+    host, _ = _started(plugin, server_port)
+    device = {"Authorization": "Bearer device-token-0123456789"}
+    secure = host.start_source("r2", "s2", {"datasource": "/secure", "auth": {"type": "bearer", "tokens": [
+        device["Authorization"].split()[1]]}})
+    assert isinstance(secure, DataChannel)
+    for attempt in range(10):
+        assert push(server_port, "/secure", "{}", headers={"Authorization": f"Bearer no-{attempt}"}).status == 401
+    assert push(server_port, "/secure", "{}", headers=device).status == 429  # the devices' backoff
+    with_body = push(server_port, "/admin/drain", b"{}", headers=BEARER)
+    assert with_body.status == 413 and "no body" in with_body.body["error"], with_body
+    assert push(server_port, "/admin/undrain", b"", headers=BEARER).status == 200  # not the admin's
     for attempt in range(10):
         wrong = push(server_port, "/admin/drain", b"", headers={"Authorization": f"Bearer wrong-{attempt:020d}"})
         assert wrong.status == 401 and wrong.headers["WWW-Authenticate"].startswith("Bearer"), wrong
     backed_off = push(server_port, "/admin/drain", b"", headers=BEARER)  # even the right one, now
     assert backed_off.status == 429 and "Retry-After" in backed_off.headers, backed_off
     found = samples(server_port)  # counted with the requests that reached no endpoint
-    assert value(found, "httppush_requests_total", status="401") == 10
+    assert value(found, "httppush_requests_total", status="401") == 10  # the admin's (no method and path)
     assert value(found, "httppush_requests_total", status="429") == 1
+    assert value(found, "httppush_requests_total", method="POST", path="/secure", status="401") == 10
     assert wait_healthy(server_port).body["status"] == "ok" and not marker.exists()
 
 
@@ -81,7 +94,7 @@ def test_drain_serves_closes_and_is_drained_after_the_grace(plugin: Callable[...
         assert drained.status == 200, drained
         assert drained.body["status"] == "draining" and drained.body["graceS"] == 1.5, drained
         assert drained.body["drained"] is False and 0 < drained.body["graceLeftS"] <= 1.5, drained
-        assert json.loads(marker.read_text())["grace"] == 1.5
+        assert drained.body["persisted"] is False and not marker.exists()
         health = push(server_port, "/healthz", b"", method="GET")
         assert health.status == 503 and health.body["status"] == "draining", health
         # still served, and the connection closes after the answer
@@ -109,23 +122,43 @@ def test_a_drain_can_wait_for_its_grace(plugin: Callable[..., PluginHost], serve
     held = push(server_port, "/admin/drain?grace=1&wait=true", b"", headers=BEARER)
     assert held.status == 200 and held.body["status"] == "draining" and held.body["drained"] is True, held
     assert time.monotonic() - started >= 0.9
-    for query, what in (("grace=soon", "grace"), ("grace=-1", "grace"), ("wait=maybe", "wait")):
+    for query, what in (("grace=soon", "grace"), ("grace=-1", "grace"), ("grace=", "grace"), ("wait=maybe", "wait"),
+                        ("wait", "wait"), ("persist=1", "persist"), ("grce=5", "unknown parameter 'grce'")):
         bad = push(server_port, f"/admin/drain?{query}", b"", headers=BEARER)
-        assert bad.status == 400 and what in bad.body["error"], bad
+        assert bad.status == 400 and what in bad.body["error"], (query, bad)
+
+
+def test_an_undrain_ends_a_waiting_drain(plugin: Callable[..., PluginHost], server_port: int, marker: Path) -> None:
+    """A preStop hook's ``curl -f`` must not take a drain cut short for one that ran its course."""
+    _started(plugin, server_port)
+    with RawClient(server_port, timeout=30) as waiting:
+        waiting.send(request(path="/admin/drain?grace=60&wait=true", headers=BEARER))
+        wait_until(lambda: push(server_port, "/healthz", b"", method="GET").status == 503, 10.0, "the drain")
+        assert push(server_port, "/admin/undrain", b"", headers=BEARER).status == 200
+        cut = waiting.read_response(timeout=10.0)
+    assert cut.status == 409 and "undrain" in cut.json()["error"], cut
+    assert wait_healthy(server_port).body["status"] == "ok"
 
 
 def test_a_drain_outlives_the_plugin_process(plugin: Callable[..., PluginHost], make_host: Callable[..., PluginHost],
                                              server_port: int, marker: Path) -> None:
     """An upgrade or restart while drained comes back drained, until undrained."""
-    first, _ = _started(lambda **env: make_host(server_port, may_exit=True, **env), server_port)
-    assert push(server_port, "/admin/drain?grace=0", b"", headers=BEARER).status == 200
-    first.close()
-    assert marker.exists()
-    second = plugin(PYHTTPPUSH_SERVER_ADMIN_TOKEN=TOKEN)
-    channel = second.start_source("r1", "s1", {"datasource": "/api"})
+    starter = lambda **env: make_host(server_port, may_exit=True, **env)  # noqa: E731
+    first, _ = _started(starter, server_port)
+    assert push(server_port, "/admin/drain?grace=0", b"", headers=BEARER).body["persisted"] is False
+    first.close()  # not kept: the next process serves at once
+    assert not marker.exists()
+    second, _ = _started(starter, server_port)
+    kept = push(server_port, "/admin/drain?grace=0&persist=true", b"", headers=BEARER)
+    assert kept.status == 200 and kept.body["persisted"] is True, kept
+    assert json.loads(marker.read_text())["grace"] == 0
+    second.close()
+    third = plugin(PYHTTPPUSH_SERVER_ADMIN_TOKEN=TOKEN)
+    channel = third.start_source("r1", "s1", {"datasource": "/api"})
     health = wait_until(lambda: (reply := push(server_port, "/healthz", b"", method="GET")).body.get(
         "endpoints") and reply.body["endpoints"][0]["sources"][0]["attached"] and reply, 10.0, "the source to attach")
     assert health.status == 503 and health.body["status"] == "draining" and health.body["drained"] is True, health
+    assert health.body["persisted"] is True
     assert push(server_port, "/api", '{"n": 1}').status == 200  # served, while drained
     assert push(server_port, "/admin/undrain", b"", headers=BEARER).body["status"] == "ok"
     assert wait_healthy(server_port).body["status"] == "ok" and not marker.exists()
@@ -166,10 +199,25 @@ def test_max_connection_age(plugin: Callable[..., PluginHost], server_port: int)
     assert_sentinel_next_on_channels(sender(server_port, "/api"), channel)
 
 
-def test_health_while_no_endpoint_is_left(plugin: Callable[..., PluginHost], server_port: int) -> None:
-    """During httpServerRestartGrace the server runs with no source: 503 "unavailable", not "ok"."""
+def test_health_while_a_rule_restarts(plugin: Callable[..., PluginHost], server_port: int) -> None:
+    """During httpServerRestartGrace a stopped source's endpoint is vacant (503 to its clients): health says so,
+    "partial" while another is attached, "unavailable" once none is."""
     host, channel = _started(plugin, server_port, PYHTTPPUSH_SERVER_RESTART_GRACE="30")
+    other = host.start_source("r2", "s2", {"datasource": "/other"})
+    assert isinstance(other, DataChannel)
+    wait_healthy(server_port)
     host.stop_source(channel)
-    health = wait_until(lambda: (reply := push(server_port, "/healthz", b"", method="GET")).status == 503 and reply,
-                        10.0, "health to say the source is gone")
-    assert health.body["status"] == "unavailable" and health.body["endpoints"] == [], health
+    health = push(server_port, "/healthz", b"", method="GET")
+    assert health.status == 503 and health.body["status"] == "partial", health
+    assert [(e["path"], e["sources"]) for e in health.body["endpoints"] if "vacantS" in e] == [("/api", [])]
+    host.stop_source(other)
+    health = push(server_port, "/healthz", b"", method="GET")
+    assert health.status == 503 and health.body["status"] == "unavailable", health
+    assert sorted(e["path"] for e in health.body["endpoints"]) == ["/api", "/other"]
+
+
+def test_a_stream_may_not_take_an_admin_action(plugin: Callable[..., PluginHost], server_port: int) -> None:
+    host, _ = _started(plugin, server_port)
+    refused = host.start_source("r2", "s2", {"datasource": "/admin/drain"}, expect_ok=False)
+    assert isinstance(refused, str) and "httpServerAdminPath" in refused, refused
+    assert host.start_source("r3", "s3", {"datasource": "/admin/drain", "method": "PUT"}) is not None

@@ -449,3 +449,21 @@ def test_nothing_after_a_closing_answer_is_handled() -> None:
     conn.data_received(post("/a") + post("/b"))
     assert [status for status, _, _ in transport.answers()] == [200]
     assert ("body", "/b", BODY_JSON) not in app.calls  # its records would go to eKuiper with no one told
+
+
+def test_a_retired_connection_finishes_the_request_being_read() -> None:
+    """Retired (draining, past its age or requests) while a pipelined request is half read: the answer owed goes out
+    kept alive, the half-read request is read and answered, and that answer closes the connection."""
+    app = FakeApp()
+    waiting = app.later["/slow"] = Later()
+    conn, transport = connect(app)
+    conn.shared.drain.active = True
+    second = post("/b")
+    conn.data_received(post("/slow") + second[:-3])
+    waiting.resolve(Answer(202, b"{}"))
+    assert [(status, headers.get("Connection")) for status, headers, _ in transport.answers()] == [(202, None)]
+    assert not transport.closed
+    conn.data_received(second[-3:])
+    assert [(status, headers.get("Connection")) for status, headers, _ in transport.answers()] == [
+        (202, None), (200, "close")]
+    assert transport.closed and ("body", "/b", BODY_JSON) in app.calls
