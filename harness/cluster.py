@@ -168,6 +168,7 @@ class Node:
         every one of them is dead (a zombie or gone): only then has the node stopped taking requests."""
         assert self.host.process is not None, f"{self.name} is not running"
         pids = [self.host.process.pid, *self.plugin_pids()]
+        assert len(pids) >= 2, f"{self.name}: no plugin process found under kuiperd {pids[0]}"
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not any(_running(pid) for pid in pids), 10.0, f"{self.name}'s processes {pids} to die",
@@ -192,7 +193,14 @@ class Broker:
             f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n")
         self.process = subprocess.Popen(["mosquitto", "-c", str(self.config)], stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        wait_port(self.port, 15.0)
+        try:
+            wait_port(self.port, 15.0)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        _kill(self.process)
 
     @property
     def url(self) -> str:
@@ -269,11 +277,12 @@ class Balancer:
                                         stdout=self._log_file, stderr=subprocess.STDOUT)
         try:
             wait_until(lambda: self.process.poll() is not None or self._stat_ok(), 15.0, "HAProxy's runtime API")
-        except AssertionError:
-            pass
-        if self.process.poll() is not None:
-            raise RuntimeError(f"haproxy exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
-        wait_port(self.port, 15.0)
+            if self.process.poll() is not None:
+                raise RuntimeError(f"haproxy exited with {self.process.returncode}:\n{self.log.read_text()[-3000:]}")
+            wait_port(self.port, 15.0)
+        except BaseException:
+            self.close()
+            raise
 
     def _stat_ok(self) -> bool:
         try:
@@ -298,6 +307,17 @@ class Balancer:
         text = self.command("show stat").lstrip("# ")
         return {row["svname"]: row["status"] for row in csv.DictReader(io.StringIO(text))
                 if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
+
+    def counters(self, server: str) -> dict[str, int]:
+        """``server``'s failed connects (``econ``), retries (``wretr``) and redispatches (``wredis``), summed over
+        the backends: what HAProxy hid from clients by retrying elsewhere."""
+        text = self.command("show stat").lstrip("# ")
+        totals = dict.fromkeys(("econ", "wretr", "wredis"), 0)
+        for row in csv.DictReader(io.StringIO(text)):
+            if row["svname"] == server:
+                for key in totals:
+                    totals[key] += int(row[key] or 0)
+        return totals
 
     def check_params(self) -> dict[str, float]:
         """``inter``, ``fastinter``, ``fall``, ``rise`` (seconds / counts) from the config's health-check line."""
@@ -375,7 +395,7 @@ class Cluster:
         seconds each)."""
         try:
             self.broker = Broker(self.workdir)
-            self._stack.callback(lambda: _kill(self.broker.process))
+            self._stack.callback(self.broker.close)
             self.subscriber = Subscriber(self.broker, self.topic, self.workdir / "results.ndjson")
             self._stack.callback(self.subscriber.close)
             self.subscriber.ready()

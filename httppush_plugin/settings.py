@@ -173,8 +173,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("httpServerDrainGrace", "drain_grace", "SERVER_DRAIN_GRACE", 10.0, _grace,
             "Seconds a drain lasts before the node counts as drained: health answers 503 \"draining\" from the "
             "start, requests are still served and each answer closes its connection; at the end the idle "
-            "connections are closed too. Longer than the balancer takes to see a failed health check (HAProxy: "
-            "inter × fall). A drain's ?grace= overrides it.", shown="10"),
+            "connections are closed too. Longer than the balancer takes to see a failed health check (the shipped "
+            "HAProxy config: 4 s). A drain's ?grace= overrides it.", shown="10"),
     Setting("httpServerMaxConnectionAge", "max_connection_age", "SERVER_MAX_CONNECTION_AGE", 0.0, _grace,
             "Seconds a connection may live: past it, its next answer carries Connection: close and the connection "
             "closes after it, so long-lived keep-alive clients and balancers spread over nodes added since. An idle "

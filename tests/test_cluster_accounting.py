@@ -62,6 +62,8 @@ def test_a_duplicate_needs_an_unanswered_attempt_on_the_killed_node() -> None:
         check(explained, [*EVERYTHING, ("d", 4), ("d", 4)])  # one such attempt explains one extra copy
     with pytest.raises(AssertionError, match="duplicates not explained"):
         check(run(failed("d", 4, 100.005, "node2")), [*EVERYTHING, ("d", 4)])  # a survivor's 502 delivered nothing
+    with pytest.raises(AssertionError, match="duplicates not explained"):  # sent after node1 died: not delivered
+        check(run(failed("d", 4, 101.0, "node1"), failed("d", 4, 100.6, None, None)), [*EVERYTHING, ("d", 4)])
 
 
 def test_a_record_never_answered_2xx_must_not_arrive() -> None:
@@ -77,8 +79,9 @@ def test_order_is_per_node() -> None:
 
 
 def test_failures_only_in_the_kill_window_and_from_the_killed_node() -> None:
-    check(run(failed("d", 4, 100.5, "node1"), failed("d", 4, 100.6, None, None)), EVERYTHING)
+    check(run(failed("d", 4, 100.5, "node1"), failed("d", 4, 100.3, None, None)), EVERYTHING)
     for stray in (failed("e", 2, 104.0, "node3", 503),  # a survivor's error in the kill window
+                  failed("e", 2, 104.0, None, None),  # a connection closed unanswered, long after the kill
                   failed("d", 1, 98.0, "node1")):  # an error before the kill
         with pytest.raises(AssertionError, match="outside the kill window"):
             check(run(stray), EVERYTHING)

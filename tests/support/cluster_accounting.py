@@ -8,14 +8,15 @@ Each request attempt is an :class:`Attempt` (status, or the connection error; th
 
 - a record answered 2xx and missing at the broker was answered by the killed node, sent before it died and answered
   at most :data:`LOSS_WINDOW_S` before (what its eKuiper held died with it);
-- a record that arrived more than once had, for each extra copy, an attempt that reached the killed node while
-  HAProxy still sent it requests and got no 2xx (the node may have delivered it; the retry with the same key went to
-  another node, whose keys are its own);
+- a record that arrived more than once had, for each extra copy, an attempt sent to the killed node before it died
+  that got no 2xx (the node may have delivered it; the retry with the same key went to another node, whose keys are
+  its own);
 - nothing arrived that was never answered 2xx;
 - each device's records arrived in order within each node's stretch (records that arrived twice are left out: which
   copy came first is not known, and they are accounted for above);
-- the only failed attempts are the kill's: answered between the signal and the calm, by the killed node or by no
-  node; from the calm on (the drain-upgrade-undrain cycle) none at all.
+- the only failed attempts are the kill's: answered between the signal and the calm, by the killed node, or by no
+  node for a request sent at most :data:`UNNAMED_WINDOW_S` after it died; from the calm on (the
+  drain-upgrade-undrain cycle) none at all.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from dataclasses import dataclass
 #: A lost record (answered 2xx by the killed node, never at the broker) was answered at most this long before the
 #: node died: what its eKuiper held in its channel, rule and mqtt sink (measured: docs/scaling.md).
 LOSS_WINDOW_S = 2.0
+#: A connection HAProxy closed without an answer (no ``X-Served-By``) is the kill's only if its request was sent at
+#: most this long after the killed node died (measured: the request right behind the victim's last answer, sent
+#: within milliseconds of its death). Later, or from a survivor's stretch, it is a failure.
+UNNAMED_WINDOW_S = 0.5
 
 Key = tuple[str, int]
 
@@ -99,8 +104,8 @@ def account(attempts: Iterable[Attempt], arrived: list[Key], victim: str, marks:
     lost = sorted((ok[key] for key in set(ok) - set(counts)), key=lambda a: a.done)
     failed = [a for a in attempts if not a.ok]
     maybe_delivered: dict[Key, list[Attempt]] = defaultdict(list)
-    for a in failed:
-        if a.served_by in (victim, None) and a.sent <= marks["down"]:
+    for a in failed:  # the victim may have delivered what it took before it died, and never answered
+        if a.served_by in (victim, None) and a.sent <= marks["kill"]:
             maybe_delivered[(a.device, a.n)].append(a)
     duplicates = {key: count for key, count in counts.items() if count > 1}
     last_seen: dict[tuple[str, str], int] = {}
@@ -114,7 +119,8 @@ def account(attempts: Iterable[Attempt], arrived: list[Key], victim: str, marks:
         if previous is not None and n <= previous:
             disorder.append(f"{device}: #{n} after #{previous} from {node}")
         last_seen[(device, node)] = n
-    kill_window = [a for a in failed if marks["signal"] <= a.done <= marks["calm"] and a.served_by in (victim, None)]
+    kill_window = [a for a in failed if marks["signal"] <= a.done <= marks["calm"] and (
+        a.served_by == victim or (a.served_by is None and a.sent <= marks["kill"] + UNNAMED_WINDOW_S))]
     cycle = [a for a in failed if a.done > marks["calm"]]
     sorted_out = {id(a) for a in kill_window + cycle}
     other = [a for a in failed if id(a) not in sorted_out]
