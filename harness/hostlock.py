@@ -40,6 +40,8 @@ class HostLock:
         self._depth += 1
 
     def release(self) -> None:
+        if self._depth <= 0:
+            raise RuntimeError("the host lock was released more often than it was acquired")
         self._depth -= 1
         if self._depth == 0 and self._file is not None:
             fcntl.flock(self._file, fcntl.LOCK_UN)

@@ -184,6 +184,7 @@ class PluginHost:
         self.descriptor = json.loads((plugin_dir / f"{name}.json").read_text())
         self.symbol = self.descriptor["sources"][0]
         self.url = f"ipc:///tmp/plugin_{name}.ipc"
+        self._closed = False
         HOST_LOCK.acquire()
         self.socket = pynng.Rep0(recv_timeout=15000)
         self.socket.listen(self.url)
@@ -274,6 +275,10 @@ class PluginHost:
         assert self.alive(), f"the plugin process died; its log:\n{self.log_tail()}"
 
     def close(self) -> None:
+        """Stop the plugin process and release the host lock; again: nothing (a test may close a host itself)."""
+        if self._closed:
+            return
+        self._closed = True
         for channel, _ in list(self.channels.values()):
             try:
                 self.stop_source(channel)

@@ -21,7 +21,7 @@ import pytest
 
 from harness.procstat import cpu_seconds, peak_rss_mb, reset_peak_rss, rss_mb
 from tests.hostemu import PluginHost
-from tests.support.http import RawClient, Reply, assert_ok, push, request, sender, wait_healthy
+from tests.support.http import RawClient, Reply, assert_ok, request, sender, wait_healthy
 from tests.support.sentinel import assert_sentinel_next_on_channels
 
 MIB = 2**20
@@ -48,7 +48,12 @@ def costed_push(host: PluginHost, port: int, path: str, body: bytes, label: str,
 
         def costly() -> None:
             started = time.monotonic()
-            result["reply"] = push(port, path, body, headers=headers, timeout=120)
+            # A body refused while it arrives is answered and its connection closed after a linger (LINGER_S,
+            # LINGER_BYTES): a client still sending then meets a closed socket, and still reads the answer.
+            with RawClient(port, timeout=120) as raw:
+                raw.try_send(request(path=path, body=body, headers=headers))
+                answer = raw.read_response(timeout=120)
+            result["reply"] = Reply(answer.status, answer.json(), dict(answer.headers), answer.body)
             result["took"] = time.monotonic() - started
 
         thread = threading.Thread(target=costly)
