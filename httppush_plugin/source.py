@@ -51,7 +51,7 @@ class PluginRuntime:
         self.symbol = symbol
         self.send_timeout_ms = send_timeout_ms
         self.paths = SearchPaths(plugin_dir)
-        data = host_root(plugin_dir) / "data"  # eKuiper's data folder: a drain outlives this process there
+        data = host_root(plugin_dir) / "data"  # eKuiper's data folder: a persisted drain outlives this process there
         marker = data / f"{plugin_dir.name}.draining" if data.is_dir() else None
         self.server = SharedServer(lambda: load_server_config(plugin_dir, symbol), Drain(marker))
         #: the live source of each instance (ruleId, opId, instanceId), to retire it when its start comes again
