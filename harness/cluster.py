@@ -30,8 +30,6 @@ import socket
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -43,7 +41,7 @@ import pytest
 
 from harness.net import free_port, wait_port
 from harness.procstat import children
-from harness.realhost import REPO_ROOT, EkuiperHost, require_kuiperd
+from harness.realhost import REPO_ROOT, EkuiperHost, http_request, require_kuiperd
 from harness.wait import wait_until
 
 HAPROXY_CFG = REPO_ROOT / "deploy" / "haproxy" / "haproxy.cfg"
@@ -85,14 +83,8 @@ def cluster_workdir() -> Path:
 
 def _request(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
              timeout: float = 10.0) -> tuple[int, dict[str, Any]]:
-    """One HTTP request; returns (status, JSON body or {"text": …}) for any status."""
-    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            status, raw = exc.code, exc.read()
+    """One HTTP request (:func:`harness.realhost.http_request`); returns (status, JSON object or {"text": …})."""
+    status, raw = http_request(method, url, body, headers=headers, timeout=timeout)
     try:
         parsed = json.loads(raw) if raw else {}
     except ValueError:
@@ -302,18 +294,20 @@ class Balancer:
                 chunks.append(chunk)
         return b"".join(chunks).decode()
 
+    def stats(self) -> list[dict[str, str]]:
+        """``show stat``: one row per frontend, backend and server (``pxname``, ``svname``, ``status``, …)."""
+        return list(csv.DictReader(io.StringIO(self.command("show stat").lstrip("# "))))
+
     def servers(self, backend: str = "be_by_path") -> dict[str, str]:
         """``{server: status}`` of ``backend`` from ``show stat``: "UP", "DOWN", "UP 1/2" (going down), "MAINT", …"""
-        text = self.command("show stat").lstrip("# ")
-        return {row["svname"]: row["status"] for row in csv.DictReader(io.StringIO(text))
+        return {row["svname"]: row["status"] for row in self.stats()
                 if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
 
     def counters(self, server: str) -> dict[str, int]:
         """``server``'s failed connects (``econ``), retries (``wretr``) and redispatches (``wredis``), summed over
         the backends: what HAProxy hid from clients by retrying elsewhere."""
-        text = self.command("show stat").lstrip("# ")
         totals = dict.fromkeys(("econ", "wretr", "wredis"), 0)
-        for row in csv.DictReader(io.StringIO(text)):
+        for row in self.stats():
             if row["svname"] == server:
                 for key in totals:
                     totals[key] += int(row[key] or 0)

@@ -290,7 +290,7 @@ def test_cluster_kill_and_rolling_upgrade(zips: dict[str, Path]) -> None:
                 _drain_upgrade_undrain(cluster, drained, token, zips["pyhttppush"], load, marks)
             assert not load.fatal, load.fatal
             messages = _sentinels_at_broker(cluster, load, [drained, keeper])
-            stats = cluster.balancer.command("show stat")
+            stats = cluster.balancer.stats()
             result = account(load.attempts, [(m.get("device"), m.get("n")) for m in messages], victim.name, marks)
             reaction = marks["down"] - marks["kill"]
             dying_ms = (marks["kill"] - marks["signal"]) * 1000
@@ -323,9 +323,5 @@ def test_cluster_kill_and_rolling_upgrade(zips: dict[str, Path]) -> None:
             print(f"\ncluster test: logs kept in {workdir}")
 
 
-def _retries(stats: str) -> str:
-    import csv
-    import io
-
-    rows = csv.DictReader(io.StringIO(stats.lstrip("# ")))
+def _retries(rows: list[dict[str, str]]) -> str:
     return ", ".join(f"{r['pxname']} {r['wretr'] or 0}/{r['wredis'] or 0}" for r in rows if r["svname"] == "BACKEND")
