@@ -11,9 +11,12 @@ credentials and with the headers that make it send a preflight, to the plugin in
   plugin answered the preflight 403 and got no POST), the simple one (``text/plain``, no preflight: the browser does
   send it) by the plugin (403), and nothing is delivered (sentinels).
 
-Both page origins and the plugin are loopback addresses (127.0.0.1, other ports): the same address space for
-Chromium's Local/Private Network Access rules, so no permission or ``Access-Control-Request-Private-Network``
-preflight is involved (checked: the plugin never sees that header). One browser session for every case.
+The pages and the plugin are all on 127.0.0.1 (other ports: other origins), the same address space for Chromium's
+Local Network Access rules: no permission and no ``Access-Control-Request-Private-Network`` preflight come into it.
+A third page, listed in ``cors.origins`` but which Chromium is told is on a public address
+(``--ip-address-space-overrides``), shows what those rules do to a page from the internet: its fetches to the
+loopback plugin fail before anything is sent (headless Chromium has no permission prompt), not even a preflight.
+One browser session for every case, about 6 s on the session's shared host.
 Skipped with the reason where Chromium is missing; under ``CI=true`` it fails (``.ci/run`` installs it).
 """
 
@@ -55,8 +58,10 @@ JSON = {"Content-Type": "application/json"}
 @pytest.mark.realhost
 def test_a_browser_page_pushes_through_cors(ctx: Ctx) -> None:
     chromium, chromedriver = browser_binaries()
-    with PageServer(PAGE) as listed, PageServer(PAGE) as unlisted, Browser(chromium, chromedriver) as browser:
-        cors = {"origins": [listed.origin], "credentials": True,
+    with PageServer(PAGE) as listed, PageServer(PAGE) as unlisted, PageServer(PAGE) as public, \
+            Browser(chromium, chromedriver, [f"--ip-address-space-overrides=127.0.0.1:{public.port}=public"]
+                    ) as browser:
+        cors = {"origins": [listed.origin, public.origin], "credentials": True,
                 "headers": ["Content-Type", "Idempotency-Key", "Authorization", "X-Forwarded-For"]}
         key = f"cors{secrets.token_hex(3)}"
         ctx.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{key}",
@@ -71,7 +76,18 @@ def test_a_browser_page_pushes_through_cors(ctx: Ctx) -> None:
         guarded, gpath = ctx.stream(f'FORMAT="json", CONF_KEY="{key}a"')
         ctx.rule(f"SELECT meta(requestId) AS rid, * FROM {guarded}")
         url, gurl = f"http://127.0.0.1:{ctx.port}{path}", f"http://127.0.0.1:{ctx.port}{gpath}"
+        start = samples(ctx.port)
+
+        # -- Chromium's Local Network Access: a page it deems public may not reach a loopback address ----------------
+        browser.open(public.url)
+        for headers in ({**JSON, "Idempotency-Key": "k-0"}, {"Content-Type": "text/plain"}):  # preflighted, simple
+            stopped = browser.run(SEND, url, json.dumps({"n": "public"}), headers)
+            assert stopped.get("error", "").startswith("TypeError"), stopped
         before = samples(ctx.port)
+        scrape = ("httppush_requests_total", frozenset({("status", "200")}))  # GET /metrics itself
+        moved = {name: count - start.get(name, 0.0) for name, count in before.items()
+                 if name[0] == "httppush_requests_total" and count != start.get(name, 0.0) and name != scrape}
+        assert not moved, moved  # not even a preflight: the browser sent nothing
 
         # -- the listed origin -------------------------------------------------------------------------------------
         browser.open(listed.url)

@@ -56,14 +56,15 @@ class WebDriverError(AssertionError):
 
 
 class Browser:
-    """One headless Chromium session through chromedriver. :meth:`run` evaluates ``body`` as an async function of
-    ``args`` in the current page and returns its result (JSON values only)."""
+    """One headless Chromium session through chromedriver (``args``: more Chromium switches). :meth:`run` evaluates
+    ``body`` as an async function of its arguments in the current page and returns its result (JSON values only)."""
 
-    def __init__(self, chromium: str, chromedriver: str, timeout: float = 30.0) -> None:
+    def __init__(self, chromium: str, chromedriver: str, args: list[str] | None = None, timeout: float = 30.0) -> None:
         self.chromium, self.chromedriver, self.timeout = chromium, chromedriver, timeout
+        self.args = args or []
         self.port = free_port()
         self.profile = tempfile.TemporaryDirectory(prefix="httppush-chromium-")
-        self.log = open(os.path.join(self.profile.name, "chromedriver.log"), "w+b")  # noqa: SIM115 (closed in close)
+        self.log = open(os.path.join(self.profile.name, "chromedriver.log"), "w+b")  # closed in close()
         self.process: subprocess.Popen[bytes] | None = None
         self.session = ""
 
@@ -85,7 +86,8 @@ class Browser:
         options = {"binary": self.chromium,
                    # --no-sandbox: CI runs as root; --disable-dev-shm-usage: containers often have a small /dev/shm
                    "args": ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                            "--no-first-run", "--disable-extensions", f"--user-data-dir={self.profile.name}/profile"]}
+                            "--no-first-run", "--disable-extensions", f"--user-data-dir={self.profile.name}/profile",
+                            *self.args]}
         value = self._call("POST", "/session", {"capabilities": {"alwaysMatch": {
             "browserName": "chrome", "goog:chromeOptions": options, "timeouts": {"script": int(self.timeout * 1000)}}}})
         self.session = value["sessionId"]
@@ -131,7 +133,7 @@ class Browser:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout + 30) as response:  # noqa: S310 (loopback)
+            with urllib.request.urlopen(request, timeout=self.timeout + 30) as response:
                 return json.load(response)["value"]
         except urllib.error.HTTPError as exc:
             try:
@@ -150,7 +152,7 @@ class PageServer:
         body = page.encode()
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            def do_GET(self) -> None:
                 found = self.path.split("?")[0] == "/"
                 self.send_response(200 if found else 404)
                 self.send_header("Content-Type", "text/html; charset=utf-8")
