@@ -1,5 +1,5 @@
 """CORS tried in a real browser: headless Chromium (Debian's ``chromium`` + ``chromedriver``, driven over WebDriver by
-``tests/support/browser.py``) loads pages served from two other local origins and ``fetch()``es JSON records, with
+``tests/support/browser.py``) loads pages served from other local origins and ``fetch()``es JSON records, with
 credentials and with the headers that make it send a preflight, to the plugin inside the session's real eKuiper.
 
 * the listed origin's records reach the rule; the page reads ``X-Request-Id`` (the id the rule sees in
