@@ -51,6 +51,10 @@ def browser_binaries() -> tuple[str, str]:
     return found[0], found[1]
 
 
+#: urllib without the environment's proxies (``http_proxy``): chromedriver is on loopback
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class WebDriverError(AssertionError):
     """chromedriver refused a command (its error and message)."""
 
@@ -133,7 +137,7 @@ class Browser:
         request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
                                          headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout + 30) as response:
+            with _DIRECT.open(request, timeout=self.timeout + 30) as response:
                 return json.load(response)["value"]
         except urllib.error.HTTPError as exc:
             try:
