@@ -66,10 +66,12 @@ class PushApp:
                 return found
             route = found
         exchange = Exchange(self, route, head)
-        auth = route.auth
-        if auth is not None:  # basic, bearer, clientcert before the body; for hmac only the backoff (429) now
+        if route.cors is not None or route.auth is not None:
             try:
-                exchange.user = self.backoff.admit(auth, head, route.client(head))
+                if route.cors is not None:  # a browser page of an origin not listed: 403
+                    route.cors.admit(head)
+                if route.auth is not None:  # basic, bearer, clientcert before the body; for hmac only the 429 now
+                    exchange.user = self.backoff.admit(route.auth, head, route.client(head))
             except HttpError as exc:  # answered before the body: the protocol drops a small one, or closes
                 return exchange.failed(exc)
         return exchange
@@ -135,11 +137,9 @@ class Exchange(Later):
         self.app, self.route, self.head = app, route, head
         self.user: str | None = None  # the principal the route's auth admitted
         self.limit = app.max_body_size
-        self.started = 0.0
-        self.size = 0
+        self.started, self.size = 0.0, 0
         self.ticket: Ticket | None = None
-        self.rid = ""
-        self.rerouted = False
+        self.rid, self.rerouted = "", False
         self.accepted = 0
         self.outcomes: list[Outcome] = []
         self.pending = 0

@@ -136,24 +136,30 @@ TEXTS: dict[str, Words] = {
     ),
     "cors": Words(
         doc=("CORS for browser clients, off by default ({}): then OPTIONS gets 405 and answers carry no CORS "
-            "headers. With {origins: [...], headers: [...], maxAge: <seconds>} a preflight OPTIONS from an "
-            "allowed Origin gets 204 with Access-Control-Allow-Origin/-Methods/-Headers (headers default "
-            "[Content-Type]; add Authorization with auth) and -Max-Age (0: not sent); other origins get 403. "
-            "Answers to an allowed Origin carry Access-Control-Allow-Origin: <that origin> and Vary: Origin. "
-            "origins: [\"*\"] allows any origin (still echoed, never a literal *). Example: cors: {origins: "
-            "[\"https://app.example.com\"], headers: [Content-Type, Authorization], maxAge: 600}"),
+            "headers. With {origins: [...], headers: [...], maxAge: <seconds>, credentials: <bool>} a preflight "
+            "OPTIONS from an allowed Origin gets 204 with Access-Control-Allow-Origin/-Methods/-Headers (headers "
+            "default [Content-Type]; add Authorization with auth) and -Max-Age (0: not sent); other origins get 403, "
+            "and so does any request carrying an Origin not allowed (a page's simple request, sent without a "
+            "preflight). Answers to an allowed Origin carry Access-Control-Allow-Origin: <that origin> and the "
+            "headers a page may read; every answer carries Vary: Origin. credentials: true adds "
+            "Access-Control-Allow-Credentials: true, which a page's fetch with credentials: \"include\" needs (not "
+            "with origins [\"*\"]). origins: [\"*\"] allows any origin (still echoed, never a literal *). Tested in "
+            "headless Chromium. Example: cors: {origins: [\"https://app.example.com\"], headers: [Content-Type, "
+            "Authorization], maxAge: 600}"),
         label_en="CORS",
         label_zh="跨域（CORS）",
         hint_en=("CORS for browser clients; empty: off (OPTIONS gets 405). {origins: [...], headers: [...] (default "
-            "[Content-Type]), maxAge: seconds}: a preflight OPTIONS from an allowed Origin gets 204 with "
-            "Access-Control-Allow-*, other origins 403; answers to allowed origins carry "
-            "Access-Control-Allow-Origin: <origin> and Vary: Origin. origins [\"*\"] allows any origin."),
+            "[Content-Type]), maxAge: seconds, credentials: true|false}: a preflight OPTIONS from an allowed Origin "
+            "gets 204 with Access-Control-Allow-*; other origins get 403, on a preflight or any other request; "
+            "answers to allowed origins carry Access-Control-Allow-Origin: <origin>. credentials: true lets pages "
+            "fetch with credentials: \"include\" (not with origins [\"*\"]). origins [\"*\"] allows any origin."),
         hint_zh=("浏览器客户端的 CORS；为空表示关闭（OPTIONS 返回 405）。{origins:"
             " [...], headers: [...]（默认 [Content-Type]）, "
-            "maxAge: 秒}：来自允许的 Origin 的预检 OPTIONS 返回 204 及 "
-            "Access-Control-Allow-* 头，其他来源返回 403；对允许来源的响应带"
-            " Access-Control-Allow-Origin: <来源> 和 Vary: "
-            "Origin。origins 为 [\"*\"] 时允许任意来源。"),
+            "maxAge: 秒, credentials: true|false}：来自允许的 Origin 的预检 OPTIONS 返回 204 及 "
+            "Access-Control-Allow-* 头；其他来源的预检及其他请求均返回 403；对允许来源的响应带"
+            " Access-Control-Allow-Origin: <来源>。credentials 为 true 时页面可用 "
+            "credentials: \"include\" 发送请求（不可与 origins [\"*\"] 同用）。"
+            "origins 为 [\"*\"] 时允许任意来源。"),
         see="http-answers.md#answers-for-browsers-and-clients",
     ),
     "metaHeaders": Words(

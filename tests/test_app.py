@@ -243,6 +243,23 @@ def test_every_answer_of_a_cors_route_carries_its_headers_once(loop: asyncio.Abs
     assert stranger.status == 403
 
 
+def test_a_page_of_another_origin_is_refused_before_auth_and_not_backed_off(loop: asyncio.AbstractEventLoop) -> None:
+    """The origin is checked first (403, credentials unchecked), and a refused origin is no failed authentication:
+    eleven of them leave the client's credentials working (the backoff's 429 comes after ten failures)."""
+    endpoints = Endpoints()
+    sender = endpoints.add({"datasource": "/api", "cors": {"origins": ["https://app.example"]},
+                            "auth": {"type": "bearer", "tokens": {"web": "t0k"}}})
+    for _ in range(11):
+        refused = answer(endpoints.request("/api", headers={"Origin": "https://evil.example",
+                                                             "Authorization": "Bearer wrong"}))
+        assert refused.status == 403 and b"'https://evil.example' may not push to /api" in refused.body, refused
+        assert refused.headers is not None and refused.headers["Vary"] == "Origin", refused.headers
+        assert "Access-Control-Allow-Origin" not in refused.headers
+    ok = answer(endpoints.request("/api", headers={"Origin": "https://app.example", "Authorization": "Bearer t0k"}))
+    assert ok.status == 200 and len(sender.sent) == 1, ok
+    assert endpoints.stats("POST", "/api") == {403: 11, 200: 1}
+
+
 def test_a_source_not_attached_yet_is_waited_for(loop: asyncio.AbstractEventLoop) -> None:
     endpoints = Endpoints()
     endpoints.add({"datasource": "/api"}, attach=False)

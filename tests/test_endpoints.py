@@ -147,10 +147,48 @@ def test_cors_headers_on_answers_for_allowed_origins_only(host: PluginHost, serv
     assert allowed.headers["Access-Control-Expose-Headers"] == "Retry-After"  # what a page may read of a 503
     refused = push(server_port, "/web", "[1]", headers={"Origin": ORIGIN})  # errors too, so a page can read them
     assert refused.status == 400 and refused.headers["Access-Control-Allow-Origin"] == ORIGIN
-    other = push(server_port, "/web", '{"a": 2}', headers={"Origin": "https://evil.example"})
-    assert other.status == 200 and "Access-Control-Allow-Origin" not in other.headers
+    assert "Access-Control-Allow-Credentials" not in allowed.headers  # not without cors.credentials
+    device = push(server_port, "/web", '{"a": 2}')  # no Origin: not a browser, no CORS headers but Vary
+    assert device.status == 200 and device.headers["Vary"] == "Origin", device
+    assert not any(name.startswith("Access-Control-") for name in device.headers), device
     assert isinstance(ch, DataChannel) and ch.messages(2) == [{"a": 1}, {"a": 2}]
     assert_sentinel_next_on_channels(sender(server_port, "/web"), ch)
+
+
+def test_cors_refuses_a_page_of_another_origin_before_its_body(host: PluginHost, server_port: int) -> None:
+    """A browser sends a "simple" request (text/plain, a form) without a preflight, from any page: the browser only
+    hides the answer. The endpoint refuses it (403, from the head: a large body is not read) and delivers nothing."""
+    ch = host.start_source("r1", "s1", {"datasource": "/web", "cors": CORS})
+    evil = {"Origin": "https://evil.example", "Content-Type": "text/plain"}
+    other = push(server_port, "/web", '{"a": 2}', headers=evil)
+    assert other.status == 403 and "'https://evil.example' may not push to /web" in other.body["error"], other
+    assert other.headers["Vary"] == "Origin" and "Access-Control-Allow-Origin" not in other.headers, other
+    with RawClient(server_port) as conn:
+        conn.send(request(path="/web", headers={**evil, "Content-Length": str(11 * 1024 * 1024)}))
+        big = conn.read_response()
+    assert big.status == 403 and big.closes, big
+    assert isinstance(ch, DataChannel)
+    assert_sentinel_next_on_channels(sender(server_port, "/web"), ch)
+
+
+def test_cors_credentials(host: PluginHost, server_port: int) -> None:
+    """``credentials: true``: a page may fetch with ``credentials: "include"`` (cookies, HTTP authentication, TLS
+    client certificates); the browser needs ``Access-Control-Allow-Credentials: true`` on the preflight and on the
+    answer, or it blocks both. Never with ``origins: ["*"]``."""
+    ch = host.start_source("r1", "s1", {"datasource": "/web", "cors": {**CORS, "credentials": True}})
+    preflight = push(server_port, "/web", b"", method="OPTIONS",
+                     headers={"Origin": ORIGIN, "Access-Control-Request-Method": "POST"})
+    assert preflight.status == 204 and preflight.headers["Access-Control-Allow-Credentials"] == "true", preflight
+    for body, status in (('{"a": 1}', 200), ("[1]", 400)):
+        answer = push(server_port, "/web", body, headers={"Origin": ORIGIN})
+        assert answer.status == status and answer.headers["Access-Control-Allow-Credentials"] == "true", answer
+        assert answer.headers["Access-Control-Allow-Origin"] == ORIGIN, answer
+    assert isinstance(ch, DataChannel) and ch.messages(1) == [{"a": 1}]
+    assert_sentinel_next_on_channels(sender(server_port, "/web"), ch)
+    for cors, words in (({"origins": ["*"], "credentials": True}, "list the origins"),
+                        ({"origins": [ORIGIN], "credentials": "maybe"}, "must be true or false")):
+        refused = host.start_source("r2", "s2", {"datasource": "/other", "cors": cors}, expect_ok=False)
+        assert isinstance(refused, str) and "cors" in refused and words in refused, refused
 
 
 def test_cors_and_request_id_on_answers_given_before_the_body(host: PluginHost, server_port: int) -> None:
