@@ -29,65 +29,13 @@ from .cors import CorsConfig
 from .decoders import Decoder
 from .errors import ConfigError
 from .idempotency import KeyStore, KeyStores
-from .meta import TEMPLATE_VARIABLE, MetaSpec, Network, client_address, meta_spec
+from .meta import MetaSpec, Network, client_address, meta_spec
 from .metrics import EndpointStats, Metrics
 from .properties import EndpointConfig
 from .request import RequestHead
+from .templates import Template
 
 _ids = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Template:
-    """A DATASOURCE with ``{name}`` segments. Example: ``Template.parse("/devices/{id}/telemetry")`` matches
-    ``/devices/42/telemetry`` with ``params(...) == {"id": "42"}``."""
-
-    path: str
-    #: per segment of ``path.split("/")``: ``(literal text, False)`` or ``(variable name, True)``
-    parts: tuple[tuple[str, bool], ...]
-
-    @classmethod
-    def parse(cls, path: str) -> Template:
-        parts: list[tuple[str, bool]] = []
-        for segment in path.split("/"):
-            variable = TEMPLATE_VARIABLE.fullmatch(segment)
-            if variable is not None:
-                parts.append((variable.group(1), True))
-            elif "{" in segment or "}" in segment:
-                raise ConfigError(f"DATASOURCE is {path!r}; segment {segment!r} is not a template variable: a "
-                                  "variable is {name} (letters, digits, _) filling a whole segment, e.g. "
-                                  "'/devices/{id}/telemetry'")
-            else:
-                parts.append((segment, False))
-        names = [text for text, variable in parts if variable]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"DATASOURCE is {path!r}; a template variable name may appear once")
-        return cls(path, tuple(parts))
-
-    def matches(self, segments: list[str]) -> bool:
-        """``segments``: a request path split on ``/``. A variable matches any one non-empty segment."""
-        if len(segments) != len(self.parts):
-            return False
-        for (text, variable), segment in zip(self.parts, segments, strict=True):
-            if (not segment) if variable else segment != text:
-                return False
-        return True
-
-    def params(self, path: str) -> dict[str, str]:
-        """The variables' values in ``path``, which :meth:`matches`."""
-        segments = path.split("/")
-        return {text: segment for (text, variable), segment in zip(self.parts, segments, strict=True) if variable}
-
-    def overlaps(self, other: Template) -> str | None:
-        """A path both templates match (e.g. ``/devices/x/telemetry``), or ``None`` when there is none."""
-        if len(self.parts) != len(other.parts):
-            return None
-        example: list[str] = []
-        for (text, variable), (other_text, other_variable) in zip(self.parts, other.parts, strict=True):
-            if not variable and not other_variable and text != other_text:
-                return None
-            example.append(text if not variable else other_text if not other_variable else "x")
-        return "/".join(example)
 
 
 @dataclass(eq=False)

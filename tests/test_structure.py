@@ -16,7 +16,7 @@ STAGES = (
     "errors", "answers", "request", "values", "layout", "budget", "drain", "metrics",
     "credentials", "signatures", "auth", "backoff", "cors", "idempotency", "meta",
     "properties_text", "properties", "settingsfile", "settings",
-    "decoders", "framing", "encoding", "delivery", "channel", "routing",
+    "decoders", "framing", "encoding", "delivery", "channel", "templates", "routing",
     "fanout", "admin", "offload", "app",
     "incoming", "wire", "connections", "protocol",
     "server", "source",
