@@ -248,4 +248,45 @@ TEXTS: dict[str, Words] = {
             " 后丢失。同一路径和方法上的流必须使用相同的设置。"),
         see="operations.md#idempotent-retries",
     ),
+    "rateLimit": Words(
+        doc=("Per-client rate limit, off by default ({}): {rate: <requests a second>, burst: <requests at once, "
+            "default rate>, by: address | user, maxClients: <default 10000>}. A token bucket per client, checked "
+            "when a request's head is in, before its body is read and (by address) before its credentials: past it, "
+            "429 with Retry-After (whole seconds until the next request is admitted, at least 1). by: address is "
+            "the peer's or, behind trustedProxies, meta(remoteAddr); by: user is the principal of auth (basic, "
+            "bearer, jwt, clientcert; not hmac). At most maxClients buckets per endpoint (full ones are forgotten "
+            "first; past that, new clients share one bucket). Counted in httppush_rate_limited_total. Streams on "
+            "one path and method must agree on it. Example: rateLimit: {rate: 100, burst: 200}"),
+        label_en="Rate limit per client",
+        label_zh="按客户端限流",
+        hint_en=("Per-client token bucket; empty: off. {rate: requests per second, burst: requests at once (default "
+            "rate), by: address (default; behind trustedProxies the forwarded address) or user (the auth "
+            "principal), maxClients: buckets kept per endpoint (default 10000)}. Past it: 429 with Retry-After, "
+            "before the body is read. Streams on one path and method must use the same setting."),
+        hint_zh=("按客户端的令牌桶限流；为空表示关闭。{rate: 每秒请求数, burst: "
+            "可一次发送的请求数（默认等于 rate）, by: address（默认；经可信代理时为转发的客户端地址）或 "
+            "user（auth 认证的身份）, maxClients: 每个端点保留的桶数（默认 "
+            "10000）}。超出时在读取请求体之前返回 429 及 Retry-After。同一路径和方法上的流必须使用相同的设置。"),
+        see="auth.md#rate-limits",
+    ),
+    "responseHeaders": Words(
+        doc=("Fixed headers added to every answer of the endpoint: successes, errors (401, 429, ... included) and "
+            "the CORS preflight of its path; not to 404, 405 or the health and metrics paths, which no endpoint "
+            "answers. A mapping of name to value, e.g. {X-Frame-Options: DENY, Cache-Control: no-store}. A name the"
+            " server writes itself (Content-Length, Content-Type, Transfer-Encoding, Connection, Keep-Alive, Date, "
+            "Vary, Allow, X-Request-Id, Retry-After, WWW-Authenticate, Access-Control-*, Idempotent-Replayed, ...) "
+            "is refused at start, as is a value with a control character (CR, LF). Names in this file reach the "
+            "plugin lower-cased (HTTP names are case-insensitive). Streams on one path and method must agree on "
+            "it."),
+        label_en="Response headers",
+        label_zh="响应头",
+        hint_en=("Fixed headers added to every answer of the endpoint (errors and the CORS preflight included), e.g. "
+            "{X-Frame-Options: DENY, Cache-Control: no-store}. Headers the server owns (Content-*, Connection, "
+            "Date, Vary, Retry-After, WWW-Authenticate, Access-Control-*, X-Request-Id, ...) cannot be set."),
+        hint_zh=("添加到该端点每个响应（包括错误响应和 CORS 预检）的固定响应头，例如 "
+            "{X-Frame-Options: DENY, Cache-Control: no-store}。服务器自身负责的响应头（Content-*、"
+            "Connection、Date、Vary、Retry-After、WWW-Authenticate、Access-Control-*、X-Request-Id "
+            "等）不能设置。"),
+        see="http-answers.md#response-headers",
+    ),
 }
