@@ -1,5 +1,5 @@
 """Deliver, what is not the common case: a source whose channel is not attached yet, and what each source got when
-not every record reached every source.
+not every record reached every source; and the success answers (:func:`success`), made once and shared.
 
 A send (``app.Exchange._deliver``) completes at once (the kernel took every byte), later (a
 :class:`~.delivery.Delivery` that settles within the channel's send timeout), or fails at once

@@ -167,8 +167,10 @@ class _Collector:
                       "empty (before their body was read).", lambda s: s.rate_limited, routed)
         clients = GaugeMetricFamily("httppush_rate_limit_clients", "Clients whose rateLimit buckets an endpoint keeps "
                                     "now (at most rateLimit.maxClients).", labels=endpoint)
+        current = {(method, path) for method, path, *_ in self.endpoints}  # a gauge goes with its endpoint
         for item in routed:
-            clients.add_metric([item.method, item.path], item.rate_clients)
+            if (item.method, item.path) in current:
+                clients.add_metric([item.method, item.path], item.rate_clients)
         yield clients
         latency = HistogramMetricFamily(
             "httppush_request_duration_seconds", "From the end of a request's body to its answer, for requests "

@@ -118,5 +118,9 @@ def test_they_never_replace_a_protocol_header_and_a_bad_one_refuses_the_start(ho
         reply = conn.read_response(timeout=2.0)
     names = [name.lower() for name, _ in reply.headers]
     assert reply.status == 200 and names.count("x-frame-options") == 1 and names.count("content-type") == 1, reply
+    with RawClient(server_port) as conn:  # 413 for its Content-Length, before the body: the endpoint's answer too
+        conn.send(request(path="/x", headers={"Content-Length": str(1 << 34)}))
+        too_large = conn.read_response(timeout=2.0)
+    assert too_large.status == 413 and too_large.header("X-Frame-Options") == "DENY", too_large
     assert ch.messages(1) == [{"t": 1}]
     assert_sentinel_next_on_channels(sender(server_port, "/x"), ch)
