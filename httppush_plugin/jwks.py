@@ -27,8 +27,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import jwt
-
 from .answers import printable
 from .errors import ConfigError
 
@@ -79,6 +77,8 @@ def parse_jwks(data: bytes, where: str, strict: bool = True) -> dict[str, dict[s
         elif kty not in KEY_TYPES:
             problem = f"has kty {kty!r}; must be one of {', '.join(KEY_TYPES)}"
         else:
+            import jwt  # here, not at the top: PyJWT and cryptography take ~0.2 s to import, only for type jwt
+
             try:
                 jwt.PyJWK(jwk)
             except jwt.PyJWTError as exc:

@@ -28,8 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import jwt
-
 from .credentials import REALM, Authenticator, AuthError, Headers, header, shape
 from .errors import ConfigError
 from .jwks import MAX_KEYS, KeySet
@@ -46,6 +44,10 @@ _CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 #: The keys ``auth`` of type ``jwt`` takes, lower-cased (eKuiper lowercases a yaml file's keys) → as documented.
 JWT_KEYS = {"jwks": "jwks", "jwksurl": "jwksUrl", "jwksrefresh": "jwksRefresh", "issuer": "issuer",
             "audience": "audience", "algorithms": "algorithms", "leeway": "leeway"}
+#: The longest token read (PyJWT checks base64url characters one by one in Python: a cap bounds that work).
+MAX_TOKEN_BYTES = 8192
+#: A compact JWS: three base64url segments (checked with one regular expression before PyJWT is asked).
+_COMPACT = re.compile(rb"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
 #: What an ``error_description`` may hold (RFC 6750 §3: printable ASCII without ``"`` and ``\\``).
 _UNQUOTABLE = re.compile(r'[^\x20\x21\x23-\x5b\x5d-\x7e]')
 _clock = time.time
@@ -87,10 +89,16 @@ class JwtAuth(Authenticator):
                          counted)
 
     def authenticate(self, headers: Headers, peercert: dict[str, Any] | None, body: bytes = b"") -> str:
+        import jwt  # imported by from_props already (jwks.py), in the thread of the start command
+
         token = _token(headers)
         keyset = self.keyset
         assert keyset is not None  # set by from_props
         keyset.tick()
+        if len(token) > MAX_TOKEN_BYTES:
+            raise self.refuse(f"the token is over {MAX_TOKEN_BYTES} bytes")
+        if not _COMPACT.fullmatch(token):
+            raise self.refuse("the token is not a JWT (base64url header.payload.signature)")
         try:
             head = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -133,10 +141,14 @@ class JwtAuth(Authenticator):
 
     def _ago(self, token: bytes) -> str:
         """How long ago an expired token (its signature verified) expired."""
+        import jwt
+
         exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
         return f"{_clock() - exp:.0f} s ago" if isinstance(exp, int | float) else "already"
 
     def _key(self, version: int, kid: str, alg: str, jwk: dict[str, Any]) -> Any:
+        import jwt
+
         prepared = self._prepared.get((version, kid, alg))
         if prepared is not None:
             return prepared

@@ -172,6 +172,8 @@ def test_none_and_hmac_with_the_public_key_are_refused(auth: JwtAuth) -> None:
     # the right kid and alg, signed by another key
     assert "signature does not verify with the key k1" in refusal(auth, OTHER.token())[0]
     assert "not a JWT" in refusal(auth, "not.a.jwt")[0]
+    assert "not a JWT" in refusal(auth, "a.b!.c")[0]
+    assert f"over {jwtauth.MAX_TOKEN_BYTES} bytes" in refusal(auth, RSA_KEY.token(pad="x" * jwtauth.MAX_TOKEN_BYTES))[0]
     message, challenge = refusal(auth, None)
     assert "needs a JSON Web Token" in message and challenge == 'Bearer realm="httppush"'  # RFC 6750 §3.1
 
