@@ -8,7 +8,8 @@ exchange itself as a :class:`~.answers.Later` when records must wait for a chann
 
 Nothing is answered 2xx before every record is in the host channel of every subscribed source, and a body that any
 subscribed source cannot decode is refused before anything is sent. Every answer of a routed request passes through
-:meth:`Exchange._finish` (the route's CORS and ``X-Request-Id`` headers) and is counted once, when it is final.
+:meth:`Exchange._finish` (the route's ``responseHeaders``, CORS and ``X-Request-Id`` headers) and is counted once,
+when it is final.
 
 Example: ``app.head(head).body(b'{"t": 1}')`` → ``Answer(200, b'{"accepted":1,"sources":1}')``.
 """
@@ -269,8 +270,8 @@ class Exchange(Later):
         return answer
 
     def _finish(self, answer: Answer) -> Answer:
-        """The one place an answer gets the route's headers: CORS (an allowed ``Origin``) and ``X-Request-Id``. A new
-        answer: answers may be shared (:func:`success`)."""
+        """The one place an answer gets the route's headers: ``responseHeaders``, CORS (an allowed ``Origin``) and
+        ``X-Request-Id``. A new answer: answers may be shared (:func:`success`)."""
         route = self.route
         if not route.custom:
             return answer
