@@ -287,11 +287,13 @@ TEXTS: dict[str, Words] = {
         label_en="Response headers",
         label_zh="响应头",
         hint_en=("Fixed headers added to every answer of the endpoint (errors and the CORS preflight included), e.g. "
-            "{X-Frame-Options: DENY, Cache-Control: no-store}. Headers the server owns (Content-*, Connection, "
-            "Date, Vary, Retry-After, WWW-Authenticate, Access-Control-*, X-Request-Id, ...) cannot be set."),
+            "{X-Frame-Options: DENY, Cache-Control: no-store}. Headers the server owns (Content-Length, Content-Type, "
+            "Content-Encoding, Connection, Date, Vary, Retry-After, WWW-Authenticate, Access-Control-*, X-Request-Id, "
+            "...) cannot be set."),
         hint_zh=("添加到该端点每个响应（包括错误响应和 CORS 预检）的固定响应头，例如 "
-            "{X-Frame-Options: DENY, Cache-Control: no-store}。服务器自身负责的响应头（Content-*、"
-            "Connection、Date、Vary、Retry-After、WWW-Authenticate、Access-Control-*、X-Request-Id "
+            "{X-Frame-Options: DENY, Cache-Control: no-store}。服务器自身负责的响应头（Content-Length、"
+            "Content-Type、Content-Encoding、Connection、Date、Vary、Retry-After、"
+            "WWW-Authenticate、Access-Control-*、X-Request-Id "
             "等）不能设置。"),
         see="http-answers.md#response-headers",
     ),
