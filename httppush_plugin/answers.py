@@ -106,12 +106,14 @@ class BadRequest(HttpError):
 
 
 class Unauthorized(HttpError):
-    """401: ``challenge`` is the ``WWW-Authenticate`` value (RFC 9110 §11.6.1: every 401 carries one)."""
+    """401: ``challenge`` is the ``WWW-Authenticate`` value (RFC 9110 §11.6.1: every 401 carries one); ``counted``:
+    whether the auth backoff counts it as a failure."""
 
     status = 401
 
     def __init__(self, message: str, challenge: str) -> None:
         super().__init__(message, {"WWW-Authenticate": challenge})
+        self.counted = True
 
 
 class Forbidden(HttpError):

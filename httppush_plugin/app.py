@@ -8,7 +8,8 @@ exchange itself as a :class:`~.answers.Later` when records must wait for a chann
 
 Nothing is answered 2xx before every record is in the host channel of every subscribed source, and a body that any
 subscribed source cannot decode is refused before anything is sent. Every answer of a routed request passes through
-:meth:`Exchange._finish` (the route's CORS and ``X-Request-Id`` headers) and is counted once, when it is final.
+:meth:`Exchange._finish` (the route's ``responseHeaders``, CORS and ``X-Request-Id`` headers) and is counted once,
+when it is final.
 
 Example: ``app.head(head).body(b'{"t": 1}')`` → ``Answer(200, b'{"accepted":1,"sources":1}')``.
 """
@@ -22,10 +23,9 @@ from .admin import Admin, AdminAction
 from .answers import Answer, HttpError, Later, MethodNotAllowed, NotFound, RateLimitedLog, Unavailable, error_answer
 from .backoff import AuthBackoff
 from .budget import Budget
-from .cors import preflight
 from .decoders import DecodeError, Limits, OverLimit, TooManyRecords, held_bound
 from .delivery import Delivery, DeliveryError
-from .fanout import Framed, Outcome, send_when_attached, summarize
+from .fanout import SUCCESS, Framed, Outcome, send_when_attached, success, summarize
 from .framing import frame_records
 from .idempotency import Ticket, fingerprint
 from .meta import build, request_id
@@ -66,12 +66,9 @@ class PushApp:
                 return found
             route = found
         exchange = Exchange(self, route, head)
-        if route.cors is not None or route.auth is not None:
+        if route.cors is not None or route.auth is not None or route.limiter is not None:  # origin, limit, auth
             try:
-                if route.cors is not None:  # a browser page of an origin not listed: 403
-                    route.cors.admit(head)
-                if route.auth is not None:  # basic, bearer, clientcert before the body; for hmac only the 429 now
-                    exchange.user = self.backoff.admit(route.auth, head, route.client(head))
+                exchange.user = route.admit(head, self.backoff)
             except HttpError as exc:  # answered before the body: the protocol drops a small one, or closes
                 return exchange.failed(exc)
         return exchange
@@ -87,9 +84,9 @@ class PushApp:
             return route
         path = head.path
         if head.method == "OPTIONS":
-            corsed = {method: route.cors for method, route in self.table.served(path).items() if route.cors}
-            if corsed:
-                return preflight(head, corsed)
+            answer = self.table.preflight(head)  # with the route's responseHeaders
+            if answer is not None:
+                return answer
         allowed = self.table.methods(path)
         if path in self.admin.paths:
             allowed = sorted({*allowed, *self.admin.methods(path)})
@@ -108,21 +105,6 @@ class PushApp:
             what = f"{head.method} {head.path} from {head.remote}" if head is not None else f"request from {remote}"
             self.reject_log.warn(what, exc)
         return error_answer(exc)
-
-
-#: (status, records, sources) → the success answer: shared, never changed (:meth:`Exchange._finish` makes new ones)
-_SUCCESS: dict[tuple[int, int, int], Answer] = {}
-
-
-def _success(status: int, accepted: int, sources: int) -> Answer:
-    """2xx ``{"accepted": n, "sources": m}`` (204: no body); the common ones are made once."""
-    key = (status, accepted, sources)
-    answer = _SUCCESS.get(key)
-    if answer is None:
-        answer = Answer(status, b"" if status == 204 else b'{"accepted":%d,"sources":%d}' % (accepted, sources))
-        if accepted <= 1000 and sources <= 8:
-            _SUCCESS[key] = answer
-    return answer
 
 
 class Exchange(Later):
@@ -265,7 +247,7 @@ class Exchange(Later):
         route, accepted = self.route, self.accepted
         route.stats.records += accepted
         key = (route.success_status, accepted, sources)
-        return _SUCCESS.get(key) or _success(*key)
+        return SUCCESS.get(key) or success(*key)
 
     def _done(self, answer: Answer) -> Answer:
         """The final answer to the body: with the route's headers, counted, remembered for its Idempotency-Key."""
@@ -286,12 +268,14 @@ class Exchange(Later):
         return answer
 
     def _finish(self, answer: Answer) -> Answer:
-        """The one place an answer gets the route's headers: CORS (an allowed ``Origin``) and ``X-Request-Id``. A new
-        answer: answers may be shared (:func:`_success`)."""
+        """The one place an answer gets the route's headers: ``responseHeaders``, CORS (an allowed ``Origin``) and
+        ``X-Request-Id``. A new answer: answers may be shared (:func:`success`)."""
         route = self.route
         if not route.custom:
             return answer
         headers = dict(answer.headers) if answer.headers else {}
+        if route.headers:  # responseHeaders: never a name the protocol owns (headers.PROTOCOL_OWNED)
+            headers.update(route.headers)
         if route.cors is not None:
             route.cors.decorate(headers, self.head, route.exposed)
         if route.request_id:

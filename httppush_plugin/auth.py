@@ -27,12 +27,13 @@ from typing import Any, ClassVar
 
 from .credentials import REALM, Authenticator, AuthError, Headers, NotAllowed, header, secret, shape
 from .errors import ConfigError
+from .jwtauth import JWT_KEYS, JwtAuth
 from .signatures import HMAC_KEYS, HmacAuth
 
 __all__ = ["AUTHENTICATORS", "AUTH_TYPES", "AuthError", "Authenticator", "BasicAuth", "BearerAuth", "ClientCertAuth",
-           "HmacAuth", "describe", "parse_auth"]
+           "HmacAuth", "JwtAuth", "describe", "parse_auth"]
 
-AUTH_TYPES = ("none", "basic", "bearer", "hmac", "clientcert")
+AUTH_TYPES = ("none", "basic", "bearer", "hmac", "clientcert", "jwt")
 
 
 def _digest(data: bytes) -> bytes:
@@ -199,10 +200,11 @@ def _escape(value: str) -> str:
 
 #: ``auth.type`` → its authenticator class (``none`` is the absence of one).
 AUTHENTICATORS: dict[str, type[Authenticator]] = {"basic": BasicAuth, "bearer": BearerAuth, "hmac": HmacAuth,
-                                  "clientcert": ClientCertAuth}
+                                  "clientcert": ClientCertAuth, "jwt": JwtAuth}
 #: The keys each type takes besides ``type``, lower-cased (as eKuiper passes a yaml file's) → as documented.
 _KEYS: dict[str, dict[str, str]] = {"none": {}, "basic": {"users": "users"}, "bearer": {"tokens": "tokens"},
-                                    "hmac": HMAC_KEYS, "clientcert": {"names": "names", "subjects": "subjects"}}
+                                    "hmac": HMAC_KEYS, "clientcert": {"names": "names", "subjects": "subjects"},
+                                    "jwt": JWT_KEYS}
 
 
 def parse_auth(value: Any) -> Authenticator | None:
@@ -236,6 +238,8 @@ def describe(auth: Authenticator | None) -> str:
     if isinstance(auth, HmacAuth):
         stamped = f", signed time in {auth.timestamp_header} ±{auth.window:g} s" if auth.timestamp_header else ""
         return f"hmac ({auth.algorithm} in {auth.header}{stamped})"
+    if isinstance(auth, JwtAuth):
+        return f"jwt (issuer {auth.issuer}, keys of {' and '.join(filter(None, (auth.jwks, auth.jwks_url)))})"
     if isinstance(auth, ClientCertAuth) and (auth.names or auth.subjects):
         return f"clientcert ({len(auth.names) + len(auth.subjects)} allowed)"
     return auth.kind

@@ -56,8 +56,9 @@ class AuthBackoff:
             return None
         try:
             return auth.admit(head, body or b"")
-        except HttpError:
-            self.failed(peer)
+        except HttpError as exc:
+            if getattr(exc, "counted", True):
+                self.failed(peer)
             raise
 
     async def admit_off(self, auth: Authenticator, head: RequestHead, peer: str, body: bytes,
@@ -66,8 +67,9 @@ class AuthBackoff:
         self.check(peer)
         try:
             return await run(auth.admit, head, body)
-        except HttpError:
-            self.failed(peer)
+        except HttpError as exc:
+            if getattr(exc, "counted", True):
+                self.failed(peer)
             raise
 
     def check(self, peer: str) -> None:

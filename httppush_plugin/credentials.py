@@ -23,7 +23,14 @@ Headers = list[tuple[bytes, bytes]]
 
 class AuthError(ValueError):
     """A request's credentials are missing or wrong; the message goes to the client with 401, so it never holds
-    anything configured (nor a secret the client sent)."""
+    anything configured (nor a secret the client sent).
+
+    ``challenge``: this refusal's own ``WWW-Authenticate`` (``Bearer error="invalid_token", …``), else the kind's;
+    ``counted``: whether the auth backoff counts it (a key set being fetched again is not the client's guess)."""
+
+    def __init__(self, message: str, challenge: str = "", counted: bool = True) -> None:
+        super().__init__(message)
+        self.challenge, self.counted = challenge, counted
 
 
 class NotAllowed(AuthError):
@@ -58,7 +65,9 @@ class Authenticator:
         except NotAllowed as exc:
             raise Forbidden(str(exc)) from None
         except AuthError as exc:
-            raise Unauthorized(str(exc), self.challenge) from None
+            refused = Unauthorized(str(exc), exc.challenge or self.challenge)
+            refused.counted = exc.counted
+            raise refused from None
 
     @classmethod
     def from_props(cls, props: Mapping[str, Any]) -> Authenticator:

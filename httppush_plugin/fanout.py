@@ -1,5 +1,5 @@
 """Deliver, what is not the common case: a source whose channel is not attached yet, and what each source got when
-not every record reached every source.
+not every record reached every source; and the success answers (:func:`success`), made once and shared.
 
 A send (``app.Exchange._deliver``) completes at once (the kernel took every byte), later (a
 :class:`~.delivery.Delivery` that settles within the channel's send timeout), or fails at once
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from .answers import Answer
 from .delivery import Delivery, DeliveryError
 from .framing import Frames
 from .routing import Subscription
@@ -62,3 +63,18 @@ def send_when_attached(sub: Subscription, frames: Frames, then: Callable[[Delive
 
     asyncio.ensure_future(send())
     return delivery
+
+
+#: (status, records, sources) → the success answer: shared, never changed (:meth:`Exchange._finish` makes new ones)
+SUCCESS: dict[tuple[int, int, int], Answer] = {}
+
+
+def success(status: int, accepted: int, sources: int) -> Answer:
+    """2xx ``{"accepted": n, "sources": m}`` (204: no body); the common ones are made once."""
+    key = (status, accepted, sources)
+    answer = SUCCESS.get(key)
+    if answer is None:
+        answer = Answer(status, b"" if status == 204 else b'{"accepted":%d,"sources":%d}' % (accepted, sources))
+        if accepted <= 1000 and sources <= 8:
+            SUCCESS[key] = answer
+    return answer

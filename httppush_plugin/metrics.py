@@ -28,7 +28,7 @@ class EndpointStats:
     """The counters of one endpoint (method + DATASOURCE), or of requests that reached none (``method == ""``)."""
 
     __slots__ = ("method", "path", "statuses", "body_bytes", "records", "decode_failures", "delivery_failures",
-                 "replays", "key_conflicts", "evictions", "buckets", "latency_sum")
+                 "replays", "key_conflicts", "evictions", "buckets", "latency_sum", "rate_limited", "rate_clients")
 
     def __init__(self, method: str, path: str) -> None:
         self.method = method
@@ -46,6 +46,8 @@ class EndpointStats:
         #: requests by latency bucket (their sum is the count); ``latency_sum``: their seconds
         self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)
         self.latency_sum = 0.0
+        self.rate_limited = 0  # rateLimit: requests answered 429 because the client's bucket was empty
+        self.rate_clients = 0  # rateLimit: clients whose buckets the endpoint keeps now
 
     def answered(self, status: int) -> None:
         """A request answered before it reached the endpoint's sources (refused by its head, or cut short)."""
@@ -161,6 +163,15 @@ class _Collector:
                       "by another request (422) or one still in flight (409).", lambda s: s.key_conflicts, routed)
         yield counter("httppush_idempotency_evictions", "Idempotency keys forgotten before their window ended "
                       "because the endpoint remembered maxKeys keys.", lambda s: s.evictions, routed)
+        yield counter("httppush_rate_limited", "Requests answered 429 because the client's rateLimit bucket was "
+                      "empty (before their body was read).", lambda s: s.rate_limited, routed)
+        clients = GaugeMetricFamily("httppush_rate_limit_clients", "Clients whose rateLimit buckets an endpoint keeps "
+                                    "now (at most rateLimit.maxClients).", labels=endpoint)
+        current = {(method, path) for method, path, *_ in self.endpoints}  # a gauge goes with its endpoint
+        for item in routed:
+            if (item.method, item.path) in current:
+                clients.add_metric([item.method, item.path], item.rate_clients)
+        yield clients
         latency = HistogramMetricFamily(
             "httppush_request_duration_seconds", "From the end of a request's body to its answer, for requests "
             "handed to an endpoint: decoding, delivery to eKuiper, answering.", labels=endpoint)

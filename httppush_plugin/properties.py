@@ -21,6 +21,7 @@ from typing import Any, Literal
 from .auth import Authenticator, parse_auth
 from .cors import CorsConfig, parse_cors
 from .errors import ConfigError
+from .headers import ResponseHeaders, parse_response_headers
 from .idempotency import IdempotencyConfig, parse_idempotency
 from .meta import (
     META_FIELDS,
@@ -33,6 +34,7 @@ from .meta import (
     parse_proxy_header,
     parse_trusted_proxies,
 )
+from .ratelimit import RateLimit, parse_rate_limit
 
 METHODS = ("POST", "PUT")
 FORMATS = ("json", "binary", "delimited", "urlencoded", "protobuf", "custom")
@@ -113,6 +115,8 @@ PROPERTIES: tuple[Property, ...] = (
     Property("trustedProxies", "trusted_proxies", [], parse_trusted_proxies, "list", "list_string"),
     Property("proxyHeader", "proxy_header", PROXY_HEADERS[0], parse_proxy_header, "select", values=PROXY_HEADERS),
     Property("idempotency", "idempotency", {}, parse_idempotency, "list", "object"),
+    Property("rateLimit", "rate_limit", {}, parse_rate_limit, "list", "object"),
+    Property("responseHeaders", "response_headers", {}, parse_response_headers, "list", "object"),
 )
 _DEFAULTS = {prop.field: prop.check(prop.default) for prop in PROPERTIES}
 
@@ -142,6 +146,8 @@ class EndpointConfig:
     trusted_proxies: tuple[Network, ...] = _DEFAULTS["trusted_proxies"]
     proxy_header: str = _DEFAULTS["proxy_header"]
     idempotency: IdempotencyConfig | None = _DEFAULTS["idempotency"]
+    rate_limit: RateLimit | None = _DEFAULTS["rate_limit"]
+    response_headers: ResponseHeaders = _DEFAULTS["response_headers"]
 
     @classmethod
     def from_props(cls, props: Mapping[str, Any], datasource: str = "") -> EndpointConfig:
@@ -155,6 +161,11 @@ class EndpointConfig:
         values = {prop.field: prop.check(props[prop.name]) if prop.name in props else _DEFAULTS[prop.field]
                   for prop in PROPERTIES}
         check_reserved(path, values["meta_headers"], values["meta_query"])
+        limit, auth = values["rate_limit"], values["auth"]
+        if limit is not None and limit.by == "user" and (auth is None or auth.needs_body):
+            raise ConfigError(f"property 'rateLimit.by' is user, but 'auth' is {auth.kind if auth else 'none'}; by "
+                              "user needs an auth checked from the request's head (basic, bearer, jwt, clientcert): "
+                              "use by: address")
         fmt = str(props.get("format") or "json").lower()
         schema_id = str(props.get("schemaId") or "")
         if values["decoder"]:

@@ -97,7 +97,11 @@ TEXTS: dict[str, Words] = {
             "algorithm, encoding, prefix; with timestampHeader (and window, default 300 s) the signature covers "
             "\"<timestamp>\\n<method>\\n<target>\\n<body>\" and a time outside the window is refused) or {type: "
             "clientcert} (mutual TLS: httpServerTls.cafile in the plugin's etc/kuiper.yaml; the one CN of the "
-            "subject; names: [CNs] and/or subjects: [RFC 4514 subjects] admit only those, others get 403). Any "
+            "subject; names: [CNs] and/or subjects: [RFC 4514 subjects] admit only those, others get 403) or {type: "
+            "jwt, jwks: <JWKS file>, jwksUrl: <URL>, issuer: <iss>, audience: <aud>} (a JSON Web Token in "
+            "Authorization: Bearer; also algorithms (default [RS256, ES256]; never none or HS*), leeway (30 s) and "
+            "jwksRefresh (300 s); the token's sub is the principal; a refused token gets 401 with Bearer "
+            "error=\"invalid_token\"). Any "
             "secret may be {env: NAME}, read from the environment: better, as eKuiper logs a source's properties "
             "at every rule start. Refused requests get 401; a client address with 10 failures within 60 s gets 429 "
             "for the rest of that minute. Keys in this file reach the plugin lower-cased, names of users and tokens "
@@ -107,7 +111,8 @@ TEXTS: dict[str, Words] = {
         hint_en=("Who may push; empty: anyone. type: basic (users: {name: password}), bearer (tokens: {name: token} or"
             " a list), hmac (secret; header X-Hub-Signature-256, algorithm sha256, encoding hex, prefix sha256= "
             "by default, as GitHub webhooks; timestampHeader and window (300 s) sign time, method, path and body)"
-            " or clientcert (mutual TLS, needs httpServerTls.cafile; names / subjects limit who). A secret may be "
+            ", clientcert (mutual TLS, needs httpServerTls.cafile; names / subjects limit who) or jwt (jwks file "
+            "and/or jwksUrl, issuer, audience, algorithms, leeway; sub is the principal). A secret may be "
             "{env: NAME}. Refused requests get 401 with WWW-Authenticate, repeated failures 429; the principal is "
             "meta(user). Streams on one path and method must use the same auth."),
         hint_zh=("允许推送的客户端；为空表示不限制。type：basic（users：{用户名: "
@@ -116,8 +121,9 @@ TEXTS: dict[str, Words] = {
             "X-Hub-Signature-256、algorithm 为 "
             "sha256、encoding 为 hex、prefix 为 sha256=，与 "
             "GitHub webhook 相同；设置 timestampHeader 和 window（默认 300 秒）时签名覆盖时间戳、"
-            "方法、路径和请求体）或 clientcert（双向 TLS，需设置 "
-            "httpServerTls.cafile；names / subjects 限定允许的证书）。密钥可写为 {env: "
+            "方法、路径和请求体）、clientcert（双向 TLS，需设置 "
+            "httpServerTls.cafile；names / subjects 限定允许的证书）或 jwt（JWKS 文件 jwks 和/或 jwksUrl、"
+            "issuer、audience、algorithms、leeway；令牌的 sub 即认证身份）。密钥可写为 {env: "
             "环境变量名}。认证失败返回 401 及 WWW-Authenticate，多次失败返回 429；认证身份可用 "
             "meta(user) 读取。同一路径和方法上的流必须使用相同的 auth。"),
         see="auth.md",
@@ -253,5 +259,48 @@ TEXTS: dict[str, Words] = {
             "409。其他响应会忘记该键。键按端点和用户区分，maxKeys 在用户间公平分配；重启规则时保留，重启插件或 eKuiper"
             " 后丢失。同一路径和方法上的流必须使用相同的设置。"),
         see="operations.md#idempotent-retries",
+    ),
+    "rateLimit": Words(
+        doc=("Per-client rate limit, off by default ({}): {rate: <requests a second>, burst: <requests at once, "
+            "default rate>, by: address | user, maxClients: <default 10000>}. A token bucket per client, checked "
+            "when a request's head is in, before its body is read and (by address) before its credentials: past it, "
+            "429 with Retry-After (whole seconds until the next request is admitted, at least 1). by: address is "
+            "the peer's or, behind trustedProxies, meta(remoteAddr); by: user is the principal of auth (basic, "
+            "bearer, jwt, clientcert; not hmac). At most maxClients buckets per endpoint (full ones are forgotten "
+            "first; past that, new clients share one bucket). Counted in httppush_rate_limited_total. Streams on "
+            "one path and method must agree on it. Example: rateLimit: {rate: 100, burst: 200}"),
+        label_en="Rate limit per client",
+        label_zh="按客户端限流",
+        hint_en=("Per-client token bucket; empty: off. {rate: requests per second, burst: requests at once (default "
+            "rate), by: address (default; behind trustedProxies the forwarded address) or user (the auth "
+            "principal), maxClients: buckets kept per endpoint (default 10000)}. Past it: 429 with Retry-After, "
+            "before the body is read. Streams on one path and method must use the same setting."),
+        hint_zh=("按客户端的令牌桶限流；为空表示关闭。{rate: 每秒请求数, burst: "
+            "可一次发送的请求数（默认等于 rate）, by: address（默认；经可信代理时为转发的客户端地址）或 "
+            "user（auth 认证的身份）, maxClients: 每个端点保留的桶数（默认 "
+            "10000）}。超出时在读取请求体之前返回 429 及 Retry-After。同一路径和方法上的流必须使用相同的设置。"),
+        see="auth.md#rate-limits",
+    ),
+    "responseHeaders": Words(
+        doc=("Fixed headers added to every answer of the endpoint: successes, errors (401, 429, ... included) and "
+            "the CORS preflight of its path; not to 404, 405 or the health and metrics paths, which no endpoint "
+            "answers. A mapping of name to value, e.g. {X-Frame-Options: DENY, Cache-Control: no-store}. A name the"
+            " server writes itself (Content-Length, Content-Type, Transfer-Encoding, Connection, Keep-Alive, Date, "
+            "Vary, Allow, X-Request-Id, Retry-After, WWW-Authenticate, Access-Control-*, Idempotent-Replayed, ...) "
+            "is refused at start, as is a value with a control character (CR, LF). Names in this file reach the "
+            "plugin lower-cased (HTTP names are case-insensitive). Streams on one path and method must agree on "
+            "it."),
+        label_en="Response headers",
+        label_zh="响应头",
+        hint_en=("Fixed headers added to every answer of the endpoint (errors and the CORS preflight included), e.g. "
+            "{X-Frame-Options: DENY, Cache-Control: no-store}. Headers the server owns (Content-Length, Content-Type, "
+            "Content-Encoding, Connection, Date, Vary, Retry-After, WWW-Authenticate, Access-Control-*, X-Request-Id, "
+            "...) cannot be set."),
+        hint_zh=("添加到该端点每个响应（包括错误响应和 CORS 预检）的固定响应头，例如 "
+            "{X-Frame-Options: DENY, Cache-Control: no-store}。服务器自身负责的响应头（Content-Length、"
+            "Content-Type、Content-Encoding、Connection、Date、Vary、Retry-After、"
+            "WWW-Authenticate、Access-Control-*、X-Request-Id "
+            "等）不能设置。"),
+        see="http-answers.md#response-headers",
     ),
 }

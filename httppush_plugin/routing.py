@@ -22,72 +22,22 @@ import time
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
-from .answers import Unavailable
+from .answers import Answer, HttpError, Unavailable
 from .auth import Authenticator, describe
+from .backoff import AuthBackoff
 from .channel import ChannelSender
-from .cors import CorsConfig
+from .cors import CorsConfig, preflight
 from .decoders import Decoder
 from .errors import ConfigError
 from .idempotency import KeyStore, KeyStores
-from .meta import TEMPLATE_VARIABLE, MetaSpec, Network, client_address, meta_spec
+from .meta import MetaSpec, Network, client_address, meta_spec
 from .metrics import EndpointStats, Metrics
 from .properties import EndpointConfig
+from .ratelimit import Buckets
 from .request import RequestHead
+from .templates import Template
 
 _ids = itertools.count(1)
-
-
-@dataclass(frozen=True)
-class Template:
-    """A DATASOURCE with ``{name}`` segments. Example: ``Template.parse("/devices/{id}/telemetry")`` matches
-    ``/devices/42/telemetry`` with ``params(...) == {"id": "42"}``."""
-
-    path: str
-    #: per segment of ``path.split("/")``: ``(literal text, False)`` or ``(variable name, True)``
-    parts: tuple[tuple[str, bool], ...]
-
-    @classmethod
-    def parse(cls, path: str) -> Template:
-        parts: list[tuple[str, bool]] = []
-        for segment in path.split("/"):
-            variable = TEMPLATE_VARIABLE.fullmatch(segment)
-            if variable is not None:
-                parts.append((variable.group(1), True))
-            elif "{" in segment or "}" in segment:
-                raise ConfigError(f"DATASOURCE is {path!r}; segment {segment!r} is not a template variable: a "
-                                  "variable is {name} (letters, digits, _) filling a whole segment, e.g. "
-                                  "'/devices/{id}/telemetry'")
-            else:
-                parts.append((segment, False))
-        names = [text for text, variable in parts if variable]
-        if len(set(names)) != len(names):
-            raise ConfigError(f"DATASOURCE is {path!r}; a template variable name may appear once")
-        return cls(path, tuple(parts))
-
-    def matches(self, segments: list[str]) -> bool:
-        """``segments``: a request path split on ``/``. A variable matches any one non-empty segment."""
-        if len(segments) != len(self.parts):
-            return False
-        for (text, variable), segment in zip(self.parts, segments, strict=True):
-            if (not segment) if variable else segment != text:
-                return False
-        return True
-
-    def params(self, path: str) -> dict[str, str]:
-        """The variables' values in ``path``, which :meth:`matches`."""
-        segments = path.split("/")
-        return {text: segment for (text, variable), segment in zip(self.parts, segments, strict=True) if variable}
-
-    def overlaps(self, other: Template) -> str | None:
-        """A path both templates match (e.g. ``/devices/x/telemetry``), or ``None`` when there is none."""
-        if len(self.parts) != len(other.parts):
-            return None
-        example: list[str] = []
-        for (text, variable), (other_text, other_variable) in zip(self.parts, other.parts, strict=True):
-            if not variable and not other_variable and text != other_text:
-                return None
-            example.append(text if not variable else other_text if not other_variable else "x")
-        return "/".join(example)
 
 
 @dataclass(eq=False)
@@ -155,6 +105,23 @@ class Route:
     #: every subscription's ``trustedProxies``, and the first one's ``proxyHeader``: who the client is (:meth:`client`)
     proxies: tuple[Network, ...] = ()
     proxy_header: bytes = b"x-forwarded-for"
+    #: the clients' buckets (``rateLimit``; kept beyond the route's life) and ``responseHeaders``: all agree
+    limiter: Buckets | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def admit(self, head: RequestHead, backoff: AuthBackoff) -> str | None:
+        """From the head: a browser page's origin (``cors``), the rate limit by address, the auth backoff and a header
+        auth, the rate limit by user. Returns the principal (``None`` without auth, or for ``hmac`` until the body is
+        in); raises 403, 429, 401."""
+        if self.cors is not None:  # a page of an origin not listed: 403, counted by neither the limit nor the backoff
+            self.cors.admit(head)
+        limiter, client = self.limiter, self.client(head)
+        if limiter is not None and not limiter.by_user:
+            limiter.take(client)  # before credentials: a flood costs no signature checks
+        user = backoff.admit(self.auth, head, client) if self.auth is not None else None
+        if limiter is not None and limiter.by_user and user is not None:
+            limiter.take(user)
+        return user
 
     def client(self, head: RequestHead) -> str:
         """The client's address, as ``meta(remoteAddr)`` gives it (the auth backoff counts failures by it)."""
@@ -176,7 +143,7 @@ class Route:
         with_proxies = [sub.endpoint.proxy_header for sub in self.subscriptions if sub.endpoint.trusted_proxies]
         self.proxy_header = (with_proxies[0] if with_proxies else "x-forwarded-for").lower().encode("latin-1")
         self.request_id = any("requestId" in sub.endpoint.meta for sub in self.subscriptions)
-        self.custom = self.success_status != 200 or self.cors is not None or self.request_id
+        self.custom = self.success_status != 200 or self.cors is not None or self.request_id or bool(self.headers)
         self.exposed = ", ".join(["Retry-After"] + ["X-Request-Id"] * self.request_id
                                  + ["Idempotent-Replayed"] * (self.idempotency is not None))
 
@@ -191,6 +158,8 @@ class EndpointTable:
         self._templates: dict[str, Template] = {}
         self.metrics = metrics if metrics is not None else Metrics()
         self.keys = keys if keys is not None else KeyStores()
+        #: (path, method) → its rate limit's buckets, kept while the limit stays the same
+        self.limiters: dict[tuple[str, str], Buckets] = {}
         #: seconds an endpoint stays vacant after its last serving source stopped (``httpServerRestartGrace``)
         self.grace = 0.0
         #: (path, method) → (when the vacancy ends, ``time.monotonic()``; the route's template, if any)
@@ -219,7 +188,8 @@ class EndpointTable:
                 f"{sub.label} and {others[0].label} both serve {sub.endpoint.method} {sub.endpoint.path}, with "
                 f"different 'auth' ({describe(sub.endpoint.auth)} and {describe(others[0].endpoint.auth)}); "
                 "sources on one path and method must use the same auth settings (e.g. one config group)")
-        for name, attr in (("successStatus", "success_status"), ("cors", "cors"), ("idempotency", "idempotency")):
+        for name, attr in (("successStatus", "success_status"), ("cors", "cors"), ("idempotency", "idempotency"),
+                           ("rateLimit", "rate_limit"), ("responseHeaders", "response_headers")):
             if others and getattr(others[0].endpoint, attr) != getattr(sub.endpoint, attr):
                 raise ConfigError(
                     f"{sub.label} and {others[0].label} both serve {sub.endpoint.method} {sub.endpoint.path}, with "
@@ -237,12 +207,39 @@ class EndpointTable:
                 if endpoint.idempotency is not None else None
             route = self._routes[key] = Route(auth=endpoint.auth, template=template,
                                               success_status=endpoint.success_status, cors=endpoint.cors,
-                                              stats=stats, idempotency=keys)
+                                              stats=stats, idempotency=keys, headers=endpoint.response_headers,
+                                              limiter=self._limiter(key, endpoint, stats))
             if template is not None:
                 self._templates[path] = template
         route.subscriptions.append(sub)
         route.regroup()
         return replaced
+
+    def _limiter(self, key: tuple[str, str], endpoint: EndpointConfig, stats: EndpointStats) -> Buckets | None:
+        kept = self.limiters.get(key)
+        if endpoint.rate_limit is None or kept is None or kept.limit != endpoint.rate_limit:
+            self.limiters.pop(key, None)
+            if endpoint.rate_limit is None:
+                return None
+            kept = self.limiters[key] = Buckets(endpoint.rate_limit, stats)
+        return kept
+
+    def preflight(self, head: RequestHead) -> Answer | None:
+        """The answer to a CORS preflight (``OPTIONS``) on a path some method serves with ``cors``, with the
+        ``responseHeaders`` of the route asked for; ``None`` when no method there has ``cors``."""
+        corsed = {method: route for method, route in self.served(head.path).items() if route.cors}
+        if not corsed:
+            return None
+        wanted = (head.header(b"access-control-request-method") or b"").decode("latin-1").strip()
+        extra = (corsed.get(wanted) or next(iter(corsed.values()))).headers
+        try:
+            answer = preflight(head, {method: route.cors for method, route in corsed.items() if route.cors})
+        except HttpError as exc:  # the refusal too carries them
+            exc.headers.update(extra)
+            raise
+        if extra:
+            answer.headers = {**dict(extra), **(answer.headers or {})}
+        return answer
 
     def routes(self) -> list[Route]:
         return list(self._routes.values())

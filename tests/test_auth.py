@@ -102,8 +102,9 @@ def test_parse_auth_secret_from_environment(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 @pytest.mark.parametrize("value, needle", [
-    ("basic", "property 'auth' is a string; must be a mapping with a 'type' (none, basic, bearer, hmac, clientcert)"),
-    ({"type": "digest"}, "property 'auth.type' is 'digest'; must be one of none, basic, bearer, hmac, clientcert"),
+    ("basic", "property 'auth' is a string; must be a mapping with a 'type' (none, basic, bearer, hmac, clientcert, "
+              "jwt)"),
+    ({"type": "digest"}, "property 'auth.type' is 'digest'; must be one of none, basic, bearer, hmac, clientcert, jwt"),
     ({"type": "basic"}, "property 'auth.users' is missing; type 'basic' needs a mapping of user name to password"),
     ({"type": "basic", "users": [PASSWORD]}, "property 'auth.users' is a list; type 'basic' needs a mapping"),
     ({"type": "basic", "users": {"a:b": PASSWORD}}, "user name 'a:b'; a name must be non-empty and without ':'"),

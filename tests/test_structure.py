@@ -14,9 +14,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "httppush_plugin"
 #: modules import its ``base``).
 STAGES = (
     "errors", "answers", "request", "values", "layout", "budget", "drain", "metrics",
-    "credentials", "signatures", "auth", "backoff", "cors", "idempotency", "meta",
+    "credentials", "signatures", "jwks", "jwtauth", "auth", "backoff", "ratelimit", "headers", "cors", "idempotency",
+    "meta",
     "properties_text", "properties", "settingsfile", "settings",
-    "decoders", "framing", "encoding", "delivery", "channel", "routing",
+    "decoders", "framing", "encoding", "delivery", "channel", "templates", "routing",
     "fanout", "admin", "offload", "app",
     "incoming", "wire", "connections", "protocol",
     "server", "source",
