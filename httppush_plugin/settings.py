@@ -96,8 +96,8 @@ SETTINGS: tuple[Setting, ...] = (
             "TCP port to listen on: 10081 in httppush.zip (the seed's port), 10082 in pyhttppush.zip (eKuiper 2.x "
             "holds 10081 with its own data server).", shown="10082 (pyhttppush), 10081 (httppush)"),
     Setting("httpServerMaxBodySize", "max_body_size", "SERVER_MAX_BODY_SIZE", 10 * 1024 * 1024, _positive,
-            "Largest request body in bytes; larger bodies are answered 413. A compressed body (Content-Encoding gzip "
-            "or deflate) must stay within it both as sent and once inflated.", shown="10485760 (10 MiB)"),
+            "Largest request body in bytes; larger bodies are answered 413. A compressed body (Content-Encoding gzip, "
+            "deflate or zstd) must stay within it both as sent and once inflated.", shown="10485760 (10 MiB)"),
     Setting("httpServerReadHeaderTimeout", "read_header_timeout", "SERVER_READ_HEADER_TIMEOUT", 10.0, seconds,
             "Seconds from the first byte of a request to the end of its headers; a slower client is answered 408 and "
             "disconnected. A new connection that sends nothing is closed after this long too.", shown="10"),

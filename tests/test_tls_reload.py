@@ -140,6 +140,16 @@ def _refused(port: int, context: ssl.SSLContext) -> str:
     return "" if status else "?"
 
 
+def _resumes(port: int, context: ssl.SSLContext, session: ssl.SSLSession) -> str:
+    """What a connection offering ``session`` gets: "resumed" or "refused" (a full handshake that failed)."""
+    conn = socket.create_connection(("127.0.0.1", port))
+    try:
+        with context.wrap_socket(conn, server_hostname="127.0.0.1", session=session) as tls:
+            return "resumed" if tls.session_reused else "full"
+    except (ssl.SSLError, ConnectionError):
+        return "refused"
+
+
 def test_rotation_under_traffic(rig: Rig, pki: Pki, rotation: Rotation) -> None:
     """The certificate renewed before its key (kept until the key follows), then the client CA rotated in two steps:
     a keep-alive connection opened before keeps its certificate and works throughout; new connections see the new
@@ -218,6 +228,9 @@ def test_rotation_under_traffic(rig: Rig, pki: Pki, rotation: Rotation) -> None:
     except (ssl.SSLError, ConnectionError) as exc:
         answer = str(exc).encode()
     assert not answer.startswith(b"HTTP/"), answer
+    # the close without close_notify took the session out of the server's cache: a second try is a full handshake,
+    # refused for its authority (a client retrying with its cached session is not locked out for good)
+    wait_until(lambda: _resumes(rig.port, tls12, session) == "refused", 5, "the session to leave the server's cache")
     keep.request("POST", "/api", body=b'{"keep": 2}')  # opened under the old authority: keeps working
     assert keep.getresponse().read() == b'{"accepted":1,"sources":1}' and keep.sock is keep_socket
     keep.close()
