@@ -91,7 +91,7 @@ def test_install_and_push(plugin: tuple[str, str, PluginHost, int]) -> None:
         assert ch.messages(2) == [{"t": 1}, {"t": 2}]
 
         # zstd bodies: backports.zstd has wheels for both, installed by install.sh from requirements-optional.txt
-        reply = push(port, "/api/data", ZSTD.compress(b'{"z": 1}') + ZSTD.compress(b'{"z": 2}'),
+        reply = push(port, "/api/data", ZSTD.compress(b'[{"z": 1}, ') + ZSTD.compress(b'{"z": 2}]'),
                      headers={"Content-Encoding": "zstd"})
         assert (reply.status, reply.body) == (200, {"accepted": 2, "sources": 1}), reply
         assert ch.messages(2) == [{"z": 1}, {"z": 2}]

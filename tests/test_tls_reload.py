@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +34,11 @@ from httppush_plugin.routing import Subscription
 from httppush_plugin.server import SharedServer
 from httppush_plugin.settings import ServerConfig, load_server_config
 from httppush_plugin.tlsconfig import TlsConfig
+from tests.hostemu import PluginHost
+from tests.support.http import sender
 from tests.support.metrics import gauge
 from tests.support.pki import Pki, Rotation, client_context, make_rotation, serial_of
+from tests.support.sentinel import assert_sentinel_next_on_channels
 from tests.support.wait import wait_until
 
 INTERVAL = 0.1  # seconds between looks at the files in these tests
@@ -305,3 +308,27 @@ def test_reload_interval_setting(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"httpServerTls.reloadInterval' is '-1'.*environment variable "
                                           "PYHTTPPUSH_TLS_RELOAD_INTERVAL"):
         load_server_config(plugin_dir, "pyhttppush", {**env, "PYHTTPPUSH_TLS_RELOAD_INTERVAL": "-1"})
+
+
+def test_installed_plugin_reloads(make_host: Callable[..., PluginHost], pki: Pki, rotation: Rotation,
+                                  tmp_path: Path) -> None:
+    """The installed plugin under the emulated host, its files and reloadInterval from the environment: a renewed
+    certificate is served to new connections, the source keeps its rule (no restart), and nothing else arrives."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    shutil.copy(pki.server_cert, cert)
+    shutil.copy(pki.server_key, key)
+    port = free_port()
+    host = make_host(port, PYHTTPPUSH_TLS_CERTFILE=str(cert), PYHTTPPUSH_TLS_KEYFILE=str(key),
+                     PYHTTPPUSH_TLS_RELOAD_INTERVAL="0.2")
+    ch = host.start_source("r1", "s1", {"datasource": "/api"})
+    client = client_context(pki)
+    assert _post(port, client, 1) == (200, serial_of(pki.server_cert))
+    _replace(key, rotation.server_key)  # the key first, this time
+    _replace(cert, rotation.server_cert)
+    tries: list[tuple[int, int]] = []
+    s2 = serial_of(rotation.server_cert)
+    wait_until(lambda: tries.append(_post(port, client, 2)) or tries[-1][1] == s2, 10, "the renewed certificate")
+    assert {status for status, _ in tries} == {200}
+    assert gauge(port, "httppush_tls_reloads", client) == 1
+    assert ch.messages(1 + len(tries)) == [{"n": 1}] + [{"n": 2}] * len(tries)
+    assert_sentinel_next_on_channels(sender(port, "/api", tls=client), ch)
