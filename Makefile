@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 all: package
 
 # Development environment: the runtime dependencies plus pytest and ruff.
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-optional.txt requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@

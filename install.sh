@@ -49,5 +49,14 @@ if ! $PIP --only-binary=:all: >install.log 2>&1; then
   rm -rf lib.new
   $PIP >>install.log 2>&1 || fail "pip could not install the dependencies; the end of its log: $(tail -n 15 install.log)"
 fi
+# Optional packages (requirements-optional.txt: zstd bodies) may fail, wheel or build: the plugin runs without them
+# and answers what needs them with a status naming the missing package.
+OPTIONAL=""
+if [ -f requirements-optional.txt ]; then
+  OPT="$PY -m pip install --disable-pip-version-check --no-input --no-warn-script-location --target lib.new -r requirements-optional.txt"
+  if ! $OPT --only-binary=:all: >>install.log 2>&1 && ! $OPT >>install.log 2>&1; then
+    OPTIONAL=" (without the optional packages of requirements-optional.txt: pip could not install them, see install.log; Content-Encoding zstd is refused with 415)"
+  fi
+fi
 rm -rf lib && mv lib.new lib || fail "cannot move lib.new to lib"
-echo "httppush: dependencies installed into $(pwd)/lib with $("$PY" -V 2>&1)"
+echo "httppush: dependencies installed into $(pwd)/lib with $("$PY" -V 2>&1)$OPTIONAL"

@@ -24,7 +24,7 @@ import httptools
 
 from .answers import Answer, BadRequest, HeadersTooLarge, HttpError, TooLarge, VersionNotSupported
 from .budget import Budget
-from .encoding import Inflater, inflater_for
+from .encoding import Inflater, ZstdInflater, inflater_for
 from .request import Exchange, RequestHead, target_path
 
 #: Request line plus headers, in bytes; more gets 431.
@@ -79,7 +79,7 @@ class RequestReader:
         self.wire_size = 0  # bytes of a compressed body as received
         self.received = 0  # bytes received on the connection while this request is read (counted by the connection)
         self.allowed = MAX_HEAD_SIZE + READ_SLACK  # the most ``received`` may reach: the head's, then the body's too
-        self.inflater: Inflater | None = None
+        self.inflater: Inflater | ZstdInflater | None = None
         self.exchange: Exchange | None = None  # the application reads this body
         self.early: Answer | None = None  # the answer, decided from the head: the body is dropped
 
@@ -176,7 +176,7 @@ class RequestReader:
         self.allowed = MAX_HEAD_SIZE + limit + READ_SLACK
         if self.encoding:
             try:  # inflated as it arrives, in on_body(): bounded by the limit after inflation
-                self.inflater = inflater_for(self.encoding, limit)
+                self.inflater = inflater_for(self.encoding, limit, self.budget)
             except HttpError as exc:
                 self.early = exchange.failed(exc)
 
@@ -213,7 +213,7 @@ class RequestReader:
         else:
             chunks = self.chunks
             item = (self.exchange, chunks[0] if len(chunks) == 1 else b"".join(chunks))  # type: ignore[assignment]
-        held = self.size
+        held = self.size + (self.inflater.release() if self.inflater is not None else 0)
         # ready for the next request (as _reset(), inline: this runs once per request)
         self.url, self.head_size, self.headers, self.content_type, self.content_length = b"", 0, [], "", -1
         self.expect, self.encoding, self.chunked, self.chunks, self.size, self.wire_size = False, "", False, [], 0, 0
@@ -224,5 +224,5 @@ class RequestReader:
     def drop(self) -> int:
         """The request is given up mid-way: its partial body is let go; returns the bytes it held in the budget."""
         held, self.size, self.chunks = self.size, 0, []
-        return held
+        return held + (self.inflater.release() if self.inflater is not None else 0)  # a zstd decoder's window
 

@@ -21,6 +21,7 @@ from .admin import Admin
 from .app import PushApp
 from .auth import ClientCertAuth
 from .budget import Budget
+from .certificates import Certificates
 from .channel import ChannelSender
 from .connections import ConnectionSet
 from .drain import Drain
@@ -60,6 +61,7 @@ class SharedServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_lock = threading.Lock()
         self._idle: asyncio.TimerHandle | None = None  # the stop at the end of the last endpoint's grace
+        self._reload: asyncio.TimerHandle | None = None  # the next look at the TLS files (httpServerTls)
 
     # -- called from any thread ------------------------------------------------------------------------------
 
@@ -153,22 +155,27 @@ class SharedServer:
 
     async def _start(self) -> None:
         cfg = self._load_config()
-        ssl_context = _ssl_context(cfg)
+        certs = _certificates(cfg) if cfg.tls is not None else None
+        ssl_context = certs.listening if certs is not None else None
         admin = Admin(self.table, cfg, self.drain)
         budget = Budget(cfg.max_buffered)
         connections = ConnectionSet(PushApp(self.table, cfg, admin, budget), cfg, budget, self.drain)
-        admin.gauges = connections.gauges
+        admin.gauges = connections.gauges if certs is None else lambda: {**connections.gauges(), **certs.gauges()}
         self.table.grace = cfg.restart_grace
         loop = asyncio.get_running_loop()
+        checked = certs is not None and certs.tls.client_auth != "none"  # resumed sessions checked (_TlsConnection)
         try:
             server = await loop.create_server(
-                lambda: HttpConnection(connections), cfg.ip, cfg.port, ssl=ssl_context, reuse_address=True,
+                (lambda: _TlsConnection(connections, certs)) if checked else (lambda: HttpConnection(connections)),
+                cfg.ip, cfg.port, ssl=ssl_context, reuse_address=True,
                 backlog=1024, ssl_handshake_timeout=cfg.read_header_timeout if ssl_context else None)
         except OSError as exc:
             raise BindError(f"cannot listen on {cfg.address}: {exc.strerror or exc}") from None
         connections.start()
         self.drain.on_drained = connections.close_idle
         self._server, self._connections = server, connections
+        if certs is not None and certs.tls.reload_interval > 0:
+            self._reload = loop.call_later(certs.tls.reload_interval, self._look, certs)
         self.port = server.sockets[0].getsockname()[1] if server.sockets else cfg.port
         log.info("httppush server listening on %s (port %s)", cfg.address, self.port)
 
@@ -176,6 +183,9 @@ class SharedServer:
         # Ordered: stop accepting (the port is free from here), close idle connections and let in-flight requests
         # finish for up to SHUTDOWN_TIMEOUT_S, then answer what is left with 503 and close it.
         server, self._server = self._server, None
+        if self._reload is not None:
+            self._reload.cancel()
+            self._reload = None
         connections, self._connections = self._connections, None
         if server is not None:
             server.close()
@@ -184,6 +194,14 @@ class SharedServer:
             await connections.shutdown(SHUTDOWN_TIMEOUT_S)
         log.info("httppush server stopped; port %s released", self.port)
         self.port = None
+
+    def _look(self, certs: Certificates) -> None:
+        """Every ``httpServerTls.reloadInterval``: a changed certificate set is loaded (certificates.py)."""
+        try:
+            certs.look()
+        finally:
+            if self._server is not None:
+                self._reload = asyncio.get_running_loop().call_later(certs.tls.reload_interval, self._look, certs)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._loop_lock:
@@ -202,6 +220,20 @@ class SharedServer:
             return self._loop
 
 
+class _TlsConnection(HttpConnection):
+    """A connection over TLS: one resuming a session from before the certificate set in use is closed at once
+    (:meth:`Certificates.stale`); every other one is an :class:`HttpConnection`."""
+
+    def __init__(self, shared: ConnectionSet, certs: Certificates) -> None:
+        super().__init__(shared)
+        self.certs = certs
+
+    def connection_made(self, transport: Any) -> None:
+        if self.certs.stale(transport.get_extra_info("ssl_object")):
+            transport.abort()  # connection_lost follows
+        super().connection_made(transport)
+
+
 def _new_event_loop() -> asyncio.AbstractEventLoop:
     """uvloop when installed (≈ 1.3× the requests/s of asyncio's loop in bench/run.py), asyncio's otherwise."""
     try:
@@ -212,25 +244,12 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def _ssl_context(cfg: ServerConfig) -> ssl.SSLContext | None:
-    if cfg.tls is None:
-        return None
-    # A server-side default context trusts no CA (it loads the system's only for verifying servers), so with
-    # client certificates only ``cafile`` can vouch for them.
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    """The TLS context of ``cfg`` as loaded now (see certificates.py), or None for plain HTTP."""
+    return _certificates(cfg).listening if cfg.tls is not None else None
+
+
+def _certificates(cfg: ServerConfig) -> Certificates:
     try:
-        context.load_cert_chain(cfg.tls.certfile, cfg.tls.keyfile)
-    except (OSError, ssl.SSLError) as exc:
-        raise BindError(
-            f"cannot listen on {cfg.address}: TLS certificate {cfg.tls.certfile!r} / key {cfg.tls.keyfile!r} "
-            f"unusable: {getattr(exc, 'strerror', None) or exc}"
-        ) from None
-    if cfg.tls.client_auth != "none":
-        try:
-            context.load_verify_locations(cafile=cfg.tls.cafile)
-        except (OSError, ssl.SSLError) as exc:
-            raise BindError(
-                f"cannot listen on {cfg.address}: CA file {cfg.tls.cafile!r} (httpServerTls.cafile) unusable: "
-                f"{getattr(exc, 'strerror', None) or exc}"
-            ) from None
-        context.verify_mode = ssl.CERT_REQUIRED if cfg.tls.client_auth == "required" else ssl.CERT_OPTIONAL
-    return context
+        return Certificates(cfg.tls)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise BindError(f"cannot listen on {cfg.address}: {exc}") from None

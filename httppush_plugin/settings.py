@@ -12,19 +12,17 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from .errors import ConfigError
 from .layout import host_config_path
 from .settingsfile import check_known, read_section, with_origin
+from .tlsconfig import CLIENT_AUTH, TLS_KEYS, TLS_SETTING, TLS_TEXT, TlsConfig, tls_setting  # noqa: F401 (read here too)
 from .values import seconds, switched_off, whole_number
 
 #: Default listen port per source symbol. ``httppush`` keeps the seed's 10081 (hosts without the built-in);
 #: ``pyhttppush`` runs beside eKuiper 2.x, whose own data server already holds 10081.
 DEFAULT_PORTS: dict[str, int] = {"httppush": 10081, "pyhttppush": 10082}
-#: ``httpServerTls.clientAuth``: whether the TLS handshake asks for a client certificate signed by ``cafile``.
-CLIENT_AUTH = ("none", "optional", "required")
-ClientAuth = Literal["none", "optional", "required"]
 
 
 @dataclass(frozen=True)
@@ -98,8 +96,8 @@ SETTINGS: tuple[Setting, ...] = (
             "TCP port to listen on: 10081 in httppush.zip (the seed's port), 10082 in pyhttppush.zip (eKuiper 2.x "
             "holds 10081 with its own data server).", shown="10082 (pyhttppush), 10081 (httppush)"),
     Setting("httpServerMaxBodySize", "max_body_size", "SERVER_MAX_BODY_SIZE", 10 * 1024 * 1024, _positive,
-            "Largest request body in bytes; larger bodies are answered 413. A compressed body (Content-Encoding gzip "
-            "or deflate) must stay within it both as sent and once inflated.", shown="10485760 (10 MiB)"),
+            "Largest request body in bytes; larger bodies are answered 413. A compressed body (Content-Encoding gzip, "
+            "deflate or zstd) must stay within it both as sent and once inflated.", shown="10485760 (10 MiB)"),
     Setting("httpServerReadHeaderTimeout", "read_header_timeout", "SERVER_READ_HEADER_TIMEOUT", 10.0, seconds,
             "Seconds from the first byte of a request to the end of its headers; a slower client is answered 408 and "
             "disconnected. A new connection that sends nothing is closed after this long too.", shown="10"),
@@ -185,33 +183,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Requests a connection may carry: the answer to the last one carries Connection: close and the "
             "connection closes after it. Off (0, the default): no limit.", shown="off"),
 )
-#: The keys of the mapping setting ``httpServerTls``: (key, environment variable suffix, example, text).
-TLS_KEYS: tuple[tuple[str, str, str, str], ...] = (
-    ("certfile", "TLS_CERTFILE", "/var/https-server.crt",
-     "PEM certificate (chain) to serve HTTPS with; with keyfile, both or neither."),
-    ("keyfile", "TLS_KEYFILE", "/var/https-server.key", "PEM private key of certfile."),
-    ("cafile", "TLS_CAFILE", "/var/clients-ca.crt",
-     "Mutual TLS: the PEM CA certificate(s) client certificates must be signed by; a missing or unreadable one fails "
-     "the start."),
-    ("clientAuth", "TLS_CLIENT_AUTH", "required",
-     "none, optional or required (the default once cafile is set). required: a client without such a certificate "
-     "fails the TLS handshake, on every endpoint. optional: a certificate sent must be valid; endpoints whose config "
-     "group has auth: {type: clientcert} answer 401 without one, the others serve such clients too. The "
-     "certificate's subject CN is then meta(user). Under Python 3.13+ the check is strict (RFC 5280): the CA needs "
-     "basicConstraints=critical,CA:TRUE and keyUsage=keyCertSign."),
-)
-TLS_SETTING = "httpServerTls"
-TLS_TEXT = ("Serve HTTPS instead of HTTP: a mapping of the keys below. In the files it is one setting (a higher "
-            "file's mapping replaces a lower one's); the environment overrides its keys one by one.")
 _DEFAULTS = {setting.field: setting.default for setting in SETTINGS}
-
-
-@dataclass(frozen=True)
-class TlsConfig:
-    certfile: str
-    keyfile: str
-    cafile: str = ""
-    client_auth: ClientAuth = "none"
 
 
 @dataclass(frozen=True)
@@ -317,27 +289,8 @@ def _server_config(section: Mapping[str, Any], tls: dict[str, Any], symbol: str)
         raise ConfigError(f"setting 'httpServerMaxBuffered' is {values['max_buffered']}, less than "
                           f"httpServerMaxBodySize ({values['max_body_size']}): a body of a size between the two could "
                           "never be received; make it at least as large")
-    config = ServerConfig(tls=_tls_setting(tls), **values)
+    config = ServerConfig(tls=tls_setting(tls), **values)
     if {config.health_path, config.metrics_path} & set(config.admin_actions):
         raise ConfigError(f"setting 'httpServerAdminPath' is {config.admin_path!r}: its actions "
                           f"{sorted(config.admin_actions)} take the health or metrics path; give them different paths")
     return config
-
-
-def _tls_setting(tls: dict[str, Any]) -> TlsConfig | None:
-    certfile, keyfile = tls.get("certfile") or "", tls.get("keyfile") or ""
-    cafile = str(tls.get("cafile") or "")
-    if not certfile and not keyfile and not cafile:
-        return None
-    if not certfile or not keyfile:
-        raise ConfigError(f"setting '{TLS_SETTING}' needs both 'certfile' and 'keyfile'")
-    # a CA file alone means client certificates are wanted: required unless said otherwise
-    value = tls.get("clientAuth") or ("required" if cafile else "none")
-    client_auth = str(value).lower()
-    if client_auth not in CLIENT_AUTH:
-        raise ConfigError(f"setting '{TLS_SETTING}.clientAuth' is {value!r}; must be none, optional or required")
-    if client_auth != "none" and not cafile:
-        raise ConfigError(f"setting '{TLS_SETTING}.clientAuth' is {client_auth!r}; it needs 'cafile', the CA "
-                          "certificate(s) that client certificates must be signed by")
-    return TlsConfig(certfile=str(certfile), keyfile=str(keyfile), cafile=cafile,
-                     client_auth=client_auth)  # type: ignore[arg-type]

@@ -23,7 +23,8 @@ from httppush_plugin.settings import DEFAULT_PORTS  # noqa: E402
 
 VARIANTS = tuple(DEFAULT_PORTS)
 # Files of the plugin folder: (source in the repo, name in the zip)
-PLAIN_FILES = [("main.py", "main.py"), ("install.sh", "install.sh"), ("requirements.txt", "requirements.txt")]
+PLAIN_FILES = [("main.py", "main.py"), ("install.sh", "install.sh"), ("requirements.txt", "requirements.txt"),
+               ("requirements-optional.txt", "requirements-optional.txt")]
 # A fixed timestamp keeps the zips byte-identical from one build to the next
 STAMP = (2024, 1, 1, 0, 0, 0)
 

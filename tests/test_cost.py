@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from harness.procstat import cpu_seconds, peak_rss_mb, reset_peak_rss, rss_mb
+from httppush_plugin.encoding import _frame_window
 from tests.hostemu import PluginHost
 from tests.support.http import RawClient, Reply, assert_ok, request, sender, wait_healthy
 from tests.support.sentinel import assert_sentinel_next_on_channels
@@ -165,6 +166,37 @@ def test_gzip_members_within_the_limit_accepted(plugin: Callable[..., PluginHost
     ch = _start(host, {"datasource": "/j", "framing": "lines"})
     body = b"".join(gzip.compress(b'{"i":%d}\n' % i) for i in range(1000))
     reply = costed_push(host, server_port, "/j", body, "1,000 gzip members", {"Content-Encoding": "gzip"})
+    assert (reply.status, reply.body) == (200, {"accepted": 1000, "sources": 1}), reply
+    assert ch.messages(1000) == [{"i": i} for i in range(1000)]
+
+
+def test_zstd_frames(plugin: Callable[..., PluginHost], server_port: int) -> None:
+    """10 MB of empty zstd frames back to back: 413 naming the frame limit, found while the body arrives."""
+    zstd = pytest.importorskip("backports.zstd")
+    host = plugin()
+    ch = _start(host, {"datasource": "/j"})
+    frame = zstd.compress(b"")
+    body = frame * (10_000_000 // len(frame))
+    reply = costed_push(host, server_port, "/j", body, f"{len(body) // len(frame):,} empty zstd frames",
+                        {"Content-Encoding": "zstd"})
+    assert_refused(reply, 413, "zstd frames", "1000")
+    assert_sentinel_next_on_channels(sender(server_port, "/j"), ch)
+
+
+def test_zstd_frames_of_the_largest_window_accepted(plugin: Callable[..., PluginHost], server_port: int) -> None:
+    """1,000 frames, one record each, each declaring the largest window (8 MiB: a decoder's buffers each): all
+    delivered."""
+    zstd = pytest.importorskip("backports.zstd")
+    host = plugin()
+    ch = _start(host, {"datasource": "/j", "framing": "lines"})
+    def frame(data: bytes) -> bytes:  # streamed: the size unknown when the frame begins, so the window is declared
+        packer = zstd.ZstdCompressor(options={zstd.CompressionParameter.window_log: 23})
+        return packer.compress(data) + packer.flush()
+
+    body = b"".join(frame(b'{"i":%d}\n' % i) for i in range(1000))
+    assert _frame_window(body[:17]) == 1 << 23
+    reply = costed_push(host, server_port, "/j", body, "1,000 zstd frames of 8 MiB windows",
+                        {"Content-Encoding": "zstd"})
     assert (reply.status, reply.body) == (200, {"accepted": 1000, "sources": 1}), reply
     assert ch.messages(1000) == [{"i": i} for i in range(1000)]
 

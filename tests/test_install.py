@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import shlex
 import shutil
@@ -12,6 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from harness.net import free_port
+from tests.hostemu import PluginHost, loopback_env
+from tests.support.http import push
 from tests.support.pythons import in_ci, pyenv_python, pyenv_root
 
 # what install.sh needs besides python, and deliberately not cmake or a C compiler
@@ -117,3 +121,28 @@ def test_no_wheels_and_no_compiler_says_what_to_install(zips: dict[str, Path], t
     assert "building them (pynng) needs: cmake a-C-compiler" in result.stderr
     assert "apt-get install cmake build-essential" in result.stderr
     assert not (plugin_dir / "lib").exists()
+
+
+def test_optional_packages_may_fail(zips: dict[str, Path], tmp_path: Path, host_python: str) -> None:
+    """A platform where backports.zstd installs neither as a wheel nor as a build (a constraint no release meets
+    stands in for it): the install succeeds and says what is missing; the plugin runs, and a zstd body gets 415
+    naming the package, while gzip is served."""
+    plugin_dir = unpack(zips["pyhttppush"], tmp_path)
+    constraint = tmp_path / "constraints.txt"
+    constraint.write_text("backports.zstd==0.0.0\n")
+    env = {**os.environ, "KUIPER__PORTABLE__PYTHONBIN": host_python, "PIP_CONSTRAINT": str(constraint)}
+    result = run_install(plugin_dir, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "without the optional packages of requirements-optional.txt" in result.stdout, result.stdout
+    assert (plugin_dir / "lib" / "httptools").is_dir() and not (plugin_dir / "lib" / "backports").exists()
+    port = free_port()
+    host = PluginHost(plugin_dir, "pyhttppush", host_python, env=loopback_env(port))
+    try:
+        ch = host.start_source("r1", "s1", {"datasource": "/z"})
+        reply = push(port, "/z", b"\x28\xb5\x2f\xfd\x20\x02\x11\x00\x00{}", headers={"Content-Encoding": "zstd"})
+        assert reply.status == 415 and "backports.zstd" in reply.body["error"], reply
+        assert reply.body["error"].endswith("encoded with one of: gzip, deflate"), reply
+        assert push(port, "/z", gzip.compress(b'{"g": 1}'), headers={"Content-Encoding": "gzip"}).status == 200
+        assert ch.messages(1) == [{"g": 1}]
+    finally:
+        host.close()

@@ -24,8 +24,8 @@ def test_zip_layout(zips: dict[str, Path], variant: str) -> None:
         descriptor = json.loads(zf.read(f"{variant}.json"))
         assert descriptor == {"version": __version__, "language": "python", "executable": "main.py",
                               "sources": [variant]}
-        assert {"main.py", "install.sh", "requirements.txt", f"sources/{variant}.yaml", f"sources/{variant}.json",
-                "etc/kuiper.yaml", "decoders/kv.py", "httppush_plugin/source.py"} <= names
+        assert {"main.py", "install.sh", "requirements.txt", "requirements-optional.txt", f"sources/{variant}.yaml",
+                f"sources/{variant}.json", "etc/kuiper.yaml", "decoders/kv.py", "httppush_plugin/source.py"} <= names
         assert not any(n.startswith(("lib/", ".venv", "tests/", ".cache")) or "__pycache__" in n for n in names)
         assert all(not n.startswith("/") and not n.startswith(variant + "/") for n in names), "no top folder"
         server = yaml.safe_load(zf.read("etc/kuiper.yaml"))["source"]

@@ -22,6 +22,11 @@ from tests.support.http import push, sender
 from tests.support.pythons import require_pyenv_python
 from tests.support.sentinel import assert_sentinel_next_on_channels
 
+try:  # the test's own zstd encoder (requirements-dev.txt)
+    from compression import zstd as ZSTD  # type: ignore[import-not-found]  # noqa: N812
+except ImportError:
+    from backports import zstd as ZSTD  # type: ignore[import-not-found,no-redef]  # noqa: N812
+
 #: The floor (Ubuntu 22.04's python; install.sh refuses older ones) and the newest release tested.
 OLDEST, NEWEST = "3.10", "3.13"
 
@@ -67,7 +72,8 @@ def plugin(python_install: tuple[str, str, Path]) -> Iterator[tuple[str, str, Pl
 
 
 def test_install_and_push(plugin: tuple[str, str, PluginHost, int]) -> None:
-    """One JSON object, one array, one undecodable body (400, nothing emitted), under Python 3.10 and 3.13."""
+    """One JSON object, one array, two zstd frames (zstd installed), one undecodable body (400, nothing emitted),
+    under Python 3.10 and 3.13."""
     minor, python, host, port = plugin
     try:
         version = subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
@@ -83,6 +89,12 @@ def test_install_and_push(plugin: tuple[str, str, PluginHost, int]) -> None:
         reply = push(port, "/api/data", '[{"t": 1}, {"t": 2}]')
         assert (reply.status, reply.body) == (200, {"accepted": 2, "sources": 1})
         assert ch.messages(2) == [{"t": 1}, {"t": 2}]
+
+        # zstd bodies: backports.zstd has wheels for both, installed by install.sh from requirements-optional.txt
+        reply = push(port, "/api/data", ZSTD.compress(b'[{"z": 1}, ') + ZSTD.compress(b'{"z": 2}]'),
+                     headers={"Content-Encoding": "zstd"})
+        assert (reply.status, reply.body) == (200, {"accepted": 2, "sources": 1}), reply
+        assert ch.messages(2) == [{"z": 1}, {"z": 2}]
 
         reply = push(port, "/api/data", "{not json")
         assert reply.status == 400, reply

@@ -14,6 +14,11 @@ from tests.realhost_support import PLUGIN, Ctx, by_tag, epoch_ms, metric, uid
 from tests.support.http import push
 from tests.support.protobuf import message_class
 
+try:  # the test's own zstd encoder (requirements-dev.txt)
+    from compression import zstd as ZSTD  # type: ignore[import-not-found]  # noqa: N812
+except ImportError:
+    from backports import zstd as ZSTD  # type: ignore[import-not-found,no-redef]  # noqa: N812
+
 pytestmark = pytest.mark.realhost
 
 TYPED = "(b bigint, f float, s string, d datetime, ok boolean, arr array(bigint), st struct(x bigint), raw bytea)"
@@ -279,12 +284,16 @@ def test_ndjson_one_row_per_line(ctx: Ctx) -> None:
 
 
 def test_gzip_body_reaches_the_rule(ctx: Ctx) -> None:
-    """``Content-Encoding: gzip``: the plugin inflates the body; the rule sees its records."""
+    """``Content-Encoding: gzip`` and ``zstd`` (two frames): the plugin inflates the body; the rule sees its
+    records."""
     s, path = ctx.stream('FORMAT="json"')
     r = ctx.rule(f"SELECT * FROM {s}")
     reply = push(ctx.port, path, gzip.compress(b'[{"z": 1}, {"z": 2}]'), headers={"Content-Encoding": "gzip"})
     assert (reply.status, reply.body) == (200, {"accepted": 2, "sources": 1})
+    reply = push(ctx.port, path, ZSTD.compress(b'[{"z": 3}, ') + ZSTD.compress(b'{"z": 4}]'),
+                 headers={"Content-Encoding": "zstd"})
+    assert (reply.status, reply.body) == (200, {"accepted": 2, "sources": 1})
     assert push(ctx.port, path, b"{}", headers={"Content-Encoding": "br"}).status == 415
-    assert ctx.sink.wait_for(2) == [{"z": 1}, {"z": 2}]
-    ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 2)
-    ctx.assert_sentinel_next_in_sink(path, 2)
+    assert ctx.sink.wait_for(4) == [{"z": 1}, {"z": 2}, {"z": 3}, {"z": 4}]
+    ctx.host.wait_rule_metric(r, f"source_{s}_0_records_in_total", 4)
+    ctx.assert_sentinel_next_in_sink(path, 4)

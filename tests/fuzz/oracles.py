@@ -34,6 +34,7 @@ from tests.fuzz.server import (
     MAX_GZIP_MEMBERS,
     MAX_RECORDS,
     ORJSON_MAX_DUMP_DEPTH,
+    ZSTD,
     Body,
 )
 from tests.support.http import Answer, parse_response
@@ -314,12 +315,40 @@ def inflate(wire: bytes, name: str) -> bytes | Expect:
     return bytes(out)
 
 
+def inflate_zstd(wire: bytes) -> bytes | Expect:
+    """docs/formats.md: zstd frames back to back are one body (at most MAX_GZIP_MEMBERS of them), bounded by
+    httpServerMaxBodySize once inflated; truncated, corrupt, an empty body or bytes after the last frame → 400."""
+    if not wire:
+        return Expect(400, words=("zstd",))
+    out = bytearray()
+    data, frames = wire, 0
+    while data:
+        frames += 1
+        if frames > MAX_GZIP_MEMBERS:
+            return Expect(413, words=("zstd frames",))
+        stream = ZSTD.ZstdDecompressor()
+        try:
+            piece = stream.decompress(data, MAX_BODY - len(out) + 1)
+        except ZSTD.ZstdError:
+            return Expect(400, words=("zstd", "Content-Encoding"))
+        out += piece
+        if len(out) > MAX_BODY:
+            return Expect(413, words=("httpServerMaxBodySize",))
+        if not stream.eof:
+            return Expect(400, words=("zstd", "Content-Encoding"))
+        data = stream.unused_data
+    return bytes(out)
+
+
 def oracle_compressed(body: bytes, encoding: bytes | None = None) -> Expect:
     name = (encoding or b"").decode("latin-1").strip().lower()
     if name in ("", "identity"):
         return oracle_json(body)
     if len(body) > MAX_BODY:  # the Content-Length limit is checked first, whatever the encoding
         return _too_large()
+    if name == "zstd" and ZSTD is not None:
+        inflated = inflate_zstd(body)
+        return inflated if isinstance(inflated, Expect) else oracle_json(inflated)
     if name not in ("gzip", "x-gzip", "deflate"):
         return Expect(415, words=("Content-Encoding",))
     inflated = inflate(body, "deflate" if name == "deflate" else "gzip")

@@ -19,6 +19,15 @@ MAX_RECORDS = 50  # small, so that httpServerMaxRecords (413) is reached by gene
 MAX_BODY = 64 * 1024  # small, so that httpServerMaxBodySize (413) is too
 MAX_FIELDS = 10_000  # httpServerMaxFields' default (README): an urlencoded body of '&'s reaches it
 MAX_GZIP_MEMBERS = 1000  # README: the most gzip members one body may hold
+
+# zstd for the strategies and oracles, as the plugin's (encoding.py): the test venv has what install.sh installs
+try:
+    from compression import zstd as ZSTD  # type: ignore[import-not-found]  # noqa: N812
+except ImportError:
+    try:
+        from backports import zstd as ZSTD  # type: ignore[import-not-found,no-redef]  # noqa: N812
+    except ImportError:
+        ZSTD = None
 #: The raw-HTTP fuzz keeps 40 connections open at a time (plus one per format): a server that frees each slot when
 #: its connection ends never comes near 200; one that holds closed connections does, and answers 503.
 MAX_CONNECTIONS = 200

@@ -12,7 +12,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from tests.fuzz.server import MAX_BODY, MAX_RECORDS, ORJSON_MAX_DUMP_DEPTH, Body
+from tests.fuzz.server import MAX_BODY, MAX_RECORDS, ORJSON_MAX_DUMP_DEPTH, ZSTD, Body
 
 # -- generators ------------------------------------------------------------------------------------------------------
 
@@ -339,11 +339,17 @@ def _raw_deflate(data: bytes) -> bytes:
     return stream.compress(data) + stream.flush()
 
 
-COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {"gzip": _gzip, "deflate": _zlib, "deflate-raw": _raw_deflate}
+def _zstd(data: bytes) -> bytes:
+    return ZSTD.compress(data) if ZSTD is not None else _gzip(data)  # without zstd: 415, whatever the bytes
+
+
+COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {"gzip": _gzip, "deflate": _zlib, "deflate-raw": _raw_deflate,
+                                                    "zstd": _zstd}
 #: Content-Encoding values sent, and how the body is compressed for each (None: sent as is).
 ENCODING_CHOICES: list[tuple[bytes | None, str | None]] = [
     (b"gzip", "gzip"), (b"gzip", "gzip"), (b"x-gzip", "gzip"), (b"GZip", "gzip"), (b"deflate", "deflate"),
     (b"deflate", "deflate-raw"), (b"identity", None), (None, None), (b"br", None), (b"zstd", "gzip"),
+    (b"zstd", "zstd"), (b"zstd", "zstd"), (b"ZSTD", "zstd"), (b"gzip", "zstd"),
     (b"gzip, gzip", "gzip"), (b"gzip, identity", "gzip"), (b"", None), (b"deflate", "gzip"), (b"gzip", "deflate"),
 ]
 
@@ -361,9 +367,9 @@ def compressed_bodies(draw: st.DrawFn) -> Body:
     header, how = draw(st.sampled_from(ENCODING_CHOICES))
     if how is None:
         return Body(data, header)
-    if how == "gzip" and len(data) > 1 and draw(st.booleans()):  # two members back to back
+    if how in ("gzip", "zstd") and len(data) > 1 and draw(st.booleans()):  # two members (frames) back to back
         cut = draw(st.integers(1, len(data) - 1))
-        wire = _gzip(data[:cut]) + _gzip(data[cut:])
+        wire = COMPRESSORS[how](data[:cut]) + COMPRESSORS[how](data[cut:])
     else:
         wire = COMPRESSORS[how](data)
     damage = draw(st.integers(0, 9))
@@ -373,7 +379,7 @@ def compressed_bodies(draw: st.DrawFn) -> Body:
         at = draw(st.integers(0, len(wire) - 1))
         wire = wire[:at] + bytes([wire[at] ^ draw(st.integers(1, 255))]) + wire[at + 1:]
     elif damage == 2:
-        wire += draw(st.sampled_from([b"\x00", b"\x00" * 8, b"garbage", _gzip(b"")]))
+        wire += draw(st.sampled_from([b"\x00", b"\x00" * 8, b"garbage", _gzip(b""), _zstd(b""), b"\x28\xb5"]))
     return Body(wire, header)
 
 

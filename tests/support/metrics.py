@@ -4,6 +4,7 @@ gauges other tests wait on (``httppush_buffered_bytes``: bytes of bodies and of 
 
 from __future__ import annotations
 
+import ssl
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,12 +16,12 @@ from tests.support.http import push
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-def samples(port: int, path: str = "/metrics") -> Samples:
+def samples(port: int, path: str = "/metrics", tls: ssl.SSLContext | None = None) -> Samples:
     """Every sample of the plugin's metrics, by (name, labels), counting everything done before the call: the plugin
     answers one rendering for up to ``METRICS_MAX_AGE_S``, so the call first waits that long. An empty label is
     dropped, as Prometheus does (``method=""`` is no ``method``)."""
     time.sleep(METRICS_MAX_AGE_S + 0.05)  # the stimulus: let any rendering made before the call expire
-    reply = push(port, path, b"", method="GET")
+    reply = push(port, path, b"", method="GET", tls=tls)
     content_type = reply.headers.get("Content-Type", "")
     assert reply.status == 200 and content_type.startswith("text/plain"), (reply.status, reply.headers, reply.raw[:200])
     return {(sample.name, frozenset((k, v) for k, v in sample.labels.items() if v)): sample.value
@@ -39,6 +40,6 @@ def gauge_of(found: Samples, name: str) -> float:
     return found[key]
 
 
-def gauge(port: int, name: str) -> float:
-    """The server-wide gauge ``name`` as the plugin reports it now (scraped)."""
-    return gauge_of(samples(port), name)
+def gauge(port: int, name: str, tls: ssl.SSLContext | None = None) -> float:
+    """The server-wide gauge ``name`` as the plugin reports it now (scraped; over TLS with ``tls``)."""
+    return gauge_of(samples(port, tls=tls), name)

@@ -93,3 +93,32 @@ def openssl_subject(cert: Path) -> str:
     out = subprocess.run(["openssl", "x509", "-noout", "-subject", "-nameopt", "RFC2253", "-in", str(cert)],
                          check=True, capture_output=True, text=True).stdout
     return out.strip().removeprefix("subject=").strip()
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """What a certificate rotation puts in place of :class:`Pki`'s files: a second server certificate (same
+    authority, another serial and key), and a second client authority with a client certificate it signed."""
+
+    server_cert: Path
+    server_key: Path
+    ca: Path  # the new client authority
+    client: tuple[Path, Path]  # signed by ca, CN=gateway-9
+
+
+def make_rotation(folder: Path, pki: Pki) -> Rotation:
+    """A :class:`Rotation` for ``pki``, written to ``folder`` (the original authority's key is next to its
+    certificate)."""
+    ca_key = pki.ca.with_suffix(".key")
+    server = _signed(folder, "server2", "localhost", (pki.ca, ca_key), "basicConstraints=CA:FALSE\n"
+                     "extendedKeyUsage=serverAuth\nsubjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    new_ca = _ca(folder, "new-client-ca")
+    client = _signed(folder, "client2", CLIENT_CN, new_ca, "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n")
+    return Rotation(server[0], server[1], new_ca[0], client)
+
+
+def serial_of(cert: Path) -> int:
+    """The certificate's serial number, as ``openssl x509 -serial`` prints it."""
+    out = subprocess.run(["openssl", "x509", "-noout", "-serial", "-in", str(cert)], check=True, capture_output=True,
+                         text=True).stdout
+    return int(out.strip().split("=", 1)[1], 16)
