@@ -89,7 +89,14 @@ class ChannelSender:
     # -- connecting ------------------------------------------------------------------------------------------
 
     async def _dial(self) -> None:
-        """Connect and exchange SP headers; concurrent callers share one attempt. Raises ``ConnectionError``."""
+        """Connect and exchange SP headers; concurrent callers share one attempt. Raises ``ConnectionError``.
+
+        Connected already: nothing to do. A send that found no connection dials in a task of its own, which may run
+        only after another task's dial has connected; a second connection then would take over the counters of the
+        first and write the rest of a frame the first had begun, so the host would read a broken message on it and
+        drop that connection with every record after it — records already reported delivered."""
+        if self._sock is not None:
+            return
         if self._dialing is not None:
             return await asyncio.shield(self._dialing)
         loop = self._loop = asyncio.get_running_loop()

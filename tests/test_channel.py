@@ -83,6 +83,36 @@ def test_channel_a_send_the_kernel_takes_is_done_at_once(tmp_path: Path) -> None
     run(tmp_path, scenario)
 
 
+def test_channel_a_dial_that_finds_the_channel_connected_keeps_that_connection(tmp_path: Path) -> None:
+    """Two sends that find no connection each dial in a task; when the second task runs only after the first has
+    connected (and sent half a frame), it must send on that connection. A second connection took over the first's
+    byte counts and began with the rest of that frame: the host read a broken message and dropped the connection with
+    every record on it, after the plugin had answered them delivered (test_stall, once in about ten runs)."""
+    async def scenario(host: Host) -> None:
+        sender = ChannelSender(host.url, 1.0, "rule r stream s instance 0")
+        frames = frame_records([{"pad": "p" * 200_000}, {"a": 1}], None)  # more than the socket buffer takes at once
+        first = sender.send(frames)
+        await host.accept()
+        for _ in range(200):  # the dialing task takes the host's header, then sends
+            if sender.connected:
+                break
+            await asyncio.sleep(0.01)
+        assert first is not None and sender.connected
+        late = frame_records([{"a": 2}], None)
+        await sender._dial()  # the late task's dial: the channel is connected by now
+        second = sender.send(late)
+        data = await host.read(len(frames.data) + len(late.data))
+        assert data == frames.data + late.data, "the records did not arrive whole and in order on the one connection"
+        await first.wait()
+        if second is not None:
+            await second.wait()
+        with pytest.raises(BlockingIOError):
+            host.listener.accept()  # no second connection was made
+        sender.close()
+
+    run(tmp_path, scenario)
+
+
 def test_channel_sends_in_one_loop_iteration_are_joined(tmp_path: Path) -> None:
     async def scenario(host: Host) -> None:
         sender = await connected(host)
