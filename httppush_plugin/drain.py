@@ -108,6 +108,9 @@ class Drain:
 
     def _over(self) -> None:
         self._timer = None
+        # The loop's timer may fire a little before the monotonic clock reaches the grace's end: drained from now on,
+        # or a held ``?wait=true`` would answer "drained": false.
+        self._until = min(self._until, _now())
         log.warning("drained: closing idle connections; the node may be stopped or upgraded")
         self.on_drained()
         self._release("drained")
