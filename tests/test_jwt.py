@@ -339,3 +339,73 @@ def test_oversized_url_jwks_refuses_the_start(host: PluginHost, server_port: int
     answer = host.start_source("r1", "s1", {"datasource": "/big", **jwt_props(jwksUrl=jwks_server.url)},
                                expect_ok=False)
     assert f"the JWKS at {jwks_server.url} is over {MAX_JWKS_BYTES} bytes" in answer, answer
+
+
+# -- the fetch of jwksUrl is bounded in time as a whole ------------------------------------------------------------
+
+class SlowServer:
+    """A loopback server that answers every connection slowly: ``phase`` "head" sends the status line and then a
+    header byte every 0.2 s, "body" sends the whole head and then the body a byte every 0.2 s, each for at most
+    ``for_s`` seconds before it closes the connection."""
+
+    def __init__(self, phase: str, for_s: float = 6.0) -> None:
+        import socket
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/jwks.json"
+        self.phase, self.for_s = phase, for_s
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        with conn:
+            try:
+                conn.recv(65536)
+                document = json.dumps(jwks(RSA_KEY)).encode()
+                if self.phase == "head":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(document))
+                ends = time.monotonic() + self.for_s
+                sent = 0
+                while time.monotonic() < ends:
+                    conn.sendall(b"a" if self.phase == "head" else document[sent:sent + 1])
+                    sent += 1
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("phase", ["head", "body"])
+def test_a_slow_jwks_url_is_cut_off_at_the_fetch_timeout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          phase: str) -> None:
+    from httppush_plugin import jwks as jwks_module
+
+    monkeypatch.setattr(jwks_module, "FETCH_TIMEOUT_S", 1.0)
+    server = SlowServer(phase)  # each send well within the socket timeout, the whole far beyond it
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=re.escape(f"the JWKS at {server.url} could not be fetched within 1 s")):
+            parse_auth({"type": "jwt", "jwksUrl": server.url, "issuer": ISSUER, "audience": AUDIENCE})
+        assert time.monotonic() - started < 4.0  # the server would go on for 6 s
+        # with a file too: served with it, and the background fetch ends too, so later ones can start
+        keyset = jwks_module.KeySet(write_jwks(tmp_path / "k.json", RSA_KEY), server.url, 1.0)
+        assert keyset.key("k1") is not None
+        keyset._tried = -float("inf")
+        assert keyset.fetch_soon()
+        deadline = time.monotonic() + 4.0
+        while keyset._fetching and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not keyset._fetching, "the background fetch still runs"
+    finally:
+        server.close()
