@@ -6,11 +6,12 @@ name or not — hands the connection the context of the set loaded last (``ssl_o
 certificate, its key and the CAs client certificates are checked against all come from that one. Connections
 already open keep the context of their handshake, so nothing open is cut, and no rule is restarted.
 
-Every ``reloadInterval`` seconds :meth:`Certificates.look` stats the three files (device, inode, size, mtime); when
-that changed it hashes their content, and when that changed it loads the set into a new context. Only a set that
-loads whole is switched to: a certificate renewed before its key (a mismatch), a half-written file or a CA file
-that no longer parses keeps the set in use, is logged and shows in ``/metrics`` (``httppush_tls_reload_failing``),
-and is tried again when the files change again.
+Every ``reloadInterval`` seconds :meth:`Certificates.look`, in a worker thread (server.py: parsing a CA bundle can
+take tens of milliseconds), stats the three files (device, inode, size, mtime); when that changed it hashes their
+content, and when that changed it loads the set into a new context. Only a set that loads whole is switched to: a
+certificate renewed before its key (a mismatch), a half-written file or a CA file that no longer parses keeps the
+set in use, is logged and shows in ``/metrics`` (``httppush_tls_reload_failing``), and is tried again when the files
+change again.
 
 Example::
 
@@ -116,8 +117,9 @@ class Certificates:
             log.warning("httpServerTls: the changed files are not used, the set loaded before is kept (tried again "
                         "when they change): %s", exc)
             return False
+        self.loaded_at = time.time()  # before the switch: stale() never sees the new set with the old time
         self.current, self._digest = context, digest
-        self.loaded_at, self.failing = time.time(), ""
+        self.failing = ""
         self.reloads += 1
         log.info("httpServerTls: new certificate set loaded from %s; new connections use it", ", ".join(self._files))
         return True

@@ -272,6 +272,28 @@ def test_a_broken_set_keeps_the_one_in_use(rig: Rig, pki: Pki, rotation: Rotatio
     assert rig.records_until({"n": 3}) == [{"n": 1}, {"n": 2}]
 
 
+def test_the_files_are_looked_at_off_the_event_loop(rig: Rig, monkeypatch: pytest.MonkeyPatch, pki: Pki) -> None:
+    """A look loads a changed set (a CA bundle: tens of milliseconds) in a worker thread, never on the loop that
+    serves the clients; looks go on after one that failed."""
+    loop_thread = rig.server.run(threading.get_ident)
+    threads: list[int] = []
+    real = Certificates.look
+
+    def look(self: Certificates) -> bool:
+        threads.append(threading.get_ident())
+        if len(threads) == 1:
+            raise OSError("a look that fails")  # the next ones are still set
+        return real(self)
+
+    monkeypatch.setattr(Certificates, "look", look)
+    wait_until(lambda: len(threads) >= 3, 10, "three looks at the files")
+    assert loop_thread not in threads, (loop_thread, threads)
+    client = client_context(pki, pki.client)
+    assert _post(rig.port, client, 1)[0] == 200  # served throughout
+    assert _post(rig.port, client, 2)[0] == 200  # the sentinel: nothing else arrived
+    assert rig.records_until({"n": 2}) == [{"n": 1}]
+
+
 # -- the reloader alone ------------------------------------------------------------------------------------------
 
 def test_look_loads_only_a_changed_set_that_loads(pki: Pki, rotation: Rotation, tmp_path: Path,
