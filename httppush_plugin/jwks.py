@@ -193,9 +193,10 @@ def _fetch_url(url: str, where: str) -> bytes:
 
     def connect(*args: Any, **kwargs: Any) -> socket.socket:
         sock = socket.create_connection(*args, **kwargs)
-        sockets.append(sock)
+        watch = sock.dup()  # the same connection; TLS detaches ``sock`` itself when it wraps it
+        sockets.append(watch)
         if expired.is_set():
-            _shut(sock)
+            _shut(watch)
         return sock
 
     def cut() -> None:
@@ -236,6 +237,8 @@ def _fetch_url(url: str, where: str) -> bytes:
         raise JwksError(f"{where} could not be fetched: {exc}") from None
     finally:
         timer.cancel()
+        for sock in sockets:
+            sock.close()
     if expired.is_set():  # cut off while the body was read: what was read may look complete, and is not
         raise JwksError(f"{where} could not be fetched within {FETCH_TIMEOUT_S:g} s")
     return data

@@ -14,6 +14,7 @@ import hmac
 import http.server
 import json
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from httppush_plugin.jwtauth import JwtAuth
 from httppush_plugin.request import RequestHead
 from tests.hostemu import PluginHost
 from tests.support.http import push, sender
+from tests.support.pki import Pki, client_context
 from tests.support.sentinel import assert_sentinel_next_on_channels
 
 ISSUER, AUDIENCE = "https://idp.example.test/", "ekuiper-ingest"
@@ -349,12 +351,13 @@ class SlowServer:
     header byte every 0.2 s, "body" sends the whole head and then the body a byte every 0.2 s, each for at most
     ``for_s`` seconds before it closes the connection."""
 
-    def __init__(self, phase: str, for_s: float = 6.0) -> None:
+    def __init__(self, phase: str, for_s: float = 6.0, tls: ssl.SSLContext | None = None) -> None:
         import socket
 
         self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/jwks.json"
-        self.phase, self.for_s = phase, for_s
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}/jwks.json"
+        self.phase, self.for_s, self.tls = phase, for_s, tls
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -368,6 +371,8 @@ class SlowServer:
     def _answer(self, conn: Any) -> None:
         with conn:
             try:
+                if self.tls is not None:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
                 conn.recv(65536)
                 document = json.dumps(jwks(RSA_KEY)).encode()
                 if self.phase == "head":
@@ -387,13 +392,18 @@ class SlowServer:
         self.listener.close()
 
 
-@pytest.mark.parametrize("phase", ["head", "body"])
-def test_a_slow_jwks_url_is_cut_off_at_the_fetch_timeout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                          phase: str) -> None:
+@pytest.mark.parametrize("phase, scheme", [("head", "http"), ("body", "http"), ("body", "https")])
+def test_a_slow_jwks_url_is_cut_off_at_the_fetch_timeout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pki: Pki,
+                                                          phase: str, scheme: str) -> None:
     from httppush_plugin import jwks as jwks_module
 
     monkeypatch.setattr(jwks_module, "FETCH_TIMEOUT_S", 1.0)
-    server = SlowServer(phase)  # each send well within the socket timeout, the whole far beyond it
+    tls = None
+    if scheme == "https":
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        monkeypatch.setattr(ssl, "_create_default_https_context", lambda: client_context(pki))
+    server = SlowServer(phase, tls=tls)  # each send well within the socket timeout, the whole far beyond it
     try:
         started = time.monotonic()
         with pytest.raises(ConfigError, match=re.escape(f"the JWKS at {server.url} could not be fetched within 1 s")):
