@@ -181,6 +181,17 @@ def test_none_and_hmac_with_the_public_key_are_refused(auth: JwtAuth) -> None:
     assert "needs a JSON Web Token" in message and challenge == 'Bearer realm="httppush"'  # RFC 6750 §3.1
 
 
+#: A token whose header is 5,000 nested JSON arrays (under MAX_TOKEN_BYTES): deeper than Python's json recursion
+DEEP = b64(b"[" * 5000) + ".e30.c2ln"
+
+
+def test_a_deeply_nested_header_is_a_401(auth: JwtAuth) -> None:
+    assert len(DEEP) < jwtauth.MAX_TOKEN_BYTES
+    message, challenge = refusal(auth, DEEP)
+    assert "the token is not a JWT: its header is not a base64url JSON object" in message, message
+    assert 'error="invalid_token"' in challenge, challenge
+
+
 def test_unknown_kid_without_url_is_a_counted_failure(auth: JwtAuth) -> None:
     backoff = AuthBackoff(max_failures=3)
     for _ in range(3):
@@ -287,6 +298,8 @@ def test_file_jwks_over_http_meta_user_and_401_challenge(host: PluginHost, serve
         f'Bearer realm="httppush", error="invalid_token", error_description="the token\'s audience (aud) is not '
         f'{AUDIENCE}"'), refused.headers
     assert push(server_port, "/j", RECORD, headers=bearer(forged("none", claims()))).status == 401
+    deep = push(server_port, "/j", RECORD, headers=bearer(DEEP))
+    assert deep.status == 401 and "not a JWT" in deep.body["error"], deep
     assert push(server_port, "/j", RECORD).headers["WWW-Authenticate"] == 'Bearer realm="httppush"'
     assert_sentinel_next_on_channels(sender(server_port, "/j", headers=bearer(RSA_KEY.token())), ch)
 
