@@ -59,7 +59,7 @@ def parse_jwks(data: bytes, where: str, strict: bool = True) -> dict[str, dict[s
         raise JwksError(f"{where} is over {MAX_JWKS_BYTES} bytes")
     try:
         document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: deeply nested arrays
         raise JwksError(f"{where} is not JSON: {exc}") from None
     keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, list):

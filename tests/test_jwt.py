@@ -227,6 +227,7 @@ def test_config_errors_name_the_key(tmp_path: Path, changes: dict[str, Any], nee
     (json.dumps({"keys": [{"kty": "RSA", "kid": "x", "n": "AQAB"}]}), "key #0 cannot be used"),
     (json.dumps([RSA_KEY.jwk]), "is not a JSON Web Key Set"),
     ("{not json", "is not JSON"),
+    ("[" * 100_000, "is not JSON: maximum recursion depth exceeded"),
     (json.dumps({"keys": [], "pad": "x" * MAX_JWKS_BYTES}), f"is over {MAX_JWKS_BYTES} bytes"),
 ])
 def test_a_bad_jwks_file_refuses_the_start(tmp_path: Path, content: str, needle: str) -> None:
