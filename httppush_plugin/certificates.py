@@ -6,11 +6,12 @@ name or not — hands the connection the context of the set loaded last (``ssl_o
 certificate, its key and the CAs client certificates are checked against all come from that one. Connections
 already open keep the context of their handshake, so nothing open is cut, and no rule is restarted.
 
-Every ``reloadInterval`` seconds :meth:`Certificates.look` stats the three files (device, inode, size, mtime); when
-that changed it hashes their content, and when that changed it loads the set into a new context. Only a set that
-loads whole is switched to: a certificate renewed before its key (a mismatch), a half-written file or a CA file
-that no longer parses keeps the set in use, is logged and shows in ``/metrics`` (``httppush_tls_reload_failing``),
-and is tried again when the files change again.
+Every ``reloadInterval`` seconds :meth:`Certificates.look`, in a worker thread (server.py: parsing a CA bundle can
+take tens of milliseconds), stats the three files (device, inode, size, mtime); when that changed it hashes their
+content, and when that changed it loads the set into a new context. Only a set that loads whole is switched to: a
+certificate renewed before its key (a mismatch), a half-written file or a CA file that no longer parses keeps the
+set in use, is logged and shows in ``/metrics`` (``httppush_tls_reload_failing``), and is tried again when the files
+change again.
 
 Example::
 
@@ -72,6 +73,8 @@ class Certificates:
             self.listening.num_tickets = 0
             self.listening.options |= ssl.OP_NO_TICKET
         self.loaded_at = time.time()
+        #: when the CA file in use was loaded: a session begun before it was checked against another CA
+        self.trusted_at = self.loaded_at
         self.reloads = 0  # sets switched to since the start
         self.failures = 0  # sets that failed to load
         self.failing = ""  # why the files on disk now are not in use ("" when they are)
@@ -80,18 +83,19 @@ class Certificates:
         ssl_object.context = self.current
 
     def stale(self, ssl_object: ssl.SSLObject | None) -> bool:
-        """Whether a connection just made resumed a TLS session begun before the set in use was loaded, while client
-        certificates are checked: its certificate was checked against a CA file no longer in use, so it must make
-        a full handshake. (TLS 1.3 tickets are off then; TLS 1.2 session ids cannot be switched off from Python:
-        the listening context caches them.) A session begun in the same second as the load, before it, is let
-        through: OpenSSL keeps a session's time in whole seconds."""
+        """Whether a connection just made resumed a TLS session begun before the CA file in use was loaded, while
+        client certificates are checked: its certificate was checked against a CA file no longer in use, so it must
+        make a full handshake; a renewed certificate or key alone changes no client's check, so such sessions go on.
+        (TLS 1.3 tickets are off then; TLS 1.2 session ids cannot be switched off from Python: the listening context
+        caches them.) A session begun in the same second as the load, before it, is let through: OpenSSL keeps a
+        session's time in whole seconds."""
         if self.tls.client_auth == "none" or ssl_object is None or not ssl_object.session_reused:
             return False
         session = ssl_object.session
-        if session is None or session.time >= int(self.loaded_at):
+        if session is None or session.time >= int(self.trusted_at):
             return False
-        log.info("a TLS session resumed from before the certificate set in use was loaded: connection closed, the "
-                 "client must make a full handshake")
+        log.info("a TLS session resumed from before the CA file in use was loaded: connection closed, the client "
+                 "must make a full handshake")
         return True
 
     def look(self) -> bool:
@@ -116,8 +120,12 @@ class Certificates:
             log.warning("httpServerTls: the changed files are not used, the set loaded before is kept (tried again "
                         "when they change): %s", exc)
             return False
+        self.loaded_at = time.time()
+        # the CA file changed (or any file while it was loaded: what was loaded is unknown, so as if it had)
+        if self._digest is None or digest[2:] != self._digest[2:] or self._hash() != digest:
+            self.trusted_at = self.loaded_at  # before the switch: stale() never sees the new CA with the old time
         self.current, self._digest = context, digest
-        self.loaded_at, self.failing = time.time(), ""
+        self.failing = ""
         self.reloads += 1
         log.info("httpServerTls: new certificate set loaded from %s; new connections use it", ", ".join(self._files))
         return True
@@ -146,15 +154,16 @@ class Certificates:
                 stamps.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         return stamps
 
-    def _hash(self) -> bytes | None:
-        digest = hashlib.sha256()
+    def _hash(self) -> list[bytes] | None:
+        """Each file's SHA-256 (certificate, key, CA file when client certificates are checked)."""
+        digests = []
         for path in self._files:
             try:
                 with open(path, "rb") as file:
-                    digest.update(hashlib.sha256(file.read()).digest())
+                    digests.append(hashlib.sha256(file.read()).digest())
             except OSError:
                 return None
-        return digest.digest()
+        return digests
 
     def _unreadable(self) -> list[tuple[str, str]]:
         found = []

@@ -4,7 +4,8 @@
 - The file is read when the source starts (a rule restart reads it again). A file that is missing, is not a JWKS, or
   holds a symmetric (``oct``) key is a :class:`ConfigError`.
 - The URL is fetched when the source starts, in the thread eKuiper's start command runs in (never the event loop),
-  within :data:`FETCH_TIMEOUT_S`. When that fails, the start fails naming the URL — unless a file is configured too:
+  within :data:`FETCH_TIMEOUT_S` in all (connecting, TLS, headers and body: a server that sends slowly is cut off
+  then, see :func:`_fetch_url`). When that fails, the start fails naming the URL — unless a file is configured too:
   then the plugin serves with the file's keys and logs a warning, and the URL is tried again as below.
 - Afterwards the URL is fetched again in a worker thread, never on the event loop and never twice at once: when a
   token arrives and the last fetch is older than ``jwksRefresh`` seconds, and when a token names a key id (``kid``)
@@ -18,8 +19,10 @@ Example: ``KeySet(file="/etc/jwks.json").key("k1")`` → the JWK (a dict) whose 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
+import socket
 import threading
 import time
 import urllib.error
@@ -36,7 +39,7 @@ log = logging.getLogger(__name__)
 MAX_JWKS_BYTES = 1 << 20
 #: The most keys a JWKS may hold.
 MAX_KEYS = 100
-#: Seconds one fetch of ``jwksUrl`` may take.
+#: Seconds one fetch of ``jwksUrl`` may take in all.
 FETCH_TIMEOUT_S = 5.0
 #: The shortest time between two fetches a token with an unknown ``kid`` may cause.
 MIN_INTERVAL_S = 10.0
@@ -56,7 +59,7 @@ def parse_jwks(data: bytes, where: str, strict: bool = True) -> dict[str, dict[s
         raise JwksError(f"{where} is over {MAX_JWKS_BYTES} bytes")
     try:
         document = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: deeply nested arrays
         raise JwksError(f"{where} is not JSON: {exc}") from None
     keys = document.get("keys") if isinstance(document, dict) else None
     if not isinstance(keys, list):
@@ -163,17 +166,7 @@ class KeySet:
 
     def _fetch(self) -> dict[str, dict[str, Any]]:
         where = f"the JWKS at {self.url}"
-        request = urllib.request.Request(self.url, headers={"Accept": "application/json", "User-Agent": "httppush"})
-        try:
-            with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_S) as answer:  # noqa: S310 (http(s) only)
-                if answer.status != 200:
-                    raise JwksError(f"{where} answered HTTP {answer.status}")
-                data = answer.read(MAX_JWKS_BYTES + 1)
-        except urllib.error.HTTPError as exc:
-            raise JwksError(f"{where} answered HTTP {exc.code}") from None
-        except (OSError, ValueError) as exc:  # refused, timed out, TLS, a bad URL
-            raise JwksError(f"{where} could not be fetched: {exc}") from None
-        return parse_jwks(data, where, strict=False)
+        return parse_jwks(_fetch_url(self.url, where), where, strict=False)
 
     def _read_file(self) -> dict[str, dict[str, Any]]:
         path = Path(self.file)
@@ -188,3 +181,71 @@ class KeySet:
             return parse_jwks(data, f"property 'auth.jwks': {self.file}")
         except JwksError as exc:
             raise ConfigError(str(exc)) from None
+
+
+def _fetch_url(url: str, where: str) -> bytes:
+    """The body of a 200 answer to GET ``url``, at most :data:`MAX_JWKS_BYTES` + 1 bytes, within
+    :data:`FETCH_TIMEOUT_S` in all. ``urlopen``'s timeout bounds each socket operation only (a server sending a byte
+    every few seconds would hold the fetch, and with it every later refresh, for ever), so a timer shuts the
+    connection's sockets down at the deadline. Raises :class:`JwksError`."""
+    sockets: list[socket.socket] = []
+    expired = threading.Event()
+
+    def connect(*args: Any, **kwargs: Any) -> socket.socket:
+        sock = socket.create_connection(*args, **kwargs)
+        watch = sock.dup()  # the same connection; TLS detaches ``sock`` itself when it wraps it
+        sockets.append(watch)
+        if expired.is_set():
+            _shut(watch)
+        return sock
+
+    def cut() -> None:
+        expired.set()
+        for sock in sockets:
+            _shut(sock)
+
+    def watched(base: type[http.client.HTTPConnection]) -> type[http.client.HTTPConnection]:
+        class Watched(base):  # type: ignore[valid-type,misc]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self._create_connection = connect
+
+        return Watched
+
+    class Http(urllib.request.HTTPHandler):
+        def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            return super().do_open(watched(http_class), req, **kwargs)
+
+    class Https(urllib.request.HTTPSHandler):
+        def do_open(self, http_class: Any, req: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+            return super().do_open(watched(http_class), req, **kwargs)
+
+    request = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "httppush"})
+    timer = threading.Timer(FETCH_TIMEOUT_S, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        with urllib.request.build_opener(Http, Https).open(request, timeout=FETCH_TIMEOUT_S) as answer:
+            if answer.status != 200:
+                raise JwksError(f"{where} answered HTTP {answer.status}")
+            data = answer.read(MAX_JWKS_BYTES + 1)
+    except urllib.error.HTTPError as exc:
+        raise JwksError(f"{where} answered HTTP {exc.code}") from None
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # refused, timed out, TLS, a bad URL, cut off
+        if expired.is_set():
+            raise JwksError(f"{where} could not be fetched within {FETCH_TIMEOUT_S:g} s") from None
+        raise JwksError(f"{where} could not be fetched: {exc}") from None
+    finally:
+        timer.cancel()
+        for sock in sockets:
+            sock.close()
+    if expired.is_set():  # cut off while the body was read: what was read may look complete, and is not
+        raise JwksError(f"{where} could not be fetched within {FETCH_TIMEOUT_S:g} s")
+    return data
+
+
+def _shut(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # closed already

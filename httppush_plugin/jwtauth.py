@@ -71,7 +71,7 @@ def _header(token: bytes) -> dict[str, Any]:
     segment = token[:token.index(b".")]
     try:
         head = json.loads(base64.urlsafe_b64decode(segment + b"=" * (-len(segment) % 4)))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):  # deeply nested arrays: json's recursion limit
         head = None
     if not isinstance(head, dict):
         raise AuthError("the token is not a JWT: its header is not a base64url JSON object",

@@ -62,6 +62,7 @@ class SharedServer:
         self._loop_lock = threading.Lock()
         self._idle: asyncio.TimerHandle | None = None  # the stop at the end of the last endpoint's grace
         self._reload: asyncio.TimerHandle | None = None  # the next look at the TLS files (httpServerTls)
+        self._certs: Certificates | None = None  # the TLS files the server listens with (and looks at)
 
     # -- called from any thread ------------------------------------------------------------------------------
 
@@ -174,6 +175,7 @@ class SharedServer:
         connections.start()
         self.drain.on_drained = connections.close_idle
         self._server, self._connections = server, connections
+        self._certs = certs
         if certs is not None and certs.tls.reload_interval > 0:
             self._reload = loop.call_later(certs.tls.reload_interval, self._look, certs)
         self.port = server.sockets[0].getsockname()[1] if server.sockets else cfg.port
@@ -186,6 +188,7 @@ class SharedServer:
         if self._reload is not None:
             self._reload.cancel()
             self._reload = None
+        self._certs = None  # a look still running sets no next one
         connections, self._connections = self._connections, None
         if server is not None:
             server.close()
@@ -196,12 +199,19 @@ class SharedServer:
         self.port = None
 
     def _look(self, certs: Certificates) -> None:
-        """Every ``httpServerTls.reloadInterval``: a changed certificate set is loaded (certificates.py)."""
-        try:
-            certs.look()
-        finally:
-            if self._server is not None:
-                self._reload = asyncio.get_running_loop().call_later(certs.tls.reload_interval, self._look, certs)
+        """Every ``httpServerTls.reloadInterval``: a changed certificate set is loaded (certificates.py), in a worker
+        thread — parsing a CA bundle takes tens of milliseconds (Debian's 220 KB one: ~70 ms), which the loop's
+        clients would wait; the next look is set when this one is done, while the server still listens with
+        ``certs``."""
+        loop = asyncio.get_running_loop()
+
+        def again(looked: asyncio.Future[bool]) -> None:
+            if not looked.cancelled() and looked.exception() is not None:
+                log.error("httpServerTls: looking at the files failed", exc_info=looked.exception())
+            if self._server is not None and self._certs is certs:
+                self._reload = loop.call_later(certs.tls.reload_interval, self._look, certs)
+
+        loop.run_in_executor(None, certs.look).add_done_callback(again)
 
     def _ensure_loop(self) -> asyncio.AbstractEventLoop:
         with self._loop_lock:

@@ -14,6 +14,7 @@ import hmac
 import http.server
 import json
 import re
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,7 @@ from httppush_plugin.jwtauth import JwtAuth
 from httppush_plugin.request import RequestHead
 from tests.hostemu import PluginHost
 from tests.support.http import push, sender
+from tests.support.pki import Pki, client_context
 from tests.support.sentinel import assert_sentinel_next_on_channels
 
 ISSUER, AUDIENCE = "https://idp.example.test/", "ekuiper-ingest"
@@ -134,6 +136,7 @@ def test_valid_tokens_name_their_subject(auth: JwtAuth) -> None:
     ({"nbf": 120}, "the token is not valid yet"),
     ({"aud": "another-service"}, f"the token's audience (aud) is not {AUDIENCE}"),
     ({"iss": "https://evil.example/"}, f"the token's issuer (iss) is not {ISSUER}"),
+    ({"iss": ISSUER[:12]}, f"the token's issuer (iss) is not {ISSUER}"),  # a part of it (PyJWT 2.10.0 took that)
     ({"exp": None}, "the token has no 'exp' claim"),
     ({"aud": None}, "the token has no 'aud' claim"),
     ({"iss": None}, "the token has no 'iss' claim"),
@@ -178,6 +181,17 @@ def test_none_and_hmac_with_the_public_key_are_refused(auth: JwtAuth) -> None:
     assert "needs a JSON Web Token" in message and challenge == 'Bearer realm="httppush"'  # RFC 6750 §3.1
 
 
+#: A token whose header is 5,000 nested JSON arrays (under MAX_TOKEN_BYTES): deeper than Python's json recursion
+DEEP = b64(b"[" * 5000) + ".e30.c2ln"
+
+
+def test_a_deeply_nested_header_is_a_401(auth: JwtAuth) -> None:
+    assert len(DEEP) < jwtauth.MAX_TOKEN_BYTES
+    message, challenge = refusal(auth, DEEP)
+    assert "the token is not a JWT: its header is not a base64url JSON object" in message, message
+    assert 'error="invalid_token"' in challenge, challenge
+
+
 def test_unknown_kid_without_url_is_a_counted_failure(auth: JwtAuth) -> None:
     backoff = AuthBackoff(max_failures=3)
     for _ in range(3):
@@ -213,6 +227,7 @@ def test_config_errors_name_the_key(tmp_path: Path, changes: dict[str, Any], nee
     (json.dumps({"keys": [{"kty": "RSA", "kid": "x", "n": "AQAB"}]}), "key #0 cannot be used"),
     (json.dumps([RSA_KEY.jwk]), "is not a JSON Web Key Set"),
     ("{not json", "is not JSON"),
+    ("[" * 100_000, "is not JSON: maximum recursion depth exceeded"),
     (json.dumps({"keys": [], "pad": "x" * MAX_JWKS_BYTES}), f"is over {MAX_JWKS_BYTES} bytes"),
 ])
 def test_a_bad_jwks_file_refuses_the_start(tmp_path: Path, content: str, needle: str) -> None:
@@ -284,6 +299,8 @@ def test_file_jwks_over_http_meta_user_and_401_challenge(host: PluginHost, serve
         f'Bearer realm="httppush", error="invalid_token", error_description="the token\'s audience (aud) is not '
         f'{AUDIENCE}"'), refused.headers
     assert push(server_port, "/j", RECORD, headers=bearer(forged("none", claims()))).status == 401
+    deep = push(server_port, "/j", RECORD, headers=bearer(DEEP))
+    assert deep.status == 401 and "not a JWT" in deep.body["error"], deep
     assert push(server_port, "/j", RECORD).headers["WWW-Authenticate"] == 'Bearer realm="httppush"'
     assert_sentinel_next_on_channels(sender(server_port, "/j", headers=bearer(RSA_KEY.token())), ch)
 
@@ -339,3 +356,81 @@ def test_oversized_url_jwks_refuses_the_start(host: PluginHost, server_port: int
     answer = host.start_source("r1", "s1", {"datasource": "/big", **jwt_props(jwksUrl=jwks_server.url)},
                                expect_ok=False)
     assert f"the JWKS at {jwks_server.url} is over {MAX_JWKS_BYTES} bytes" in answer, answer
+
+
+# -- the fetch of jwksUrl is bounded in time as a whole ------------------------------------------------------------
+
+class SlowServer:
+    """A loopback server that answers every connection slowly: ``phase`` "head" sends the status line and then a
+    header byte every 0.2 s, "body" sends the whole head and then the body a byte every 0.2 s, each for at most
+    ``for_s`` seconds before it closes the connection."""
+
+    def __init__(self, phase: str, for_s: float = 6.0, tls: ssl.SSLContext | None = None) -> None:
+        import socket
+
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}/jwks.json"
+        self.phase, self.for_s, self.tls = phase, for_s, tls
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        with conn:
+            try:
+                if self.tls is not None:
+                    conn = self.tls.wrap_socket(conn, server_side=True)
+                conn.recv(65536)
+                document = json.dumps(jwks(RSA_KEY)).encode()
+                if self.phase == "head":
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(document))
+                ends = time.monotonic() + self.for_s
+                sent = 0
+                while time.monotonic() < ends:
+                    conn.sendall(b"a" if self.phase == "head" else document[sent:sent + 1])
+                    sent += 1
+                    time.sleep(0.2)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("phase, scheme", [("head", "http"), ("body", "http"), ("body", "https")])
+def test_a_slow_jwks_url_is_cut_off_at_the_fetch_timeout(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, pki: Pki,
+                                                          phase: str, scheme: str) -> None:
+    from httppush_plugin import jwks as jwks_module
+
+    monkeypatch.setattr(jwks_module, "FETCH_TIMEOUT_S", 1.0)
+    tls = None
+    if scheme == "https":
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(str(pki.server_cert), str(pki.server_key))
+        monkeypatch.setattr(ssl, "_create_default_https_context", lambda: client_context(pki))
+    server = SlowServer(phase, tls=tls)  # each send well within the socket timeout, the whole far beyond it
+    try:
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=re.escape(f"the JWKS at {server.url} could not be fetched within 1 s")):
+            parse_auth({"type": "jwt", "jwksUrl": server.url, "issuer": ISSUER, "audience": AUDIENCE})
+        assert time.monotonic() - started < 4.0  # the server would go on for 6 s
+        # with a file too: served with it, and the background fetch ends too, so later ones can start
+        keyset = jwks_module.KeySet(write_jwks(tmp_path / "k.json", RSA_KEY), server.url, 1.0)
+        assert keyset.key("k1") is not None
+        keyset._tried = -float("inf")
+        assert keyset.fetch_soon()
+        deadline = time.monotonic() + 4.0
+        while keyset._fetching and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not keyset._fetching, "the background fetch still runs"
+    finally:
+        server.close()

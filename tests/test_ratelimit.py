@@ -206,3 +206,39 @@ def test_streams_on_one_route_must_agree_and_a_restart_keeps_the_buckets(host: P
     ch = host.start_source("r1", "s1", dict(props))  # a rule restart
     assert push(server_port, "/agree", '{"t": "again"}', headers=hog).status == 429  # no fresh burst
     assert_sentinel_next_on_channels(sender(server_port, "/agree", headers={"X-Forwarded-For": "198.51.100.2"}), ch)
+
+
+
+def from_peer(port: int, path: str, address: str) -> Any:
+    """A sentinel sender whose connections come from another loopback address: another peer, its own bucket."""
+    import http.client
+
+    def send(body: bytes) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(address, 0))
+        try:
+            conn.request("POST", path, body=body, headers={"Content-Type": "application/json"})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    return send
+
+
+def test_x_forwarded_for_from_an_untrusted_peer_buys_no_fresh_bucket(host: PluginHost, server_port: int) -> None:
+    """The client is the peer unless the peer is a trusted proxy: a forged X-Forwarded-For (or Forwarded) on each
+    request gets no new bucket, with trustedProxies that do not list the peer and without any."""
+    ch = host.start_source("r1", "s1", {"datasource": "/spoof", "meta": ["remoteAddr"],
+                                        "trustedProxies": ["192.0.2.0/24"],  # not the test's loopback peer
+                                        "rateLimit": {"rate": 0.1, "burst": 2}})
+    statuses = [push(server_port, "/spoof", RECORD, headers={"X-Forwarded-For": f"203.0.113.{n}",
+                                                             "Forwarded": f"for=203.0.113.{n}"}).status
+                for n in range(4)]
+    assert statuses == [200, 200, 429, 429], statuses
+    assert ch.take(2) == [{"message": {"t": 1}, "meta": {"remoteAddr": "127.0.0.1"}}] * 2
+    assert value(samples(server_port), "httppush_rate_limit_clients", method="POST", path="/spoof") == 1
+    bare = host.start_source("r2", "s2", {"datasource": "/spoof2", "rateLimit": {"rate": 0.1, "burst": 1}})
+    assert [push(server_port, "/spoof2", RECORD, headers={"X-Forwarded-For": f"203.0.113.{n}"}).status
+            for n in range(3)] == [200, 429, 429]
+    assert bare.messages(1) == [{"t": 1}]
+    assert_sentinel_next_on_channels(from_peer(server_port, "/spoof", "127.0.0.2"), ch)
+    assert_sentinel_next_on_channels(from_peer(server_port, "/spoof2", "127.0.0.3"), bare)

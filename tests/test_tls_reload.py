@@ -272,6 +272,53 @@ def test_a_broken_set_keeps_the_one_in_use(rig: Rig, pki: Pki, rotation: Rotatio
     assert rig.records_until({"n": 3}) == [{"n": 1}, {"n": 2}]
 
 
+def test_a_renewed_certificate_alone_lets_tls12_sessions_resume(rig: Rig, pki: Pki, rotation: Rotation) -> None:
+    """Client certificates checked, the server certificate and key renewed (the CA file unchanged): a TLS 1.2
+    session begun before resumes and is served (its client was checked against the CA file still in use); only a
+    changed CA file closes such sessions (test_rotation_under_traffic)."""
+    tls12 = client_context(pki, pki.client)
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    with tls12.wrap_socket(socket.create_connection(("127.0.0.1", rig.port)), server_hostname="127.0.0.1") as first:
+        first.sendall(b'POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n{"n": 1}')
+        assert first.recv(100).startswith(b"HTTP/1.1 200")
+        session = first.session
+    wait_until(lambda: int(time.time()) > session.time, 2, "the next second")  # the reload is later than the session
+    _replace(rig.files["cert"], rotation.server_cert)
+    _replace(rig.files["key"], rotation.server_key)
+    s2 = serial_of(rotation.server_cert)
+    wait_until(lambda: _post(rig.port, client_context(pki, pki.client), 2)[1] == s2, 10, "the renewed certificate")
+    with tls12.wrap_socket(socket.create_connection(("127.0.0.1", rig.port)), server_hostname="127.0.0.1",
+                           session=session) as resumed:
+        assert resumed.session_reused
+        resumed.sendall(b'POST /api HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\n{"n": 3}')
+        assert resumed.recv(100).startswith(b"HTTP/1.1 200")
+    assert _post(rig.port, client_context(pki, pki.client), 4)[0] == 200  # the sentinel
+    got = [r["n"] for r in rig.records_until({"n": 4})]
+    assert got[0] == 1 and got[-1] == 3 and set(got) <= {1, 2, 3}, got
+
+
+def test_the_files_are_looked_at_off_the_event_loop(rig: Rig, monkeypatch: pytest.MonkeyPatch, pki: Pki) -> None:
+    """A look loads a changed set (a CA bundle: tens of milliseconds) in a worker thread, never on the loop that
+    serves the clients; looks go on after one that failed."""
+    loop_thread = rig.server.run(threading.get_ident)
+    threads: list[int] = []
+    real = Certificates.look
+
+    def look(self: Certificates) -> bool:
+        threads.append(threading.get_ident())
+        if len(threads) == 1:
+            raise OSError("a look that fails")  # the next ones are still set
+        return real(self)
+
+    monkeypatch.setattr(Certificates, "look", look)
+    wait_until(lambda: len(threads) >= 3, 10, "three looks at the files")
+    assert loop_thread not in threads, (loop_thread, threads)
+    client = client_context(pki, pki.client)
+    assert _post(rig.port, client, 1)[0] == 200  # served throughout
+    assert _post(rig.port, client, 2)[0] == 200  # the sentinel: nothing else arrived
+    assert rig.records_until({"n": 2}) == [{"n": 1}]
+
+
 # -- the reloader alone ------------------------------------------------------------------------------------------
 
 def test_look_loads_only_a_changed_set_that_loads(pki: Pki, rotation: Rotation, tmp_path: Path,

@@ -143,6 +143,7 @@ def test_zstd_bodies_decode(host: PluginHost, server_port: int) -> None:
     assert ch.messages(3) == [{"id": 0}, {"id": 1}, {"id": 2}]
     assert_sentinel_next_on_channels(sender(server_port, "/z", headers={"Content-Encoding": "zstd"}), ch,
                                      body=zstd.compress(b'{"sentinel": "zstd"}'), record={"sentinel": "zstd"})
+    assert gauge(server_port, "httppush_buffered_bytes") == 0  # every decoder's window given back once answered
 
 
 def test_zstd_refusals_over_http(host: PluginHost, server_port: int) -> None:
@@ -151,11 +152,14 @@ def test_zstd_refusals_over_http(host: PluginHost, server_port: int) -> None:
         (zstd.compress(BODY)[:-4], 400, "the zstd body ends before its compressed frame does (Content-Encoding)"),
         (zstd.compress(BODY) + b"garbage!", 400, "Unknown frame descriptor"),
         (streamed(BODY, window_log=25), 400, "asks for a 33554432-byte window; the limit is 8388608 bytes"),
+        (b"".join([zstd.compress(b"")] * 1001), 413, "more than 1000 zstd frames"),
+        (zstd.compress(b"[" + b"1," * (6 << 20) + b"1]"), 413, "inflates to over 10485760 bytes"),
     ]
     for data, status, needle in cases:
         reply = push(server_port, "/z", data, headers={"Content-Encoding": "zstd"})
         assert reply.status == status and needle in reply.body["error"], reply.body
     assert_sentinel_next_on_channels(sender(server_port, "/z"), ch)  # nothing of any refused body was emitted
+    assert gauge(server_port, "httppush_buffered_bytes") == 0  # the decoders' windows given back on every refusal
 
 
 def _bomb() -> Iterator[bytes]:
