@@ -204,6 +204,8 @@ class JwtAuth(Authenticator):
         if isinstance(leeway, bool) or not isinstance(leeway, int | float) or not 0 <= leeway <= 3600:
             raise ConfigError(f"property 'auth.leeway' is {leeway!r}; must be 0 to 3600 seconds of clock skew")
         refresh = seconds("property 'auth.jwksRefresh'", props.get("jwksrefresh", DEFAULT_REFRESH_S))
+        if refresh < 1:  # tokens with made-up kids could otherwise keep the key set's server fetched without pause
+            raise ConfigError(f"property 'auth.jwksRefresh' is {refresh:g}; must be at least 1 second")
         keyset = KeySet(file, url, refresh)
         return cls(issuer.strip(), audiences, algorithms, float(leeway), file, url, refresh, keyset)
 

@@ -212,6 +212,7 @@ def test_unknown_kid_without_url_is_a_counted_failure(auth: JwtAuth) -> None:
     ({"jwks": "/nonexistent/jwks.json"}, "property 'auth.jwks': /nonexistent/jwks.json cannot be read"),
     ({"jwksUrl": "file:///etc/passwd"}, "property 'auth.jwksUrl' is 'file:///etc/passwd'; must be an http://"),
     ({"leeway": -1}, "property 'auth.leeway' is -1; must be 0 to 3600 seconds"),
+    ({"jwksRefresh": 0.01}, "property 'auth.jwksRefresh' is 0.01; must be at least 1 second"),
     ({"secret": "s"}, "property 'auth' has the key 'secret', unknown for type 'jwt'"),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, changes: dict[str, Any], needle: str) -> None:
