@@ -21,6 +21,7 @@ from typing import Any, Literal
 from .auth import Authenticator, parse_auth
 from .cors import CorsConfig, parse_cors
 from .errors import ConfigError
+from .fieldtypes import Fields, parse_fields
 from .idempotency import IdempotencyConfig, parse_idempotency
 from .meta import (
     META_FIELDS,
@@ -40,6 +41,9 @@ FORMATS = ("json", "binary", "delimited", "urlencoded", "protobuf", "custom")
 FRAMINGS = ("whole", "lines")
 #: ``successStatus``: what a request whose records were all delivered is answered (204 has no body).
 SUCCESS_STATUSES = (200, 201, 202, 204)
+#: ``validation``: check records against the stream's schema at the edge (422) — ``auto``: when the stream has
+#: STRICT_VALIDATION, ``on``: always, ``off``: never (docs/validation.md)
+VALIDATIONS = ("auto", "on", "off")
 Method = Literal["POST", "PUT"]
 Framing = Literal["whole", "lines"]
 
@@ -113,6 +117,9 @@ PROPERTIES: tuple[Property, ...] = (
     Property("trustedProxies", "trusted_proxies", [], parse_trusted_proxies, "list", "list_string"),
     Property("proxyHeader", "proxy_header", PROXY_HEADERS[0], parse_proxy_header, "select", values=PROXY_HEADERS),
     Property("idempotency", "idempotency", {}, parse_idempotency, "list", "object"),
+    Property("validation", "validation", "auto", _choice("validation", VALIDATIONS, "auto"), "select",
+             values=VALIDATIONS),
+    Property("schema", "schema", "", lambda value: parse_fields(value) if value not in (None, "", {}) else None),
 )
 _DEFAULTS = {prop.field: prop.check(prop.default) for prop in PROPERTIES}
 
@@ -142,6 +149,10 @@ class EndpointConfig:
     trusted_proxies: tuple[Network, ...] = _DEFAULTS["trusted_proxies"]
     proxy_header: str = _DEFAULTS["proxy_header"]
     idempotency: IdempotencyConfig | None = _DEFAULTS["idempotency"]
+    validation: str = _DEFAULTS["validation"]
+    schema: Fields | None = _DEFAULTS["schema"]
+    #: the stream's STRICT_VALIDATION option
+    strict: bool = False
 
     @classmethod
     def from_props(cls, props: Mapping[str, Any], datasource: str = "") -> EndpointConfig:
@@ -170,7 +181,8 @@ class EndpointConfig:
             raise ConfigError(
                 f"SCHEMAID is {schema_id!r}; FORMAT=\"protobuf\" needs \"<file>.<Message>\" (e.g. \"sensor.Reading\")"
             )
-        return cls(path=path, format=fmt, delimiter=str(props.get("delimiter") or ","), schema_id=schema_id, **values)
+        return cls(path=path, format=fmt, delimiter=str(props.get("delimiter") or ","), schema_id=schema_id,
+                   strict=props.get("strictValidation") in (True, "true", "True"), **values)
 
 
 def _custom_ref_from_schema_id(schema_id: str) -> str:

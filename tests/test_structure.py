@@ -15,11 +15,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "httppush_plugin"
 STAGES = (
     "errors", "answers", "request", "values", "layout", "budget", "drain", "metrics",
     "credentials", "signatures", "auth", "backoff", "cors", "idempotency", "meta",
-    "properties_text", "properties", "settingsfile", "settings",
-    "decoders", "framing", "encoding", "delivery", "channel", "routing",
+    "fieldtypes", "properties_text", "properties", "settingsfile", "settings",
+    "decoders", "schema", "framing", "encoding", "delivery", "channel", "routing",
     "fanout", "admin", "offload", "app",
     "incoming", "wire", "connections", "protocol",
-    "server", "source",
+    "server", "streamschema", "source",
 )
 #: What the protocol may know of the rest of the package: the request/answer vocabulary, the byte limits, the wire.
 PROTOCOL_IMPORTS = {"answers", "request", "connections", "incoming", "wire"}

@@ -1,0 +1,233 @@
+"""The stream's schema, checked at the edge: a record eKuiper's STRICT_VALIDATION would drop gets 422 instead of 2xx.
+
+What the host does (eKuiper 2.4.0 and 2.4.2 alike, ``internal/topo/operator/field_processor.go`` with the casts of
+``pkg/cast/cast.go`` and ``pkg/cast/time.go``; the fields it checks are chosen in
+``internal/topo/planner/dataSourcePlan.go``), for a record whose numbers are all float64 (it decodes our JSON):
+
+=========  ==============================================  ===============================================
+type       passes (converted by the host)                  dropped
+=========  ==============================================  ===============================================
+bigint     a number (a fraction truncated)                 string, boolean, null, object, array
+float      a number                                        string, boolean, null, object, array
+boolean    true, false                                     anything else
+string     a string                                        anything else
+datetime   a number (epoch ms); a string (parsed by the    boolean, null, object, array
+           host: not checked here)
+bytea      a string (base64 decoded, else its UTF-8)       anything else
+array      null; an array whose elements pass as items     anything else
+struct     inside an array: null, an object (or its JSON   anything else
+           text) whose every declared field passes
+=========  ==============================================  ===============================================
+
+A declared field that is missing is dropped ("field x is not found"); fields not declared pass. A *top-level* struct
+field is not checked at all by a rule that does not read it with ``->`` (the planner prunes it, ``SELECT *``
+included), so it is not checked here either. The host checks the fields the rule reads (``SELECT *``: all); the edge
+checks every declared field, as for ``SELECT *``. Values are never changed here: the host converts them as before.
+
+Example: ``Schema(parse_fields("b bigint, tags array(string)")).check([{"b": "7", "tags": []}])`` raises
+:class:`SchemaMismatch` (422) naming record 0, field ``b``, expected ``bigint``, got a string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from .answers import Unprocessable
+from .decoders import Decoder, Limits, Record, TooManyRecords
+from .fieldtypes import Fields, FieldType
+
+#: failures named in one 422 body; the rest are counted
+MAX_NAMED = 10
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The check: one small function per field, compiled once per source
+# ---------------------------------------------------------------------------------------------------------------------
+
+_MISSING = object()
+#: a test: None when the host accepts the value (or converts it, or does not look), else what was found instead
+Test = Callable[[Any], str | None]
+
+
+def _kind(value: Any) -> str:
+    """What JSON makes of a value (``orjson`` writes what the host reads); ``""`` for what the built-in decoders never
+    make (a custom decoder's): left to the host."""
+    if value is _MISSING:
+        return "missing"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "object"
+    if isinstance(value, list | tuple):
+        return "array"
+    return ""
+
+
+#: per scalar type: the JSON kinds the host accepts
+_ACCEPTS = {"bigint": {"number"}, "float": {"number"}, "boolean": {"boolean"}, "string": {"string"},
+            "datetime": {"number", "string"}, "bytea": {"string"}}
+#: per scalar type: the Python types of :data:`_ACCEPTS` (the fast path: one ``type(v) in`` test)
+_FAST = {"bigint": (int, float), "float": (int, float), "boolean": (bool,), "string": (str,),
+         "datetime": (int, float, str), "bytea": (str,)}
+
+
+def _scalar(kind: str) -> Test:
+    fast, accepts = frozenset(_FAST[kind]), _ACCEPTS[kind]
+
+    def test(value: Any) -> str | None:
+        if type(value) in fast:
+            return None
+        found = _kind(value)
+        return None if not found or found in accepts else found
+
+    return test
+
+
+def _array(items: FieldType) -> Test:
+    item = _test(items)
+
+    def test(value: Any) -> str | None:
+        if value is None:
+            return None
+        if type(value) is not list and not isinstance(value, list | tuple):
+            found = _kind(value)
+            return found or None
+        for index, element in enumerate(value):
+            found = item(element)
+            if found is not None:
+                return f"{found} at [{index}]"
+        return None
+
+    return test
+
+
+def _struct(fields: Fields) -> Test:
+    tests = tuple((name, _test(ftype)) for name, ftype in fields)
+
+    def test(value: Any) -> str | None:
+        if value is None:
+            return None
+        if type(value) is str:  # the host parses a JSON object's text (Go's json.Unmarshal: "null" is no fields)
+            try:
+                value = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                return "string (not a JSON object)"
+            if value is None:
+                value = {}
+            elif not isinstance(value, dict):
+                return "string (not a JSON object)"
+        elif not isinstance(value, Mapping):
+            return _kind(value) or None
+        for name, field in tests:
+            found = field(value.get(name, _MISSING))
+            if found is not None:
+                return f"{found} at .{name}"
+        return None
+
+    return test
+
+
+def _test(ftype: FieldType) -> Test:
+    if ftype.kind == "array":
+        assert ftype.items is not None
+        return _array(ftype.items)
+    if ftype.kind == "struct":
+        return _struct(ftype.fields)
+    return _scalar(ftype.kind)
+
+
+class SchemaMismatch(Unprocessable):
+    """Records the stream's schema would make eKuiper drop (HTTP 422); nothing of the body is delivered."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A stream's fields, compiled: :meth:`check` raises :class:`SchemaMismatch` for a body with a failing record."""
+
+    fields: Fields
+    #: eKuiper's ``basic.ignoreCase``: a field missing as written is looked up case-insensitively
+    ignore_case: bool = False
+    #: where the fields came from, for the log and the 422's message (``"GET http://…/streams/s/schema"``)
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        # a top-level struct is pruned by the host's planner unless the rule reads it with ``->``: never checked
+        checked = tuple((name, _test(ftype), str(ftype)) for name, ftype in self.fields if ftype.kind != "struct")
+        object.__setattr__(self, "_checked", checked)
+
+    @property
+    def key(self) -> Hashable:
+        return (self.fields, self.ignore_case)
+
+    def check(self, records: Sequence[Record]) -> None:
+        checked = self._checked  # type: ignore[attr-defined]
+        failures: list[dict[str, Any]] = []
+        count = 0
+        for index, record in enumerate(records):
+            get = record.get
+            for name, test, expected in checked:
+                found = test(get(name, _MISSING))
+                if found is not None:
+                    if found == "missing" and self.ignore_case:
+                        found = test(_lookup(record, name))
+                        if found is None:
+                            continue
+                    count += 1
+                    if len(failures) < MAX_NAMED:
+                        failures.append({"record": index, "field": name, "expected": expected, "found": found})
+        if count:
+            named = "; ".join(f"record {f['record']} field '{f['field']}': expected {f['expected']}, found "
+                              f"{f['found']}" for f in failures)
+            more = count - len(failures)
+            raise SchemaMismatch(f"{count} value(s) do not match the stream's schema, which eKuiper checks "
+                                 f"(STRICT_VALIDATION) and would drop: {named}"
+                                 + (f"; and {more} more" if more else ""), failures=failures, more=more)
+
+
+def _lookup(record: Mapping[str, Any], name: str) -> Any:
+    for key, value in record.items():
+        if isinstance(key, str) and key.lower() == name.lower():
+            return value
+    return _MISSING
+
+
+class CheckedDecoder(Decoder):
+    """A decoder whose records are checked against a :class:`Schema`: the app decodes through it like any other, and
+    sources with equal decoders and equal schemas still share one decoding (:attr:`key`)."""
+
+    def __init__(self, inner: Decoder, schema: Schema) -> None:
+        self.inner, self.schema = inner, schema
+        self.format = inner.format
+
+    @property
+    def key(self) -> Hashable:
+        return (self.inner.key, self.schema.key)
+
+    def decode(self, body: bytes) -> list[Record]:
+        records = self.inner.decode(body)
+        self.schema.check(records)
+        return records
+
+    def values_bound(self, body: bytes) -> int:
+        return self.inner.values_bound(body)
+
+    def decode_request(self, body: bytes, content_type: str, limits: Limits | None = None) -> list[Record]:
+        records = self.inner.decode_request(body, content_type, limits)
+        if limits is not None and len(records) > limits.records:  # a custom decoder's list: refused before checking
+            raise TooManyRecords(limits.records)
+        self.schema.check(records)
+        return records
+
+    def __getattr__(self, name: str) -> Any:  # what a format's decoder has of its own
+        if name == "inner":
+            raise AttributeError(name)
+        return getattr(self.inner, name)
