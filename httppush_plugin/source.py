@@ -33,8 +33,8 @@ from .drain import Drain
 from .layout import SearchPaths, host_root
 from .properties import EndpointConfig
 from .routing import Subscription
-from .server import SharedServer
 from .schema import CheckedDecoder
+from .server import SharedServer
 from .settings import load_server_config
 from .streamschema import find_schema
 
