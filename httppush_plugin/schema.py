@@ -48,8 +48,10 @@ MAX_NAMED = 10
 # ---------------------------------------------------------------------------------------------------------------------
 
 _MISSING = object()
-#: a test: None when the host accepts the value (or converts it, or does not look), else what was found instead
-Test = Callable[[Any], str | None]
+#: what a test finds wrong: (where inside the field, e.g. ``"[2].z"``; the type expected there; what was found)
+Problem = tuple[str, str, str]
+#: a test: None when the host accepts the value (or converts it, or does not look at it)
+Test = Callable[[Any], Problem | None]
 
 
 def _kind(value: Any) -> str:
@@ -83,66 +85,78 @@ _FAST = {"bigint": (int, float), "float": (int, float), "boolean": (bool,), "str
 def _scalar(kind: str) -> Test:
     fast, accepts = frozenset(_FAST[kind]), _ACCEPTS[kind]
 
-    def test(value: Any) -> str | None:
+    def test(value: Any) -> Problem | None:
         if type(value) in fast:
             return None
         found = _kind(value)
-        return None if not found or found in accepts else found
+        return None if not found or found in accepts else ("", kind, found)
 
     return test
 
 
-def _array(items: FieldType) -> Test:
-    item = _test(items)
+def _array(ftype: FieldType, ignore_case: bool) -> Test:
+    assert ftype.items is not None
+    item, expected = _test(ftype.items, ignore_case), str(ftype)
 
-    def test(value: Any) -> str | None:
+    def test(value: Any) -> Problem | None:
         if value is None:
             return None
         if type(value) is not list and not isinstance(value, list | tuple):
             found = _kind(value)
-            return found or None
+            return ("", expected, found) if found else None
         for index, element in enumerate(value):
-            found = item(element)
-            if found is not None:
-                return f"{found} at [{index}]"
+            problem = item(element)
+            if problem is not None:
+                return (f"[{index}]{problem[0]}", problem[1], problem[2])
         return None
 
     return test
 
 
-def _struct(fields: Fields) -> Test:
-    tests = tuple((name, _test(ftype)) for name, ftype in fields)
+def _struct(ftype: FieldType, ignore_case: bool) -> Test:
+    tests, expected = tuple((name, _test(sub, ignore_case)) for name, sub in ftype.fields), str(ftype)
 
-    def test(value: Any) -> str | None:
+    def test(value: Any) -> Problem | None:
         if value is None:
             return None
         if type(value) is str:  # the host parses a JSON object's text (Go's json.Unmarshal: "null" is no fields)
             try:
                 value = orjson.loads(value)
             except orjson.JSONDecodeError:
-                return "string (not a JSON object)"
+                return ("", expected, "string (not JSON)")
             if value is None:
                 value = {}
             elif not isinstance(value, dict):
-                return "string (not a JSON object)"
+                return ("", expected, f"string (JSON {_kind(value)})")
         elif not isinstance(value, Mapping):
-            return _kind(value) or None
+            found = _kind(value)
+            return ("", expected, found) if found else None
         for name, field in tests:
-            found = field(value.get(name, _MISSING))
-            if found is not None:
-                return f"{found} at .{name}"
+            problem = field(_get(value, name, ignore_case))
+            if problem is not None:
+                return (f".{name}{problem[0]}", problem[1], problem[2])
         return None
 
     return test
 
 
-def _test(ftype: FieldType) -> Test:
+def _test(ftype: FieldType, ignore_case: bool) -> Test:
     if ftype.kind == "array":
-        assert ftype.items is not None
-        return _array(ftype.items)
+        return _array(ftype, ignore_case)
     if ftype.kind == "struct":
-        return _struct(ftype.fields)
+        return _struct(ftype, ignore_case)
     return _scalar(ftype.kind)
+
+
+def _get(record: Mapping[str, Any], name: str, ignore_case: bool) -> Any:
+    """The field as eKuiper's ``Message.Value`` finds it: as written, else (``basic.ignoreCase``) in any case."""
+    value = record.get(name, _MISSING)
+    if value is _MISSING and ignore_case:
+        folded = name.lower()
+        for key, candidate in record.items():
+            if isinstance(key, str) and key.lower() == folded:
+                return candidate
+    return value
 
 
 class SchemaMismatch(Unprocessable):
@@ -161,7 +175,7 @@ class Schema:
 
     def __post_init__(self) -> None:
         # a top-level struct is pruned by the host's planner unless the rule reads it with ``->``: never checked
-        checked = tuple((name, _test(ftype), str(ftype)) for name, ftype in self.fields if ftype.kind != "struct")
+        checked = tuple((name, _test(ftype, self.ignore_case)) for name, ftype in self.fields if ftype.kind != "struct")
         object.__setattr__(self, "_checked", checked)
 
     @property
@@ -174,16 +188,17 @@ class Schema:
         count = 0
         for index, record in enumerate(records):
             get = record.get
-            for name, test, expected in checked:
-                found = test(get(name, _MISSING))
-                if found is not None:
-                    if found == "missing" and self.ignore_case:
-                        found = test(_lookup(record, name))
-                        if found is None:
+            for name, test in checked:
+                problem = test(get(name, _MISSING))
+                if problem is not None:
+                    if problem[2] == "missing" and not problem[0] and self.ignore_case:
+                        problem = test(_get(record, name, True))
+                        if problem is None:
                             continue
                     count += 1
                     if len(failures) < MAX_NAMED:
-                        failures.append({"record": index, "field": name, "expected": expected, "found": found})
+                        failures.append({"record": index, "field": name + problem[0], "expected": problem[1],
+                                         "found": problem[2]})
         if count:
             named = "; ".join(f"record {f['record']} field '{f['field']}': expected {f['expected']}, found "
                               f"{f['found']}" for f in failures)
@@ -191,13 +206,6 @@ class Schema:
             raise SchemaMismatch(f"{count} value(s) do not match the stream's schema, which eKuiper checks "
                                  f"(STRICT_VALIDATION) and would drop: {named}"
                                  + (f"; and {more} more" if more else ""), failures=failures, more=more)
-
-
-def _lookup(record: Mapping[str, Any], name: str) -> Any:
-    for key, value in record.items():
-        if isinstance(key, str) and key.lower() == name.lower():
-            return value
-    return _MISSING
 
 
 class CheckedDecoder(Decoder):

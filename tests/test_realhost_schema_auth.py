@@ -1,0 +1,98 @@
+"""The plugin's schema check when eKuiper's REST requires authentication (``basic.authentication``: every call but
+``/`` and ``/ping`` needs a JWT, ``internal/server/middleware/auth.go``), on a real eKuiper v2.4.2 of its own.
+
+The plugin holds no token, so ``GET /streams/{name}/schema`` answers 401: a strict stream's start fails naming that
+and the property ``schema`` (eKuiper shows the reason only in its log); with ``schema`` in the stream's conf key, those
+fields are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.hostlock import HOST_LOCK
+from harness.net import free_port
+from harness.realhost import EkuiperHost, RecordSink, http_request, require_kuiperd
+from tests.realhost_support import PLUGIN, Ctx, log_lines, metric, realhost_env, uid
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.realhost
+
+
+class AuthHost(EkuiperHost):
+    """A host whose REST needs a JWT (``basic.authentication``): this harness signs its own requests with a key it
+    installs in ``etc/mgmt/<issuer>`` (eKuiper's ``internal/pkg/jwt``); the plugin has no token."""
+
+    ISSUER = "httppush-test.pub"
+
+    def _create_root(self) -> None:
+        super()._create_root()
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        mgmt = self.root / "etc" / "mgmt"
+        mgmt.mkdir(parents=True, exist_ok=True)
+        (mgmt / self.ISSUER).write_bytes(self.key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def request(self, method: str, path: str, body: Any = None, *, expect: Any = None, timeout: float = 30.0) -> Any:
+        import jwt
+
+        token = jwt.encode({"iss": self.ISSUER, "aud": ["eKuiper"], "exp": int(time.time()) + 600}, self.key,
+                           algorithm="RS256")
+        status, raw = http_request(method, self.rest_url + path, body, headers={"Authorization": token},
+                                   timeout=timeout)
+        if not (200 <= status < 300 if expect is None else status in ((expect,) if isinstance(expect, int)
+                                                                         else tuple(expect))):
+            raise AssertionError(f"{method} {path} answered {status}: {raw[:300]!r}")
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            return raw.decode()
+
+
+@pytest.fixture(scope="module")
+def authed(tmp_path_factory: pytest.TempPathFactory, zips: dict[str, Path]) -> Iterator[Ctx]:
+    require_kuiperd()
+    if getattr(HOST_LOCK, "_depth", 0):
+        pytest.fail("another eKuiper host is already running in this test process")
+    port = free_port()
+    env = {**realhost_env(port), "KUIPER__BASIC__AUTHENTICATION": "true"}
+    with RecordSink() as sink, AuthHost(tmp_path_factory.mktemp("schema-auth"), extra_env=env) as host:
+        status, _ = http_request("GET", host.rest_url + "/streams")
+        assert status == 401  # the host really requires a token
+        host.install_plugin(PLUGIN, zips["pyhttppush"])
+        helper = Ctx(host, sink, port)
+        yield helper
+        helper.cleanup()
+
+
+def test_rest_requiring_auth(authed: Ctx) -> None:
+    """No token: the start fails naming the REST address with its 401 and the property ``schema`` (the host shows
+    the reason only in its log); with ``schema`` in the stream's conf key, those fields are checked."""
+    s, path = authed.stream('FORMAT="json", STRICT_VALIDATION="true"', "(n BIGINT, tags ARRAY(STRING))")
+    r = authed.rule(f"SELECT * FROM {s}", wait=False)
+    needle = f"/streams/{s}/schema answered 401"
+    wait_until(lambda: log_lines(authed.host, needle, "property 'schema' is not set"), 30.0,
+               "the start error in the host's log")
+    assert r not in authed.host.plugin_status(PLUGIN)["refCount"]
+
+    key = uid("fields")
+    authed.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{key}", {"schema": "n bigint, tags array(string)"})
+    s2, path2 = authed.stream(f'FORMAT="json", STRICT_VALIDATION="true", CONF_KEY="{key}"',
+                              "(n BIGINT, tags ARRAY(STRING))")
+    r2 = authed.rule(f"SELECT * FROM {s2}")
+    reply = authed.push(path2, '[{"n": 1, "tags": []}, {"n": 2, "tags": [3]}]')
+    assert reply.status == 422 and reply.body["failures"] == [
+        {"record": 1, "field": "tags[0]", "expected": "string", "found": "number"}]
+    assert authed.push(path2, '{"n": 1.9, "tags": ["a"]}').status == 200
+    assert authed.sink.wait_for(1) == [{"n": 1, "tags": ["a"]}]
+    authed.assert_sentinel_next_in_sink(path2, 1, record={"n": 3, "tags": []})
+    assert metric(authed.status(r2), "_preprocessor_0_exceptions_total") == 0
