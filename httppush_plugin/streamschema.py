@@ -70,9 +70,9 @@ class RestUnavailable(Exception):
     """eKuiper's REST could not be asked; the message says what was tried and why it failed."""
 
 
-def fetch_fields(base: str, name: str, timeout: float = REST_TIMEOUT) -> dict[str, Any] | None:
+def fetch_fields(base: str, name: str, timeout: float = REST_TIMEOUT) -> tuple[dict[str, Any] | None, str]:
     """The stream's (else the table's) JSON schema, ``{}`` when it declares no fields, ``None`` when neither a stream
-    nor a table has that name; raises :class:`RestUnavailable`."""
+    nor a table has that name; and the URL asked. Raises :class:`RestUnavailable`."""
     deadline = time.monotonic() + timeout
     quoted = urllib.parse.quote(name, safe="")
     for kind in ("streams", "tables"):
@@ -84,7 +84,7 @@ def fetch_fields(base: str, name: str, timeout: float = REST_TIMEOUT) -> dict[st
             try:
                 with urllib.request.urlopen(url, timeout=left, context=_unverified(url)) as answer:
                     schema = json.loads(answer.read() or b"null")
-                return schema if isinstance(schema, dict) else {}
+                return (schema if isinstance(schema, dict) else {}), url
             except urllib.error.HTTPError as exc:
                 if exc.code in (401, 403):
                     raise RestUnavailable(f"GET {url} answered {exc.code} (eKuiper's basic.authentication is on)"
@@ -98,7 +98,7 @@ def fetch_fields(base: str, name: str, timeout: float = REST_TIMEOUT) -> dict[st
                     time.sleep(0.1)  # eKuiper's boot: its rules start before its REST server listens
                     continue
                 raise RestUnavailable(f"GET {url}: {reason}") from None
-    return None
+    return None, url
 
 
 def _unverified(url: str) -> Any:
@@ -122,7 +122,7 @@ def find_schema(cfg: EndpointConfig, stream: str | None, plugin_dir: Path,
     why = "the start command named no stream"
     if stream:
         try:
-            found = fetch_fields(base, stream)
+            found, url = fetch_fields(base, stream)
         except RestUnavailable as exc:
             why = str(exc)
         else:
@@ -134,7 +134,7 @@ def find_schema(cfg: EndpointConfig, stream: str | None, plugin_dir: Path,
                 except ValueError as exc:
                     why = f"eKuiper's schema of {stream!r} is not understood: {exc}"
                 else:
-                    return Schema(fields, ignore_case, f"GET {base}/…/{stream}/schema")
+                    return Schema(fields, ignore_case, f"GET {url}")
             elif cfg.schema is None or cfg.validation == "auto":
                 return None  # the stream declares no fields: eKuiper checks nothing
     if cfg.schema is not None:

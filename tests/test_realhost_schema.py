@@ -156,3 +156,19 @@ def test_a_changed_stream_is_seen_after_its_rules_restart(v: Ctx) -> None:
     assert v.push(path, '{"n": 7}').status == 422
     assert v.sink.wait_for(1) == [{"n": "seven"}]
     v.assert_sentinel_next_in_sink(path, 1, record={"n": "end"})
+
+
+def test_rules_restored_at_boot_get_the_schema(v: Ctx) -> None:
+    """At boot eKuiper starts its stored rules before its REST server listens (``internal/server/server.go``): the
+    source's look-up waits for it (refused connections are retried within the 2 s budget) and the rule comes up
+    checked, with no start error. Runs last: it restarts this module's host."""
+    s, path = v.stream('FORMAT="json", STRICT_VALIDATION="true"', "(n BIGINT)")
+    r = v.rule(f"SELECT * FROM {s}")
+    v.host.restart()
+    v.wait_started(r)
+    v.wait_endpoint(path)
+    reply = v.push(path, '{"n": "x"}')
+    assert reply.status == 422 and reply.body["failures"][0]["field"] == "n"
+    assert v.push(path, '{"n": 4.2}').status == 200
+    assert v.sink.wait_for(1) == [{"n": 4}]
+    assert v.status(r)["status"] == "running"
