@@ -174,8 +174,11 @@ class Schema:
     origin: str = ""
 
     def __post_init__(self) -> None:
-        # a top-level struct is pruned by the host's planner unless the rule reads it with ``->``: never checked
-        checked = tuple((name, _test(ftype, self.ignore_case)) for name, ftype in self.fields if ftype.kind != "struct")
+        # a top-level struct is pruned by the host's planner unless the rule reads it with ``->``: never checked.
+        # Per field: (name, the value types that pass at once, for an array of scalars the element types that pass at
+        # once, the full test) — the full test runs only for what the fast path does not pass at once.
+        checked = tuple((name, _fast_types(ftype), _fast_items(ftype), _test(ftype, self.ignore_case))
+                        for name, ftype in self.fields if ftype.kind != "struct")
         object.__setattr__(self, "_checked", checked)
 
     @property
@@ -183,22 +186,35 @@ class Schema:
         return (self.fields, self.ignore_case)
 
     def check(self, records: Sequence[Record]) -> None:
+        """Raise :class:`SchemaMismatch` naming every failing value (the first :data:`MAX_NAMED`) of ``records``."""
         checked = self._checked  # type: ignore[attr-defined]
         failures: list[dict[str, Any]] = []
         count = 0
+        missing = _MISSING
         for index, record in enumerate(records):
             get = record.get
-            for name, test in checked:
-                problem = test(get(name, _MISSING))
-                if problem is not None:
-                    if problem[2] == "missing" and not problem[0] and self.ignore_case:
-                        problem = test(_get(record, name, True))
-                        if problem is None:
-                            continue
-                    count += 1
-                    if len(failures) < MAX_NAMED:
-                        failures.append({"record": index, "field": name + problem[0], "expected": problem[1],
-                                         "found": problem[2]})
+            for name, fast, items, test in checked:
+                value = get(name, missing)
+                kind = type(value)
+                if kind in fast:
+                    continue
+                if kind is list and items is not None:
+                    for element in value:
+                        if type(element) not in items:
+                            break
+                    else:
+                        continue
+                problem = test(value)
+                if problem is None:
+                    continue
+                if problem[2] == "missing" and not problem[0] and self.ignore_case:
+                    problem = test(_get(record, name, True))
+                    if problem is None:
+                        continue
+                count += 1
+                if len(failures) < MAX_NAMED:
+                    failures.append({"record": index, "field": name + problem[0], "expected": problem[1],
+                                     "found": problem[2]})
         if count:
             named = "; ".join(f"record {f['record']} field '{f['field']}': expected {f['expected']}, found "
                               f"{f['found']}" for f in failures)
@@ -206,6 +222,15 @@ class Schema:
             raise SchemaMismatch(f"{count} value(s) do not match the stream's schema, which eKuiper checks "
                                  f"(STRICT_VALIDATION) and would drop: {named}"
                                  + (f"; and {more} more" if more else ""), failures=failures, more=more)
+
+
+def _fast_types(ftype: FieldType) -> frozenset[type]:
+    return frozenset(_FAST[ftype.kind]) if ftype.kind in _FAST else frozenset((type(None),))
+
+
+def _fast_items(ftype: FieldType) -> frozenset[type] | None:
+    items = ftype.items
+    return frozenset(_FAST[items.kind]) if ftype.kind == "array" and items is not None and items.kind in _FAST else None
 
 
 class CheckedDecoder(Decoder):
