@@ -78,10 +78,10 @@ def worker(variant: str, requests: int) -> None:
         for _ in range(2000):
             schema.check(records)
         gc.collect()
-        started = time.perf_counter()
+        started = time.process_time()
         for _ in range(requests):
             schema.check(records)
-        print(f"{(time.perf_counter() - started) / requests * 1e6:.4f}")
+        print(f"{(time.process_time() - started) / requests * 1e6:.4f}")
         return
     conn = connection(mode == "checked")
     feed = conn.data_received
@@ -96,10 +96,10 @@ def worker(variant: str, requests: int) -> None:
     if not conn.transport.last.startswith(b"HTTP/1.1 200 ") or not conn.transport.last.endswith(expected):
         raise SystemExit(f"{variant}: not answered 200 with every record accepted: {conn.transport.last[-300:]!r}")
     gc.collect()
-    started = time.perf_counter()
+    started = time.process_time()
     for _ in range(requests):
         feed(raw)
-    print(f"{(time.perf_counter() - started) / requests * 1e6:.4f}")
+    print(f"{(time.process_time() - started) / requests * 1e6:.4f}")
 
 
 def main() -> None:
