@@ -141,6 +141,8 @@ def _struct(ftype: FieldType, ignore_case: bool) -> Test:
 
 
 def _test(ftype: FieldType, ignore_case: bool) -> Test:
+    if ftype.kind not in _FAST and ftype.kind not in ("array", "struct"):  # "any": a type eKuiper added later
+        return lambda value: ("", "a value", "missing") if value is _MISSING else None
     if ftype.kind == "array":
         return _array(ftype, ignore_case)
     if ftype.kind == "struct":
