@@ -36,7 +36,7 @@ from .routing import Subscription
 from .schema import CheckedDecoder
 from .server import SharedServer
 from .settings import load_server_config
-from .streamschema import find_schema
+from .streamschema import find_schema, stream_of
 
 #: How long a send to the host's channel may make no progress, when eKuiper's start command does not say
 #: (``python main.py '{"sendTimeout":1000}'``).
@@ -71,7 +71,7 @@ class HttpPushSource(Source):
         endpoint = EndpointConfig.from_props(conf, datasource)
         decoder = build_decoder(endpoint, self.runtime.paths)
         instance = getattr(_starting, "instance", None)
-        schema = find_schema(endpoint, instance[1] if instance else None, self.runtime.plugin_dir)
+        schema = find_schema(endpoint, stream_of(instance), self.runtime.plugin_dir)
         if schema is not None:  # fetched at every start: a stream update restarts its rules
             log.info("%s: records checked against the fields from %s", endpoint.path, schema.origin)
             decoder = CheckedDecoder(decoder, schema)

@@ -5,7 +5,8 @@ then drops what does not match) and is not binary (eKuiper skips the check for F
 Where the fields come from:
 
 1. eKuiper's REST API, ``GET /streams/{name}/schema`` (then ``/tables/{name}/schema``): the fields the host's
-   preprocessor checks, those of a ``.proto`` (SCHEMAID) included. ``name`` is the start command's ``opId``. The
+   preprocessor checks, those of a ``.proto`` (SCHEMAID) included. ``name`` is the start command's ``opId``
+   (:func:`stream_of`: a SHARED stream's is not its name). The
    address is the host's ``etc/kuiper.yaml`` ``basic.restIp``/``restPort`` with eKuiper's environment overrides
    (``KUIPER__BASIC__RESTIP``, ``KUIPER__BASIC__RESTPORT``). A stream without fields: nothing to check.
 2. When REST cannot be asked (refused, timed out, 401 because ``basic.authentication`` is on): the property
@@ -110,6 +111,19 @@ def _unverified(url: str) -> Any:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # the host's own API on loopback, with whatever certificate it serves
     return context
+
+
+def stream_of(instance: tuple[str, str, int] | None) -> str | None:
+    """The stream (or table) a source instance reads, from its start command's ``(ruleId, opId, instanceId)``: the
+    opId, except for a SHARED stream, whose source runs in the rule ``$$subtopo_<stream>`` with the opId
+    ``subtopo_<stream>`` (measured on 2.4.0 and 2.4.2)."""
+    if instance is None:
+        return None
+    rule, op = instance[0], instance[1]
+    return rule[len(_SUBTOPO):] if rule.startswith(_SUBTOPO) else op
+
+
+_SUBTOPO = "$$subtopo_"
 
 
 def find_schema(cfg: EndpointConfig, stream: str | None, plugin_dir: Path,

@@ -158,6 +158,19 @@ def test_a_changed_stream_is_seen_after_its_rules_restart(v: Ctx) -> None:
     v.assert_sentinel_next_in_sink(path, 1, record={"n": "end"})
 
 
+def test_a_shared_stream(v: Ctx) -> None:
+    """A SHARED stream has one source for all its rules (ruleId ``$$subtopo_<stream>``, opId the stream): its fields
+    are found the same way, and a refused body reaches neither rule."""
+    s, path = v.stream('FORMAT="json", SHARED="true", STRICT_VALIDATION="true"', "(n BIGINT, tags ARRAY(STRING))")
+    v.rule(f'SELECT *, "one" AS mode FROM {s}', ref_key=f"$$subtopo_{s}")
+    v.rule(f'SELECT *, "two" AS mode FROM {s}', ref_key=f"$$subtopo_{s}")
+    reply = v.push(path, '[{"n": 1, "tags": []}, {"n": 2, "tags": "x"}]')
+    assert reply.status == 422 and [f["field"] for f in reply.body["failures"]] == ["tags"]
+    assert v.push(path, '{"n": 3.5, "tags": ["a"]}').body == {"accepted": 1, "sources": 1}
+    assert sorted(map(str, by_tag(v.sink.wait_for(2)).items())) == sorted(
+        map(str, {"one": [{"n": 3, "tags": ["a"]}], "two": [{"n": 3, "tags": ["a"]}]}.items()))
+    v.assert_sentinel_next_in_sink(path, 2, copies=2, record={"n": 4, "tags": []})
+
 def test_rules_restored_at_boot_get_the_schema(v: Ctx) -> None:
     """At boot eKuiper starts its stored rules before its REST server listens (``internal/server/server.go``): the
     source's look-up waits for it (refused connections are retried within the 2 s budget) and the rule comes up

@@ -144,3 +144,12 @@ def test_rest_unreachable_names_the_address(plugin: Callable[..., PluginHost], s
     assert isinstance(answer, str)
     assert f"GET http://127.0.0.1:{port}/streams/s1/schema" in answer and "Connection refused" in answer
     assert "'schema'" in answer
+
+
+def test_a_shared_streams_source_asks_for_the_stream(started: PluginHost, rest: FakeRest, server_port: int) -> None:
+    """A SHARED stream's source starts in the rule ``$$subtopo_<stream>`` with the opId ``subtopo_<stream>`` (eKuiper
+    2.4): the stream's name is taken from the rule id."""
+    rest.schemas["s1"] = {"n": {"type": "bigint"}}
+    started.start_source("$$subtopo_s1", "subtopo_s1", {"datasource": "/sh", "strictValidation": True})
+    assert rest.asked == ["/streams/s1/schema"]
+    assert push(server_port, "/sh", '{"n": "x"}').status == 422
