@@ -8,7 +8,9 @@ fields are checked.
 
 from __future__ import annotations
 
+import base64
 import json
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,28 +28,34 @@ pytestmark = pytest.mark.realhost
 
 
 class AuthHost(EkuiperHost):
-    """A host whose REST needs a JWT (``basic.authentication``): this harness signs its own requests with a key it
-    installs in ``etc/mgmt/<issuer>`` (eKuiper's ``internal/pkg/jwt``); the plugin has no token."""
+    """A host whose REST needs a JWT (``basic.authentication``): this harness signs its own requests (RS256, with the
+    ``openssl`` command) with a key whose public half it installs as ``etc/mgmt/<issuer>``, where eKuiper's
+    ``internal/pkg/jwt`` looks for the token's issuer; the plugin has no token."""
 
     ISSUER = "httppush-test.pub"
 
     def _create_root(self) -> None:
         super()._create_root()
-        from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         mgmt = self.root / "etc" / "mgmt"
         mgmt.mkdir(parents=True, exist_ok=True)
-        (mgmt / self.ISSUER).write_bytes(self.key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        self.key = self.root / "jwt-key.pem"
+        subprocess.run(["openssl", "genrsa", "-out", str(self.key), "2048"], check=True, capture_output=True)
+        subprocess.run(["openssl", "rsa", "-in", str(self.key), "-pubout", "-out", str(mgmt / self.ISSUER)],
+                       check=True, capture_output=True)
+
+    def token(self) -> str:
+        def b64(data: bytes) -> str:
+            return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+        claims = {"iss": self.ISSUER, "aud": ["eKuiper"], "exp": int(time.time()) + 600}
+        header = b64(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+        signed = f"{header}.{b64(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)], input=signed.encode(),
+                                   check=True, capture_output=True).stdout
+        return f"{signed}.{b64(signature)}"
 
     def request(self, method: str, path: str, body: Any = None, *, expect: Any = None, timeout: float = 30.0) -> Any:
-        import jwt
-
-        token = jwt.encode({"iss": self.ISSUER, "aud": ["eKuiper"], "exp": int(time.time()) + 600}, self.key,
-                           algorithm="RS256")
-        status, raw = http_request(method, self.rest_url + path, body, headers={"Authorization": token},
+        status, raw = http_request(method, self.rest_url + path, body, headers={"Authorization": self.token()},
                                    timeout=timeout)
         if not (200 <= status < 300 if expect is None else status in ((expect,) if isinstance(expect, int)
                                                                          else tuple(expect))):
