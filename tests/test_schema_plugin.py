@@ -84,6 +84,12 @@ def test_rest_fields_checked_under_strict_validation(started: PluginHost, rest: 
     # the record is delivered as sent: the host converts (1.5 → 1), not the plugin
     assert push(server_port, "/v", json.dumps(GOOD)).status == 200
     assert ch.messages(1) == [GOOD]
+    # a large body (decoded and checked in a worker thread, app.Exchange._large): the same verdict, its last record
+    many = [GOOD] * 2000 + [dict(GOOD, tags=None, n=None)]
+    reply = push(server_port, "/v", json.dumps(many))
+    assert reply.status == 422 and reply.body["failures"] == [
+        {"record": 2000, "field": "n", "expected": "bigint", "found": "null"}]
+    assert_sentinel_next_on_channels(sender(server_port, "/v"), ch, body=json.dumps(GOOD).encode(), record=GOOD)
 
 
 def test_a_table_and_a_changed_stream_seen_at_the_next_start(started: PluginHost, rest: FakeRest,
