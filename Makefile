@@ -47,6 +47,7 @@ demo: package
 bench: package
 	@command -v wrk >/dev/null || { echo "make bench needs wrk: apt-get install wrk"; exit 1; }
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) bench/run.py $(ARGS)
+	$(PY) bench/schema.py
 
 # The soak (docs/operations.md#soak): a real eKuiper with the plugin under a mixed load for SOAK_S seconds (default
 # 1800) at half the rate a short calibration reaches; fails on a lost record, RSS drift or leaked file descriptors.

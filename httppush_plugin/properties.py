@@ -21,6 +21,7 @@ from typing import Any, Literal
 from .auth import Authenticator, parse_auth
 from .cors import CorsConfig, parse_cors
 from .errors import ConfigError
+from .fieldtypes import Fields, parse_fields
 from .headers import ResponseHeaders, parse_response_headers
 from .idempotency import IdempotencyConfig, parse_idempotency
 from .meta import (
@@ -42,6 +43,9 @@ FORMATS = ("json", "binary", "delimited", "urlencoded", "protobuf", "custom")
 FRAMINGS = ("whole", "lines")
 #: ``successStatus``: what a request whose records were all delivered is answered (204 has no body).
 SUCCESS_STATUSES = (200, 201, 202, 204)
+#: ``validation``: check records against the stream's schema at the edge (422) — ``auto``: when the stream has
+#: STRICT_VALIDATION, ``on``: always, ``off``: never (docs/validation.md)
+VALIDATIONS = ("auto", "on", "off")
 Method = Literal["POST", "PUT"]
 Framing = Literal["whole", "lines"]
 
@@ -117,6 +121,9 @@ PROPERTIES: tuple[Property, ...] = (
     Property("idempotency", "idempotency", {}, parse_idempotency, "list", "object"),
     Property("rateLimit", "rate_limit", {}, parse_rate_limit, "list", "object"),
     Property("responseHeaders", "response_headers", {}, parse_response_headers, "list", "object"),
+    Property("validation", "validation", "auto", _choice("validation", VALIDATIONS, "auto"), "select",
+             values=VALIDATIONS),
+    Property("schema", "schema", "", lambda value: parse_fields(value) if value not in (None, "", {}) else None),
 )
 _DEFAULTS = {prop.field: prop.check(prop.default) for prop in PROPERTIES}
 
@@ -148,6 +155,10 @@ class EndpointConfig:
     idempotency: IdempotencyConfig | None = _DEFAULTS["idempotency"]
     rate_limit: RateLimit | None = _DEFAULTS["rate_limit"]
     response_headers: ResponseHeaders = _DEFAULTS["response_headers"]
+    validation: str = _DEFAULTS["validation"]
+    schema: Fields | None = _DEFAULTS["schema"]
+    #: the stream's STRICT_VALIDATION option
+    strict: bool = False
 
     @classmethod
     def from_props(cls, props: Mapping[str, Any], datasource: str = "") -> EndpointConfig:
@@ -181,7 +192,8 @@ class EndpointConfig:
             raise ConfigError(
                 f"SCHEMAID is {schema_id!r}; FORMAT=\"protobuf\" needs \"<file>.<Message>\" (e.g. \"sensor.Reading\")"
             )
-        return cls(path=path, format=fmt, delimiter=str(props.get("delimiter") or ","), schema_id=schema_id, **values)
+        return cls(path=path, format=fmt, delimiter=str(props.get("delimiter") or ","), schema_id=schema_id,
+                   strict=props.get("strictValidation") in (True, "true", "True"), **values)
 
 
 def _custom_ref_from_schema_id(schema_id: str) -> str:

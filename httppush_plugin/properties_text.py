@@ -303,4 +303,32 @@ TEXTS: dict[str, Words] = {
             "等）不能设置。"),
         see="http-answers.md#response-headers",
     ),
+    "validation": Words(
+        doc=("Check every record against the stream's declared fields before answering, as eKuiper's "
+            "STRICT_VALIDATION would: a record eKuiper would drop gets 422 naming the record, field and expected "
+            "type, and nothing of the body is delivered. auto (the default): when the stream has "
+            "STRICT_VALIDATION=\"true\"; on: also without it; off: never. The fields come from eKuiper's REST API "
+            "at each start of the source, else from the property schema. Example: validation: on"),
+        label_en="Schema validation",
+        label_zh="模式校验",
+        hint_en=("Check records against the stream's fields before answering (422 for a record eKuiper's "
+            "STRICT_VALIDATION would drop). auto: when the stream has STRICT_VALIDATION; on: always; off: never."),
+        hint_zh=("在应答前按流声明的字段校验每条记录（eKuiper 的 STRICT_VALIDATION 会丢弃的记录返回 "
+            "422）。auto：流设置了 STRICT_VALIDATION 时；on：总是；off：从不。"),
+        see="validation.md",
+    ),
+    "schema": Words(
+        doc=("The stream's fields for validation when eKuiper's REST API cannot be asked (unreachable, or it "
+            "requires authentication): eKuiper's own field text as in CREATE STREAM, or a mapping of field name "
+            "to type (bigint, float, string, boolean, datetime, bytea, array(T), struct(name T, ...); a nested "
+            "mapping is a struct). Example: schema: \"temperature float, tags array(string), pos struct(x bigint, "
+            "y bigint)\""),
+        label_en="Stream fields",
+        label_zh="流字段",
+        hint_en=("The stream's fields for validation when eKuiper's REST API is not available, as in CREATE "
+            "STREAM, e.g. \"temperature float, tags array(string)\"."),
+        hint_zh=("eKuiper REST API 不可用时用于校验的流字段，写法同 CREATE STREAM，例如 "
+            "\"temperature float, tags array(string)\"。"),
+        see="validation.md",
+    ),
 }

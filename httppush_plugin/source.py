@@ -33,8 +33,10 @@ from .drain import Drain
 from .layout import SearchPaths, host_root
 from .properties import EndpointConfig
 from .routing import Subscription
+from .schema import CheckedDecoder
 from .server import SharedServer
 from .settings import load_server_config
+from .streamschema import find_schema, stream_of
 
 #: How long a send to the host's channel may make no progress, when eKuiper's start command does not say
 #: (``python main.py '{"sendTimeout":1000}'``).
@@ -69,6 +71,10 @@ class HttpPushSource(Source):
         endpoint = EndpointConfig.from_props(conf, datasource)
         decoder = build_decoder(endpoint, self.runtime.paths)
         instance = getattr(_starting, "instance", None)
+        schema = find_schema(endpoint, stream_of(instance), self.runtime.plugin_dir)
+        if schema is not None:  # fetched at every start: a stream update restarts its rules
+            log.info("%s: records checked against the fields from %s", endpoint.path, schema.origin)
+            decoder = CheckedDecoder(decoder, schema)
         subscription = Subscription(endpoint, decoder, instance=instance)
         self.runtime.server.subscribe(subscription)  # binds the server if it is the first: may raise BindError
         self.subscription = subscription

@@ -16,3 +16,12 @@ def test_inproc_bench_runs_and_checks_its_answers() -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "this tree" in result.stdout and "µs per request" in result.stdout
+
+
+def test_schema_bench_runs_and_checks_its_answers() -> None:
+    """bench/schema.py exits non-zero unless the checked endpoint refuses a wrong value (422) and every variant's good
+    body is answered 200 with all its records."""
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "schema.py"), "--rounds", "1", "--requests", "40"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "json100" in result.stdout and "check µs/record" in result.stdout

@@ -85,7 +85,9 @@ def test_typed_stream_converts_only_with_strict_validation(ctx: Ctx) -> None:
     """
     sel = 'SELECT *, b / 2 AS bhalf, cast(raw, "string") AS rawtext, "{mode}" AS mode FROM {s}'
     plain, path = ctx.stream('FORMAT="json"', TYPED)
-    strict, _ = ctx.stream('FORMAT="json", STRICT_VALIDATION="true"', TYPED, path=path)
+    off = uid("off")  # the plugin's own check off: this test shows what the host does (tests/test_realhost_schema.py)
+    ctx.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{off}", {"validation": "off"})
+    strict, _ = ctx.stream(f'FORMAT="json", STRICT_VALIDATION="true", CONF_KEY="{off}"', TYPED, path=path)
     r_plain = ctx.rule(sel.format(mode="plain", s=plain))
     r_strict = ctx.rule(sel.format(mode="strict", s=strict))
 

@@ -16,11 +16,11 @@ STAGES = (
     "errors", "answers", "request", "values", "layout", "budget", "drain", "metrics",
     "credentials", "signatures", "jwks", "jwtauth", "auth", "backoff", "ratelimit", "headers", "cors", "idempotency",
     "meta",
-    "properties_text", "properties", "settingsfile", "tlsconfig", "settings",
-    "decoders", "framing", "encoding", "delivery", "channel", "templates", "routing",
+    "fieldtypes", "properties_text", "properties", "settingsfile", "tlsconfig", "settings",
+    "decoders", "schema", "framing", "encoding", "delivery", "channel", "templates", "routing",
     "fanout", "admin", "offload", "app",
     "incoming", "wire", "connections", "protocol",
-    "certificates", "server", "source",
+    "certificates", "server", "streamschema", "source",
 )
 #: What the protocol may know of the rest of the package: the request/answer vocabulary, the byte limits, the wire.
 PROTOCOL_IMPORTS = {"answers", "request", "connections", "incoming", "wire"}
