@@ -176,3 +176,41 @@ def _host(ftype: FieldType, value: Any) -> bool:
 def test_property_agrees_with_a_literal_reading_of_the_host(value: Any, ftype: str) -> None:
     declared = dict(parse_fields(f"v {ftype}"))["v"]
     assert (verdict(ftype, value) is None) == _host(declared, value)
+
+
+class _Custom(JsonDecoder):
+    """A custom decoder's records: what a user's function may return, which is not JSON's own types."""
+
+    format = "custom"
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.records = records
+
+    def decode(self, body: bytes) -> list[dict[str, Any]]:
+        return self.records
+
+    def decode_request(self, body: bytes, content_type: str, limits: Limits | None = None) -> list[dict[str, Any]]:
+        return self.records
+
+
+def test_a_custom_decoders_records_are_checked_as_the_json_the_host_reads() -> None:
+    import datetime
+    import uuid
+
+    schema = Schema(parse_fields("t float, n bigint, s string, d datetime, a array(float)"))
+    good = {"t": 1.5, "n": 2, "s": uuid.UUID(int=1), "d": datetime.datetime(2026, 1, 1), "a": [1.0]}
+    assert CheckedDecoder(_Custom([good]), schema).decode_request(b"", "", Limits()) == [good]  # unchanged
+    # orjson writes NaN and infinity as null, a datetime as a string: the host drops these
+    for field, value, found in (("t", float("nan"), "null"), ("n", float("inf"), "null"),
+                                ("a", [1.0, float("-inf")], "null"), ("n", datetime.datetime(2026, 1, 1), "string")):
+        decoder = CheckedDecoder(_Custom([{**good, field: value}]), schema)
+        with pytest.raises(SchemaMismatch, match=f"record 0 field '{field}.*found {found}"):
+            decoder.decode_request(b"", "", Limits())
+        with pytest.raises(SchemaMismatch):
+            decoder.decode(b"")
+    # what orjson cannot write at all is left to the framing (its 500 names the decoder)
+    odd = [{**good, "x": b"bytes"}]
+    assert CheckedDecoder(_Custom(odd), schema).decode_request(b"", "", Limits()) == odd
+    # a JSON body is not round-tripped: the same schema on the json decoder
+    assert CheckedDecoder(JsonDecoder(), schema).decode(b'{"t": 1, "n": 2, "s": "x", "d": 5, "a": []}')
