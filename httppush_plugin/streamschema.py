@@ -48,25 +48,37 @@ MAX_ANSWER_BYTES = 1 << 20
 
 
 def host_basic(plugin_dir: Path, environ: Mapping[str, str]) -> tuple[str, bool]:
-    """The host's REST base URL and its ``basic.ignoreCase``, from its kuiper.yaml and environment."""
+    """The host's REST base URL and its ``basic.ignoreCase``, from its kuiper.yaml and environment, read as eKuiper
+    reads them (``internal/conf/load.go``): keys in any case (it lowercases them), then ``KUIPER__BASIC__<KEY>``
+    (the key in any case, the value trimmed; a boolean is what Go's ``strconv.ParseBool`` reads as one)."""
     basic: dict[str, Any] = {}
     path = host_config_path(plugin_dir, environ)
     if path is not None:
         try:
-            node = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            basic = node.get("basic") or {} if isinstance(node, dict) else {}
+            node = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
-            basic = {}
-    ip = str(environ.get("KUIPER__BASIC__RESTIP") or basic.get("restIp") or "127.0.0.1")
-    port = str(environ.get("KUIPER__BASIC__RESTPORT") or basic.get("restPort") or 9081)
-    ignore = str(environ.get("KUIPER__BASIC__IGNORECASE", basic.get("ignoreCase", False))).lower() == "true"
-    tls = bool(basic.get("restTls"))
+            node = None
+        node = _lowered(node)
+        basic = _lowered(node.get("basic"))
+    for key, value in environ.items():
+        parts = key.split("__")
+        if len(parts) == 3 and parts[0] == "KUIPER" and parts[1].lower() == "basic":
+            basic[parts[2].lower()] = value.strip()
+    ip = str(basic.get("restip") or "127.0.0.1")
+    port = str(basic.get("restport") or 9081)
+    ignore = basic.get("ignorecase") in (True, "t", "T", "TRUE", "true", "True")
+    tls = bool(basic.get("resttls")) or any(key.split("__")[:3] == ["KUIPER", "BASIC", "RESTTLS"]
+                                            for key in map(str.upper, environ))
     if ip in ("0.0.0.0", ""):
         ip = "127.0.0.1"
     elif ip == "::":
         ip = "::1"
     host = f"[{ip}]" if ":" in ip else ip
     return f"{'https' if tls else 'http'}://{host}:{port}", ignore
+
+
+def _lowered(node: Any) -> dict[str, Any]:
+    return {str(key).lower(): value for key, value in node.items()} if isinstance(node, dict) else {}
 
 
 class RestUnavailable(Exception):

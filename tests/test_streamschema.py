@@ -117,3 +117,22 @@ def test_the_property_nested_too_deeply_is_a_config_error_naming_it(value: str) 
 def test_the_property_nested_to_the_limit_is_read() -> None:
     cfg = EndpointConfig.from_props({"schema": "a " + "array(" * 100 + "bigint" + ")" * 100}, "/s")
     assert cfg.schema is not None and str(cfg.schema[0][1]).count("array") == 100
+
+
+def test_the_hosts_basic_settings_are_read_as_ekuiper_reads_them(tmp_path: Path) -> None:
+    from httppush_plugin.streamschema import host_basic
+
+    etc = tmp_path / "host" / "etc"
+    etc.mkdir(parents=True)
+    plugin_dir = tmp_path / "host" / "plugins" / "portable" / "pyhttppush"
+    # eKuiper lowercases the yaml's keys before it maps them to its settings: any case is the same key
+    (etc / "kuiper.yaml").write_text("Basic:\n  RESTPORT: 9444\n  restip: 0.0.0.0\n  IgnoreCase: true\n")
+    assert host_basic(plugin_dir, {}) == ("http://127.0.0.1:9444", True)
+    # an override: KUIPER__BASIC__ then the key in any case; the value trimmed, a boolean as Go's ParseBool reads it
+    env = {"KUIPER__BASIC__restPort": " 9555 ", "KUIPER__BASIC__IGNORECASE": "F"}
+    assert host_basic(plugin_dir, env) == ("http://127.0.0.1:9555", False)
+    (etc / "kuiper.yaml").write_text("basic:\n  restPort: 9444\n")
+    assert host_basic(plugin_dir, {"KUIPER__BASIC__IGNORECASE": " T"}) == ("http://127.0.0.1:9444", True)
+    assert host_basic(plugin_dir, {"KUIPER__BASIC__RESTTLS__CERTFILE": "/c.pem"})[0] == "https://127.0.0.1:9444"
+    (etc / "kuiper.yaml").write_text("basic: 5\n")  # not a mapping (the host would not start): the defaults
+    assert host_basic(plugin_dir, {}) == ("http://127.0.0.1:9081", False)
