@@ -49,6 +49,7 @@ CASES: list[tuple[str, str, Any, bool]] = [
     ("bool-false", "ok", False, False), ("bool-yes", "ok", "yes", True), ("bool-one", "ok", 1, True),
     ("datetime-iso", "d", "2023-11-14T22:13:20.123Z", False), ("datetime-fraction", "d", 1700000000123.9, False),
     ("datetime-bool", "d", True, True), ("datetime-null", "d", None, True), ("datetime-object", "d", {}, True),
+    ("datetime-empty", "d", "", True),
     ("bytea-text", "raw", "not base64!", False), ("bytea-number", "raw", 5, True), ("bytea-null", "raw", None, True),
     ("array-converted", "arr", [1.5, 2], False), ("array-null", "arr", None, False), ("array-empty", "arr", [], False),
     ("array-string", "arr", "[1]", True), ("array-element-string", "arr", [1, "x"], True),

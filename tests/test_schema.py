@@ -36,9 +36,11 @@ NOT_NUMBERS = ["7", True, None, {"a": 1}, [1]]
     ("float", [2.5, 3, 0], NOT_NUMBERS),
     ("boolean", [True, False], ["true", 1, 0, None, {}, []]),
     ("string", ["", "x", "12"], [12, 1.5, True, None, {"a": "b"}, ["x"]]),
-    # datetime: InterfaceToTime takes float64 (epoch ms) and strings (parsed: left to the host), nothing else
-    ("datetime", [1700000000123, 1.5, "2023-11-14T22:13:20.123Z", "not a date (host's verdict)"],
-     [True, None, {}, []]),
+    # datetime: InterfaceToTime takes float64 (epoch ms) and strings (parsed: left to the host, but "" never
+    # parses), nothing else
+    ("datetime", [1700000000123, 1.5, "2023-11-14T22:13:20.123Z", "not a date (host's verdict)", " "],
+     [True, None, {}, [], ""]),
+    ("array(datetime)", [[1, "x"], []], [[1, ""], [""]]),
     # bytea: ToByteA takes any string (base64, else its UTF-8 bytes)
     ("bytea", ["aGVsbG8=", "not base64!", ""], [1, True, None, {}, []]),
     ("array(bigint)", [None, [], [1, 2.5]], ["[1]", 1, {}, True, [1, "2"], [None], [True]]),
@@ -155,7 +157,7 @@ def _host(ftype: FieldType, value: Any) -> bool:
     if kind in ("string", "bytea"):
         return type(value) is str
     if kind == "datetime":
-        return type(value) in (int, float, str)
+        return type(value) in (int, float) or type(value) is str and value != ""
     if kind == "array":
         return value is None or (type(value) is list and all(_host(ftype.items, e) for e in value))  # type: ignore
     if value is None:
