@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import ConfigError
@@ -26,6 +26,9 @@ class FieldType:
     kind: str
     items: FieldType | None = None
     fields: tuple[tuple[str, FieldType], ...] = ()
+    #: the field has a DEFAULT (eKuiper after 2.4, ``"default"`` in its REST answer): the host fills it in when it
+    #: is missing, so it may be missing
+    optional: bool = False
 
     def __str__(self) -> str:
         if self.kind == "array":
@@ -52,6 +55,8 @@ def from_json_schema(schema: Mapping[str, Any]) -> Fields:
         if not isinstance(node, Mapping):
             raise ValueError(f"{where[:60]}: {repr(node)[:60]} is not a field type")
         kind = node.get("type")
+        if node.get("default") is not None:
+            return replace(one({**node, "default": None}, where, depth), optional=True)
         if kind in SCALARS:
             return FieldType(kind)
         if kind == "array":

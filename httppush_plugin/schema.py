@@ -31,7 +31,7 @@ Example: ``Schema(parse_fields("b bigint, tags array(string)")).check([{"b": "7"
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -147,6 +147,9 @@ def _struct(ftype: FieldType, ignore_case: bool) -> Test:
 
 
 def _test(ftype: FieldType, ignore_case: bool) -> Test:
+    if ftype.optional:  # a DEFAULT: the host fills in a missing value, and checks one that is there
+        test = _test(replace(ftype, optional=False), ignore_case)
+        return lambda value: None if value is _MISSING else test(value)
     if ftype.kind not in _FAST and ftype.kind not in ("array", "struct"):  # "any": a type eKuiper added later
         return lambda value: ("", "a value", "missing") if value is _MISSING else None
     if ftype.kind == "array":

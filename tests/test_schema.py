@@ -4,6 +4,7 @@ host in ``tests/test_realhost_schema.py``; the property's grammar; the REST answ
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -216,3 +217,18 @@ def test_a_custom_decoders_records_are_checked_as_the_json_the_host_reads() -> N
     assert CheckedDecoder(_Custom(odd), schema).decode_request(b"", "", Limits()) == odd
     # a JSON body is not round-tripped: the same schema on the json decoder
     assert CheckedDecoder(JsonDecoder(), schema).decode(b'{"t": 1, "n": 2, "s": "x", "d": 5, "a": []}')
+
+
+def test_a_field_with_a_default_may_be_missing() -> None:
+    """eKuiper after 2.4 (``DEFAULT`` clause, master's field_processor.go): a missing field with a default is filled
+    in by the host, not dropped; its REST answer has ``"default"``. A value that is there is checked as before."""
+    schema = Schema(from_json_schema({
+        "b": {"type": "bigint", "default": "5"},
+        "l": {"type": "array", "items": {"type": "struct", "properties": {
+            "x": {"type": "float", "default": "1.5"}, "y": {"type": "bigint"}}}}}))
+    schema.check([{"l": [{"y": 1}]}])
+    for record, field, found in (({"b": "x", "l": []}, "b", "string"),
+                                 ({"l": [{"x": "s", "y": 1}]}, "l[0].x", "string"),
+                                 ({"l": [{"x": 1}]}, "l[0].y", "missing"), ({"b": 1}, "l", "missing")):
+        with pytest.raises(SchemaMismatch, match=rf"field '{re.escape(field)}': expected .+, found {found}$"):
+            schema.check([record])
