@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import ConfigError
 
 SCALARS = ("bigint", "float", "string", "boolean", "datetime", "bytea")
+#: the deepest nesting of arrays and structs read (deeper is refused: parsing and checking recurse once per level)
+MAX_DEPTH = 100
 
 @dataclass(frozen=True)
 class FieldType:
@@ -24,6 +26,9 @@ class FieldType:
     kind: str
     items: FieldType | None = None
     fields: tuple[tuple[str, FieldType], ...] = ()
+    #: the field has a DEFAULT (eKuiper after 2.4, ``"default"`` in its REST answer): the host fills it in when it
+    #: is missing, so it may be missing
+    optional: bool = False
 
     def __str__(self) -> str:
         if self.kind == "array":
@@ -44,17 +49,24 @@ def from_json_schema(schema: Mapping[str, Any]) -> Fields:
     """eKuiper's ``GET /streams/{name}/schema`` answer (``ast.JsonStreamField`` by name: ``{"type": "array",
     "items": {...}}``, ``{"type": "struct", "properties": {...}}``) → fields, in name order."""
 
-    def one(node: Any, where: str) -> FieldType:
+    def one(node: Any, where: str, depth: int = 1) -> FieldType:
+        if depth > MAX_DEPTH:
+            raise ValueError(f"{where[:60]}...: nested deeper than {MAX_DEPTH} levels")
         if not isinstance(node, Mapping):
-            raise ValueError(f"{where}: {node!r} is not a field type")
+            raise ValueError(f"{where[:60]}: {repr(node)[:60]} is not a field type")
         kind = node.get("type")
+        if node.get("default") is not None:
+            return replace(one({**node, "default": None}, where, depth), optional=True)
         if kind in SCALARS:
             return FieldType(kind)
         if kind == "array":
-            return FieldType("array", items=one(node.get("items"), f"{where}[]"))
+            return FieldType("array", items=one(node.get("items"), f"{where}[]", depth + 1))
         if kind == "struct":
             props = node.get("properties") or {}
-            return FieldType("struct", fields=tuple((k, one(v, f"{where}.{k}")) for k, v in sorted(props.items())))
+            if not isinstance(props, Mapping):
+                raise ValueError(f"{where[:60]}: the properties {repr(props)[:60]} are not a mapping")
+            return FieldType("struct", fields=tuple((k, one(v, f"{where}.{k}", depth + 1))
+                                                    for k, v in sorted(props.items())))
         return FieldType("any")  # a type this plugin does not know (a later eKuiper's): left to the host
 
     # a schemaless stream's entry names fields its rules read, without a type (null): eKuiper checks none of them
@@ -80,13 +92,15 @@ def parse_fields(value: Any, prop: str = "schema") -> Fields:
                       "(e.g. {temperature: float, tags: \"array(string)\"}) or the fields as in CREATE STREAM")
 
 
-def _from_mapping(value: Mapping[Any, Any]) -> Fields:
+def _from_mapping(value: Mapping[Any, Any], depth: int = 1) -> Fields:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"structs nested deeper than {MAX_DEPTH} levels")
     out = []
     for name, text in value.items():
         if isinstance(text, Mapping):
-            out.append((str(name), FieldType("struct", fields=_from_mapping(text))))
+            out.append((str(name), FieldType("struct", fields=_from_mapping(text, depth + 1))))
         elif isinstance(text, str):
-            parser = _Parser(text)
+            parser = _Parser(text, depth - 1)
             out.append((str(name), parser.type()))
             parser.end()
         else:
@@ -97,8 +111,8 @@ def _from_mapping(value: Mapping[Any, Any]) -> Fields:
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
-        self.text, self.pos = text, 0
+    def __init__(self, text: str, depth: int = 0) -> None:
+        self.text, self.pos, self.depth = text, 0, depth
 
     def _next(self) -> str:
         match = _TOKEN.match(self.text, self.pos)
@@ -129,16 +143,16 @@ class _Parser:
         name = self._next().lower()
         if name in SCALARS:
             return FieldType(name)
-        if name == "array":
+        if name in ("array", "struct"):
+            self.depth += 1
+            if self.depth > MAX_DEPTH:
+                raise ValueError(f"arrays and structs nested deeper than {MAX_DEPTH} levels at offset {self.pos}")
             self._expect("(")
-            items = self.type()
+            ftype = FieldType("array", items=self.type()) if name == "array" else FieldType("struct",
+                                                                                             fields=self.fields())
             self._expect(")")
-            return FieldType("array", items=items)
-        if name == "struct":
-            self._expect("(")
-            fields = self.fields()
-            self._expect(")")
-            return FieldType("struct", fields=fields)
+            self.depth -= 1
+            return ftype
         raise ValueError(f"unknown type {name or 'nothing'!r}; the types are {', '.join(SCALARS)}, array(T), "
                          "struct(name T, ...)")
 

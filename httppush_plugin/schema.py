@@ -11,8 +11,8 @@ bigint     a number (a fraction truncated)                 string, boolean, null
 float      a number                                        string, boolean, null, object, array
 boolean    true, false                                     anything else
 string     a string                                        anything else
-datetime   a number (epoch ms); a string (parsed by the    boolean, null, object, array
-           host: not checked here)
+datetime   a number (epoch ms); a string (parsed by the    "", boolean, null, object, array
+           host: not checked here, but "" never parses)
 bytea      a string (base64 decoded, else its UTF-8)       anything else
 array      null; an array whose elements pass as items     anything else
 struct     inside an array: null, an object (or its JSON   anything else
@@ -31,7 +31,7 @@ Example: ``Schema(parse_fields("b bigint, tags array(string)")).check([{"b": "7"
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -56,7 +56,7 @@ Test = Callable[[Any], Problem | None]
 
 def _kind(value: Any) -> str:
     """What JSON makes of a value (``orjson`` writes what the host reads); ``""`` for what the built-in decoders never
-    make (a custom decoder's): left to the host."""
+    make (a custom decoder's are checked as the JSON they are sent as, :class:`CheckedDecoder`): left to the host."""
     if value is _MISSING:
         return "missing"
     if value is None:
@@ -80,14 +80,20 @@ _ACCEPTS = {"bigint": {"number"}, "float": {"number"}, "boolean": {"boolean"}, "
 #: per scalar type: the Python types of :data:`_ACCEPTS` (the fast path: one ``type(v) in`` test)
 _FAST = {"bigint": (int, float), "float": (int, float), "boolean": (bool,), "string": (str,),
          "datetime": (int, float, str), "bytea": (str,)}
+#: a datetime's string is parsed by the host (jinzhu/now, the stream's TIMESTAMP_FORMAT first), which fails for the
+#: empty string whatever the format (no Go layout but "" parses it, and eKuiper never tries ""): refused here; any
+#: other string is left to the host
+_EMPTY_REFUSED = {"datetime"}
 
 
 def _scalar(kind: str) -> Test:
     fast, accepts = frozenset(_FAST[kind]), _ACCEPTS[kind]
 
+    empty_refused = kind in _EMPTY_REFUSED
+
     def test(value: Any) -> Problem | None:
         if type(value) in fast:
-            return None
+            return ("", kind, "empty string") if empty_refused and value == "" else None
         found = _kind(value)
         return None if not found or found in accepts else ("", kind, found)
 
@@ -141,6 +147,9 @@ def _struct(ftype: FieldType, ignore_case: bool) -> Test:
 
 
 def _test(ftype: FieldType, ignore_case: bool) -> Test:
+    if ftype.optional:  # a DEFAULT: the host fills in a missing value, and checks one that is there
+        test = _test(replace(ftype, optional=False), ignore_case)
+        return lambda value: None if value is _MISSING else test(value)
     if ftype.kind not in _FAST and ftype.kind not in ("array", "struct"):  # "any": a type eKuiper added later
         return lambda value: ("", "a value", "missing") if value is _MISSING else None
     if ftype.kind == "array":
@@ -179,7 +188,8 @@ class Schema:
         # a top-level struct is pruned by the host's planner unless the rule reads it with ``->``: never checked.
         # Per field: (name, the value types that pass at once, for an array of scalars the element types that pass at
         # once, the full test) — the full test runs only for what the fast path does not pass at once.
-        checked = tuple((name, _fast_types(ftype), _fast_items(ftype), _test(ftype, self.ignore_case))
+        checked = tuple((name, _fast_types(ftype), _fast_items(ftype), _test(ftype, self.ignore_case),
+                         ftype.kind in _EMPTY_REFUSED)
                         for name, ftype in self.fields if ftype.kind != "struct")
         object.__setattr__(self, "_checked", checked)
 
@@ -197,10 +207,10 @@ class Schema:
         index = 0
         for record in records:
             get = record.get
-            for name, fast, items, test in self._checked:  # type: ignore[attr-defined]
+            for name, fast, items, test, empty_refused in self._checked:  # type: ignore[attr-defined]
                 value = get(name, missing)
                 kind = type(value)
-                if kind in fast:
+                if kind in fast and not (empty_refused and value == ""):
                     continue
                 if kind is list and items is not None:
                     for element in value:
@@ -241,7 +251,10 @@ def _fast_types(ftype: FieldType) -> frozenset[type]:
 
 def _fast_items(ftype: FieldType) -> frozenset[type] | None:
     items = ftype.items
-    return frozenset(_FAST[items.kind]) if ftype.kind == "array" and items is not None and items.kind in _FAST else None
+    if ftype.kind != "array" or items is None or items.kind not in _FAST:
+        return None
+    # an array of datetimes: a string element gets the full test (an empty one is refused)
+    return frozenset(_FAST[items.kind]) - ({str} if items.kind in _EMPTY_REFUSED else set())
 
 
 class CheckedDecoder(Decoder):
@@ -258,8 +271,20 @@ class CheckedDecoder(Decoder):
 
     def decode(self, body: bytes) -> list[Record]:
         records = self.inner.decode(body)
-        self.schema.check(records)
+        self._check(records)
         return records
+
+    def _check(self, records: list[Record]) -> None:
+        if self.format != "custom":
+            self.schema.check(records)
+            return
+        # a user's function may return what JSON has no word for: NaN or infinity (orjson writes null), a datetime,
+        # UUID or enum (a string, a number): checked as the host will read them, the JSON the records are sent as
+        try:
+            sent = orjson.loads(orjson.dumps(records))
+        except orjson.JSONEncodeError:
+            return  # not sendable at all: the framing refuses it (500, the decoder's fault)
+        self.schema.check(sent)
 
     def values_bound(self, body: bytes) -> int:
         return self.inner.values_bound(body)
@@ -268,7 +293,7 @@ class CheckedDecoder(Decoder):
         records = self.inner.decode_request(body, content_type, limits)
         if limits is not None and len(records) > limits.records:  # a custom decoder's list: refused before checking
             raise TooManyRecords(limits.records)
-        self.schema.check(records)
+        self._check(records)
         return records
 
     def __getattr__(self, name: str) -> Any:  # what a format's decoder has of its own

@@ -43,28 +43,42 @@ from .schema import Schema
 
 #: seconds the REST look-up may take in all (it runs inside eKuiper's start of the rule)
 REST_TIMEOUT = 2.0
+#: the largest answer read from eKuiper's REST (a stream's fields are a few KB)
+MAX_ANSWER_BYTES = 1 << 20
 
 
 def host_basic(plugin_dir: Path, environ: Mapping[str, str]) -> tuple[str, bool]:
-    """The host's REST base URL and its ``basic.ignoreCase``, from its kuiper.yaml and environment."""
+    """The host's REST base URL and its ``basic.ignoreCase``, from its kuiper.yaml and environment, read as eKuiper
+    reads them (``internal/conf/load.go``): keys in any case (it lowercases them), then ``KUIPER__BASIC__<KEY>``
+    (the key in any case, the value trimmed; a boolean is what Go's ``strconv.ParseBool`` reads as one)."""
     basic: dict[str, Any] = {}
     path = host_config_path(plugin_dir, environ)
     if path is not None:
         try:
-            node = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            basic = node.get("basic") or {} if isinstance(node, dict) else {}
+            node = yaml.safe_load(path.read_text(encoding="utf-8"))
         except (OSError, yaml.YAMLError):
-            basic = {}
-    ip = str(environ.get("KUIPER__BASIC__RESTIP") or basic.get("restIp") or "127.0.0.1")
-    port = str(environ.get("KUIPER__BASIC__RESTPORT") or basic.get("restPort") or 9081)
-    ignore = str(environ.get("KUIPER__BASIC__IGNORECASE", basic.get("ignoreCase", False))).lower() == "true"
-    tls = bool(basic.get("restTls"))
+            node = None
+        node = _lowered(node)
+        basic = _lowered(node.get("basic"))
+    for key, value in environ.items():
+        parts = key.split("__")
+        if len(parts) == 3 and parts[0] == "KUIPER" and parts[1].lower() == "basic":
+            basic[parts[2].lower()] = value.strip()
+    ip = str(basic.get("restip") or "127.0.0.1")
+    port = str(basic.get("restport") or 9081)
+    ignore = basic.get("ignorecase") in (True, "t", "T", "TRUE", "true", "True")
+    tls = bool(basic.get("resttls")) or any(key.split("__")[:3] == ["KUIPER", "BASIC", "RESTTLS"]
+                                            for key in map(str.upper, environ))
     if ip in ("0.0.0.0", ""):
         ip = "127.0.0.1"
     elif ip == "::":
         ip = "::1"
     host = f"[{ip}]" if ":" in ip else ip
     return f"{'https' if tls else 'http'}://{host}:{port}", ignore
+
+
+def _lowered(node: Any) -> dict[str, Any]:
+    return {str(key).lower(): value for key, value in node.items()} if isinstance(node, dict) else {}
 
 
 class RestUnavailable(Exception):
@@ -84,7 +98,8 @@ def fetch_fields(base: str, name: str, timeout: float = REST_TIMEOUT) -> tuple[d
                 raise RestUnavailable(f"GET {url}: no answer within {timeout:g} s")
             try:
                 with urllib.request.urlopen(url, timeout=left, context=_unverified(url)) as answer:
-                    schema = json.loads(answer.read() or b"null")
+                    data = _read_answer(answer, url, deadline, timeout)
+                schema = json.loads(data or b"null")
                 return (schema if isinstance(schema, dict) else {}), url
             except urllib.error.HTTPError as exc:
                 if exc.code in (401, 403):
@@ -93,6 +108,8 @@ def fetch_fields(base: str, name: str, timeout: float = REST_TIMEOUT) -> tuple[d
                 if exc.code in (400, 404):  # eKuiper answers 400 "not found" for an unknown stream
                     break
                 raise RestUnavailable(f"GET {url} answered {exc.code}") from None
+            except RecursionError:
+                raise RestUnavailable(f"GET {url}: the answer is JSON nested too deeply") from None
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 reason = getattr(exc, "reason", exc)
                 if isinstance(reason, ConnectionRefusedError) and deadline - time.monotonic() > 0.2:
@@ -100,6 +117,23 @@ def fetch_fields(base: str, name: str, timeout: float = REST_TIMEOUT) -> tuple[d
                     continue
                 raise RestUnavailable(f"GET {url}: {reason}") from None
     return None, url
+
+
+def _read_answer(answer: Any, url: str, deadline: float, timeout: float) -> bytes:
+    """The body, at most :data:`MAX_ANSWER_BYTES`, read one receive at a time so that a body sent slowly ends at the
+    deadline (each receive waits at most the socket's timeout, which is what was left of it at the request)."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = answer.read1(65536)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise RestUnavailable(f"GET {url}: the answer is over {MAX_ANSWER_BYTES} bytes")
+        if time.monotonic() > deadline:
+            raise RestUnavailable(f"GET {url}: no whole answer within {timeout:g} s")
+        parts.append(chunk)
 
 
 def _unverified(url: str) -> Any:
@@ -144,11 +178,9 @@ def find_schema(cfg: EndpointConfig, stream: str | None, plugin_dir: Path,
                 why = f"eKuiper at {base} has no stream or table {stream!r}"
             elif found:
                 try:
-                    fields = from_json_schema(found)
-                except ValueError as exc:
-                    why = f"eKuiper's schema of {stream!r} is not understood: {exc}"
-                else:
-                    return Schema(fields, ignore_case, f"GET {url}")
+                    return Schema(from_json_schema(found), ignore_case, f"GET {url}")
+                except (ValueError, RecursionError) as exc:
+                    why = f"eKuiper's schema of {stream!r} is not understood: {type(exc).__name__}: {exc}"
             elif cfg.schema is None or cfg.validation == "auto":
                 return None  # the stream declares no fields: eKuiper checks nothing
     if cfg.schema is not None:

@@ -49,6 +49,7 @@ CASES: list[tuple[str, str, Any, bool]] = [
     ("bool-false", "ok", False, False), ("bool-yes", "ok", "yes", True), ("bool-one", "ok", 1, True),
     ("datetime-iso", "d", "2023-11-14T22:13:20.123Z", False), ("datetime-fraction", "d", 1700000000123.9, False),
     ("datetime-bool", "d", True, True), ("datetime-null", "d", None, True), ("datetime-object", "d", {}, True),
+    ("datetime-empty", "d", "", True),
     ("bytea-text", "raw", "not base64!", False), ("bytea-number", "raw", 5, True), ("bytea-null", "raw", None, True),
     ("array-converted", "arr", [1.5, 2], False), ("array-null", "arr", None, False), ("array-empty", "arr", [], False),
     ("array-string", "arr", "[1]", True), ("array-element-string", "arr", [1, "x"], True),
@@ -141,6 +142,39 @@ def test_each_type_paired_with_the_hosts_own_verdict(v: Ctx) -> None:
     wait_until(lambda: metric(v.status(r_raw), "_preprocessor_0_exceptions_total") == len(dropped), 10.0,
                "the raw rule's preprocessor to count every dropped record")
     assert metric(v.status(r_chk), "_preprocessor_0_exceptions_total") == 0
+
+
+def test_delimited_values_are_strings_for_the_host_too(v: Ctx) -> None:
+    """FORMAT="delimited": every value is a string, for the edge and the host alike: under STRICT_VALIDATION a BIGINT
+    column ("7") is dropped by the host and refused by the edge, an empty DATETIME column ("") too, a missing column
+    too; a STRING and a parseable DATETIME pass. Each line paired with the host's own verdict (``validation: off``)."""
+    rules: dict[tuple[str, str], str] = {}
+    paths: dict[tuple[str, str], str] = {}
+    for mode, extra in (("chk", {}), ("raw", {"validation": "off"})):
+        key = uid(mode)
+        v.host.put(f"/metadata/sources/{PLUGIN}/confKeys/{key}", {"fields": ["s", "d", "n"], **extra})
+        for kind, fields in (("dt", "(s STRING, d DATETIME)"), ("int", "(s STRING, n BIGINT)")):
+            name, paths[mode, kind] = v.stream(f'FORMAT="delimited", STRICT_VALIDATION="true", CONF_KEY="{key}"',
+                                               fields)
+            rules[mode, kind] = v.rule(f'SELECT *, "{mode}" AS mode FROM {name}')  # all fields checked
+    lines = [("a,2023-11-14T22:13:20Z,1", "dt", False), ("empty-d,,1", "dt", True), ("missing-d", "dt", True),
+             ("bigint-string,x,7", "int", True)]
+    for line, kind, drops in lines:
+        assert v.push(paths["raw", kind], line).status == 200, line
+        reply = v.push(paths["chk", kind], line)
+        assert reply.status == (422 if drops else 200), (line, reply)
+        if drops:
+            assert reply.body["failures"][0]["found"] in ("string", "empty string", "missing"), reply.body
+    for mode in ("chk", "raw"):
+        assert v.push(paths[mode, "dt"], "end,2023-11-14T22:13:21Z").status == 200
+    rows = by_tag(v.sink.wait_for(4, timeout=20.0))
+    # the host drops exactly what the edge refuses: on each side the accepted line, then the sentinel
+    assert [row["s"] for row in rows["raw"]] == ["a", "end"] and rows["chk"] == rows["raw"]
+    # a BIGINT column never passes (a string): counted by the host's preprocessor, never sent by the edge
+    for kind, dropped in (("dt", 2), ("int", 1)):
+        wait_until(lambda k=kind, n=dropped: metric(v.status(rules["raw", k]), "_preprocessor_0_exceptions_total") == n,
+                   10.0, f"the raw {kind} rule to count its dropped lines")
+        assert metric(v.status(rules["chk", kind]), "_preprocessor_0_exceptions_total") == 0
 
 
 def test_a_changed_stream_is_seen_after_its_rules_restart(v: Ctx) -> None:

@@ -4,6 +4,7 @@ host in ``tests/test_realhost_schema.py``; the property's grammar; the REST answ
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -36,9 +37,11 @@ NOT_NUMBERS = ["7", True, None, {"a": 1}, [1]]
     ("float", [2.5, 3, 0], NOT_NUMBERS),
     ("boolean", [True, False], ["true", 1, 0, None, {}, []]),
     ("string", ["", "x", "12"], [12, 1.5, True, None, {"a": "b"}, ["x"]]),
-    # datetime: InterfaceToTime takes float64 (epoch ms) and strings (parsed: left to the host), nothing else
-    ("datetime", [1700000000123, 1.5, "2023-11-14T22:13:20.123Z", "not a date (host's verdict)"],
-     [True, None, {}, []]),
+    # datetime: InterfaceToTime takes float64 (epoch ms) and strings (parsed: left to the host, but "" never
+    # parses), nothing else
+    ("datetime", [1700000000123, 1.5, "2023-11-14T22:13:20.123Z", "not a date (host's verdict)", " "],
+     [True, None, {}, [], ""]),
+    ("array(datetime)", [[1, "x"], []], [[1, ""], [""]]),
     # bytea: ToByteA takes any string (base64, else its UTF-8 bytes)
     ("bytea", ["aGVsbG8=", "not base64!", ""], [1, True, None, {}, []]),
     ("array(bigint)", [None, [], [1, 2.5]], ["[1]", 1, {}, True, [1, "2"], [None], [True]]),
@@ -155,7 +158,7 @@ def _host(ftype: FieldType, value: Any) -> bool:
     if kind in ("string", "bytea"):
         return type(value) is str
     if kind == "datetime":
-        return type(value) in (int, float, str)
+        return type(value) in (int, float) or type(value) is str and value != ""
     if kind == "array":
         return value is None or (type(value) is list and all(_host(ftype.items, e) for e in value))  # type: ignore
     if value is None:
@@ -176,3 +179,56 @@ def _host(ftype: FieldType, value: Any) -> bool:
 def test_property_agrees_with_a_literal_reading_of_the_host(value: Any, ftype: str) -> None:
     declared = dict(parse_fields(f"v {ftype}"))["v"]
     assert (verdict(ftype, value) is None) == _host(declared, value)
+
+
+class _Custom(JsonDecoder):
+    """A custom decoder's records: what a user's function may return, which is not JSON's own types."""
+
+    format = "custom"
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        super().__init__()
+        self.records = records
+
+    def decode(self, body: bytes) -> list[dict[str, Any]]:
+        return self.records
+
+    def decode_request(self, body: bytes, content_type: str, limits: Limits | None = None) -> list[dict[str, Any]]:
+        return self.records
+
+
+def test_a_custom_decoders_records_are_checked_as_the_json_the_host_reads() -> None:
+    import datetime
+    import uuid
+
+    schema = Schema(parse_fields("t float, n bigint, s string, d datetime, a array(float)"))
+    good = {"t": 1.5, "n": 2, "s": uuid.UUID(int=1), "d": datetime.datetime(2026, 1, 1), "a": [1.0]}
+    assert CheckedDecoder(_Custom([good]), schema).decode_request(b"", "", Limits()) == [good]  # unchanged
+    # orjson writes NaN and infinity as null, a datetime as a string: the host drops these
+    for field, value, found in (("t", float("nan"), "null"), ("n", float("inf"), "null"),
+                                ("a", [1.0, float("-inf")], "null"), ("n", datetime.datetime(2026, 1, 1), "string")):
+        decoder = CheckedDecoder(_Custom([{**good, field: value}]), schema)
+        with pytest.raises(SchemaMismatch, match=f"record 0 field '{field}.*found {found}"):
+            decoder.decode_request(b"", "", Limits())
+        with pytest.raises(SchemaMismatch):
+            decoder.decode(b"")
+    # what orjson cannot write at all is left to the framing (its 500 names the decoder)
+    odd = [{**good, "x": b"bytes"}]
+    assert CheckedDecoder(_Custom(odd), schema).decode_request(b"", "", Limits()) == odd
+    # a JSON body is not round-tripped: the same schema on the json decoder
+    assert CheckedDecoder(JsonDecoder(), schema).decode(b'{"t": 1, "n": 2, "s": "x", "d": 5, "a": []}')
+
+
+def test_a_field_with_a_default_may_be_missing() -> None:
+    """eKuiper after 2.4 (``DEFAULT`` clause, master's field_processor.go): a missing field with a default is filled
+    in by the host, not dropped; its REST answer has ``"default"``. A value that is there is checked as before."""
+    schema = Schema(from_json_schema({
+        "b": {"type": "bigint", "default": "5"},
+        "l": {"type": "array", "items": {"type": "struct", "properties": {
+            "x": {"type": "float", "default": "1.5"}, "y": {"type": "bigint"}}}}}))
+    schema.check([{"l": [{"y": 1}]}])
+    for record, field, found in (({"b": "x", "l": []}, "b", "string"),
+                                 ({"l": [{"x": "s", "y": 1}]}, "l[0].x", "string"),
+                                 ({"l": [{"x": 1}]}, "l[0].y", "missing"), ({"b": 1}, "l", "missing")):
+        with pytest.raises(SchemaMismatch, match=rf"field '{re.escape(field)}': expected .+, found {found}$"):
+            schema.check([record])
