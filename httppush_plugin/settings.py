@@ -18,7 +18,7 @@ from .errors import ConfigError
 from .layout import host_config_path
 from .settingsfile import check_known, read_section, with_origin
 from .tlsconfig import CLIENT_AUTH, TLS_KEYS, TLS_SETTING, TLS_TEXT, TlsConfig, tls_setting  # noqa: F401 (read here too)
-from .values import seconds, switched_off, whole_number
+from .values import seconds, seconds_or_off, switched_off, whole_number
 
 #: Default listen port per source symbol. ``httppush`` keeps the seed's 10081 (hosts without the built-in);
 #: ``pyhttppush`` runs beside eKuiper 2.x, whose own data server already holds 10081.
@@ -50,18 +50,6 @@ def _port(what: str, value: Any) -> int:
 
 def _positive(what: str, value: Any) -> int:
     return whole_number(what, value, 1)
-
-
-def _grace(what: str, value: Any) -> float:
-    """Seconds, or none (``0``, ``off``, ``false``)."""
-    if switched_off(value):
-        return 0.0
-    try:
-        if float(value) == 0:
-            return 0.0
-    except (TypeError, ValueError):
-        pass  # seconds() says what is wrong with it
-    return seconds(what, value)
 
 
 def _count(what: str, value: Any) -> int:
@@ -144,7 +132,7 @@ SETTINGS: tuple[Setting, ...] = (
             "a 100 Continue, and the connection closed; else while it arrives, or before it is decoded; one whose "
             "decoding alone could never fit, 413). At least httpServerMaxBodySize, else the start fails.",
             shown="134217728 (128 MiB)"),
-    Setting("httpServerRestartGrace", "restart_grace", "SERVER_RESTART_GRACE", 2.0, _grace,
+    Setting("httpServerRestartGrace", "restart_grace", "SERVER_RESTART_GRACE", 2.0, seconds_or_off,
             "Seconds an endpoint whose last source stopped stays known, answering 503 with Retry-After: 1 instead of "
             "404, while the server keeps its port and connections open (when that was the last source): eKuiper "
             "restarts or updates a rule by stopping its source and starting it again a moment later, so its clients "
@@ -168,12 +156,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Bearer token the admin actions require (Authorization: Bearer <token>), at least 16 characters; a wrong "
             "one is answered 401 and counts toward the auth backoff (429). Off (the default): the actions answer "
             "403. Prefer the environment variable to a file.", shown="off"),
-    Setting("httpServerDrainGrace", "drain_grace", "SERVER_DRAIN_GRACE", 10.0, _grace,
+    Setting("httpServerDrainGrace", "drain_grace", "SERVER_DRAIN_GRACE", 10.0, seconds_or_off,
             "Seconds a drain lasts before the node counts as drained: health answers 503 \"draining\" from the "
             "start, requests are still served and each answer closes its connection; at the end the idle "
             "connections are closed too. Longer than the balancer takes to see a failed health check (the shipped "
             "HAProxy config: 4 s). A drain's ?grace= overrides it.", shown="10"),
-    Setting("httpServerMaxConnectionAge", "max_connection_age", "SERVER_MAX_CONNECTION_AGE", 0.0, _grace,
+    Setting("httpServerMaxConnectionAge", "max_connection_age", "SERVER_MAX_CONNECTION_AGE", 0.0, seconds_or_off,
             "Seconds a connection may live: past it, its next answer carries Connection: close and the connection "
             "closes after it, so long-lived keep-alive clients and balancers spread over nodes added since. An idle "
             "connection is not closed at its age (a client could be sending on it just then), only after "

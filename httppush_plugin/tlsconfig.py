@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import ConfigError
-from .values import seconds, switched_off
+from .values import seconds_or_off
 
 #: ``httpServerTls.clientAuth``: whether the TLS handshake asks for a client certificate signed by ``cafile``.
 CLIENT_AUTH = ("none", "optional", "required")
@@ -71,16 +71,7 @@ def tls_setting(tls: dict[str, Any]) -> TlsConfig | None:
                           "certificate(s) that client certificates must be signed by")
     return TlsConfig(certfile=str(certfile), keyfile=str(keyfile), cafile=cafile,
                      client_auth=client_auth,  # type: ignore[arg-type]
-                     reload_interval=_reload_interval(tls.get("reloadInterval", RELOAD_INTERVAL)))
+                     reload_interval=seconds_or_off(f"setting '{TLS_SETTING}.reloadInterval'",
+                                                    tls.get("reloadInterval", RELOAD_INTERVAL)))
 
 
-def _reload_interval(value: Any) -> float:
-    """Seconds, or 0 for off (``0``, ``off``, ``false``)."""
-    if switched_off(value):
-        return 0.0
-    try:
-        if float(value) == 0:
-            return 0.0
-    except (TypeError, ValueError):
-        pass  # seconds() names the problem
-    return seconds(f"setting '{TLS_SETTING}.reloadInterval'", value)

@@ -36,6 +36,18 @@ def seconds(what: str, value: Any) -> float:
     return number
 
 
+def seconds_or_off(what: str, value: Any) -> float:
+    """Seconds, or 0.0 for none (``0``, ``off``, ``false``, empty)."""
+    if switched_off(value):
+        return 0.0
+    try:
+        if float(value) == 0:
+            return 0.0
+    except (TypeError, ValueError):
+        pass  # seconds() says what is wrong with it
+    return seconds(what, value)
+
+
 def string_list(what: str, value: Any) -> list[str]:
     """A list of non-empty strings; a string is split on commas (as eKuiper's UI sends lists)."""
     items = [part.strip() for part in value.split(",")] if isinstance(value, str) else value
