@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import gzip
 import re
-import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from harness.procstat import peak_rss_mb, reset_peak_rss, rss_mb
 from httppush_plugin.answers import HttpError
 from httppush_plugin.decoders import DecodeError, JsonDecoder
 from httppush_plugin.decoders.json import decode_lines
@@ -20,7 +18,8 @@ from httppush_plugin.encoding import inflater_for
 from httppush_plugin.errors import ConfigError
 from httppush_plugin.properties import EndpointConfig
 from tests.hostemu import PluginHost
-from tests.support.http import RawClient, push, sender
+from tests.support.bombs import BOMB_PEAK_RSS_MB, gzip_pieces, push_bomb
+from tests.support.http import push, sender
 from tests.support.sentinel import assert_sentinel_next_on_channels
 
 NDJSON = b'{"id": 1, "t": 20.5}\n{"id": 2, "t": 21}\n{"id": 3, "t": 19.25}\n'
@@ -35,11 +34,6 @@ RAW_DEFLATE = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
 #: the same body in each Content-Encoding the server takes; "deflate" both as zlib (RFC 9110) and raw, as some send it
 ENCODED = {"gzip": gzip.compress(BODY), "deflate": zlib.compress(BODY),
            "deflate (raw)": RAW_DEFLATE.compress(BODY) + RAW_DEFLATE.flush()}
-#: The bomb: 10 GiB of zeros, gzip'd piece by piece on the client as it is sent (about 10 MB on the wire in all).
-BOMB_SIZE = 10 * 1024**3
-BOMB_PIECE = 1024 * 1024
-#: What the plugin process may reach while it refuses the bomb (its default httpServerMaxBodySize is 10 MiB).
-BOMB_PEAK_RSS_MB = 200
 
 
 # -- in-process ----------------------------------------------------------------------------------------------------
@@ -207,37 +201,12 @@ def test_compressed_body_refusals(host: PluginHost, server_port: int) -> None:
     assert_sentinel_next_on_channels(sender(server_port, "/z"), ch)  # nothing of any refused body was emitted
 
 
-def _bomb() -> Iterator[bytes]:
-    """``BOMB_SIZE`` zeros as one gzip stream, piece by piece: memory stays small on the client too."""
-    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    zeros = bytes(BOMB_PIECE)
-    for _ in range(BOMB_SIZE // BOMB_PIECE):
-        piece = packer.compress(zeros)
-        if piece:
-            yield piece
-    yield packer.flush()
-
-
 def test_gzip_bomb_refused_with_bounded_memory(host: PluginHost, server_port: int) -> None:
     ch = host.start_source("r1", "s1", {"datasource": "/z"})
-    pid = host.process.pid
-    reset_peak_rss(pid)
-    before = rss_mb(pid)
-    sent = 0
-    with RawClient(server_port, timeout=30) as conn:
-        conn.send(b"POST /z HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: gzip\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n")
-        started = time.monotonic()
-        for piece in _bomb():  # until the server answers (or stops reading)
-            if not conn.try_send(b"%X\r\n%s\r\n" % (len(piece), piece)):
-                break
-            sent += len(piece)
-            if conn.has_data():
-                break
-        answer = conn.read_response(timeout=30)
-    peak = peak_rss_mb(pid)
-    print(f"\ngzip bomb: {sent} compressed bytes sent in {time.monotonic() - started:.2f} s; plugin RSS "
-          f"{before:.1f} MB before, peak {peak:.1f} MB")
+    pushed = push_bomb(server_port, host.process.pid, "/z", "gzip", gzip_pieces())
+    answer, peak = pushed.answer, pushed.rss_peak_mb
+    print(f"\ngzip bomb: {pushed.sent} compressed bytes sent in {pushed.seconds:.2f} s; plugin RSS "
+          f"{pushed.rss_before_mb:.1f} MB before, peak {peak:.1f} MB")
     assert answer.status == 413, answer
     assert "inflates to over 10485760 bytes" in answer.json()["error"]
     assert peak < BOMB_PEAK_RSS_MB, f"the plugin's peak RSS reached {peak:.1f} MB refusing the bomb"

@@ -13,7 +13,7 @@ import pytest
 from tests.realhost_support import PLUGIN, Ctx, uid
 from tests.support.http import push, sender
 from tests.support.sentinel import assert_sentinel_next_in_sink
-from tests.test_jwt import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, bearer, write_jwks
+from tests.support.tokens import AUDIENCE, EC_KEY, ISSUER, RSA_KEY, bearer, write_jwks
 
 pytestmark = pytest.mark.realhost
 

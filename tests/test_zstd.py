@@ -8,16 +8,16 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from harness.procstat import peak_rss_mb, reset_peak_rss, rss_mb
+from harness.procstat import rss_mb
 from httppush_plugin.answers import HttpError
 from httppush_plugin.budget import Budget
 from httppush_plugin.encoding import ZSTD_DECODER_BYTES, ZSTD_WINDOW_MAX, ZstdInflater, inflater_for
 from tests.hostemu import PluginHost
+from tests.support.bombs import BOMB_PEAK_RSS_MB, bomb_pieces, push_bomb
 from tests.support.http import RawClient, push, sender
 from tests.support.metrics import gauge
 from tests.support.sentinel import assert_sentinel_next_on_channels
@@ -30,10 +30,6 @@ BODY = b'[{"id": 1, "t": 20.5}, {"id": 2, "t": 21}, {"id": 3, "t": 19.25}]'
 RECORDS = [{"id": 1, "t": 20.5}, {"id": 2, "t": 21}, {"id": 3, "t": 19.25}]
 #: A skippable frame (RFC 8878 §3.1.2): magic 0x184D2A5?, a 4-byte length, that many bytes the decoder skips.
 SKIPPABLE = b"\x5a\x2a\x4d\x18\x03\x00\x00\x00abc"
-BOMB_SIZE = 10 * 1024**3
-BOMB_PIECE = 1024 * 1024
-#: What the plugin process may reach while it refuses the bomb (as the gzip bomb's bound in test_bodies.py).
-BOMB_PEAK_RSS_MB = 200
 
 
 def streamed(data: bytes, **options: int) -> bytes:
@@ -165,34 +161,15 @@ def test_zstd_refusals_over_http(host: PluginHost, server_port: int) -> None:
 def _bomb() -> Iterator[bytes]:
     """``BOMB_SIZE`` zeros as one zstd frame, piece by piece (no content size in its header)."""
     packer = zstd.ZstdCompressor(level=3)
-    zeros = bytes(BOMB_PIECE)
-    for _ in range(BOMB_SIZE // BOMB_PIECE):
-        piece = packer.compress(zeros)
-        if piece:
-            yield piece
-    yield packer.flush()
+    return bomb_pieces(packer.compress, packer.flush)
 
 
 def test_zstd_bomb_refused_with_bounded_memory(host: PluginHost, server_port: int) -> None:
     ch = host.start_source("r1", "s1", {"datasource": "/z"})
-    pid = host.process.pid
-    reset_peak_rss(pid)
-    before = rss_mb(pid)
-    sent = 0
-    with RawClient(server_port, timeout=30) as conn:
-        conn.send(b"POST /z HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Encoding: zstd\r\n"
-                  b"Transfer-Encoding: chunked\r\n\r\n")
-        started = time.monotonic()
-        for piece in _bomb():  # until the server answers (or stops reading)
-            if not conn.try_send(b"%X\r\n%s\r\n" % (len(piece), piece)):
-                break
-            sent += len(piece)
-            if conn.has_data():
-                break
-        answer = conn.read_response(timeout=30)
-    peak = peak_rss_mb(pid)
-    print(f"\nzstd bomb: {sent} compressed bytes sent in {time.monotonic() - started:.2f} s; plugin RSS "
-          f"{before:.1f} MB before, peak {peak:.1f} MB")
+    pushed = push_bomb(server_port, host.process.pid, "/z", "zstd", _bomb())
+    answer, peak = pushed.answer, pushed.rss_peak_mb
+    print(f"\nzstd bomb: {pushed.sent} compressed bytes sent in {pushed.seconds:.2f} s; plugin RSS "
+          f"{pushed.rss_before_mb:.1f} MB before, peak {peak:.1f} MB")
     assert answer.status == 413, answer
     assert "inflates to over 10485760 bytes" in answer.json()["error"]
     assert peak < BOMB_PEAK_RSS_MB, f"the plugin's peak RSS reached {peak:.1f} MB refusing the bomb"
